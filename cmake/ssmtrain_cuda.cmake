@@ -1,0 +1,27 @@
+# Decides whether the CUDA kernels are built (SSMTRAIN_CUDA=AUTO|ON|OFF) and for which
+# architectures: Hopper machine code (sm_90) plus compute_80 PTX that newer and older
+# Ampere-or-later GPUs compile at load time. Override with -DCMAKE_CUDA_ARCHITECTURES=...
+set(SSMTRAIN_WITH_CUDA OFF)
+if(SSMTRAIN_CUDA STREQUAL "OFF")
+  return()
+endif()
+
+include(CheckLanguage)
+check_language(CUDA)
+if(NOT CMAKE_CUDA_COMPILER)
+  if(SSMTRAIN_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "SSMTRAIN_CUDA=ON but no CUDA compiler (nvcc) was found; "
+                        "put nvcc on PATH or set CMAKE_CUDA_COMPILER")
+  endif()
+  message(STATUS "ssmtrain: nvcc not found, building CPU only")
+  return()
+endif()
+
+if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+  set(CMAKE_CUDA_ARCHITECTURES "90-real;80-virtual")
+endif()
+set(CMAKE_CUDA_STANDARD 20)
+set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+enable_language(CUDA)
+find_package(CUDAToolkit REQUIRED)
+set(SSMTRAIN_WITH_CUDA ON)

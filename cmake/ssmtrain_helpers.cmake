@@ -1,0 +1,38 @@
+# ssmtrain_library(NAME folder [DEPS targets...] [PRIVATE_DEPS targets...])
+# One static library per source folder: its .cpp files, plus its cuda/*.cu files when CUDA is
+# on. A folder with no sources yet becomes an INTERFACE target so the chain stays whole.
+function(ssmtrain_library name)
+  cmake_parse_arguments(ARG "" "" "DEPS;PRIVATE_DEPS" ${ARGN})
+  file(GLOB_RECURSE cpp_sources CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/*.cpp")
+  set(cuda_sources)
+  if(SSMTRAIN_WITH_CUDA)
+    file(GLOB_RECURSE cuda_sources CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/*.cu")
+  else()
+    # CPU-only build: sources under cuda/ are CUDA host code and are left out.
+    list(FILTER cpp_sources EXCLUDE REGEX "/cuda/")
+  endif()
+  set(target ssmtrain_${name})
+  if(cpp_sources OR cuda_sources)
+    add_library(${target} STATIC ${cpp_sources} ${cuda_sources})
+    target_include_directories(${target} PUBLIC ${PROJECT_SOURCE_DIR})
+    target_link_libraries(${target} PUBLIC ${ARG_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
+    set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON
+                                               CUDA_SEPARABLE_COMPILATION OFF)
+    target_compile_options(${target} PRIVATE
+      $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter>
+      $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -Xcompiler=-Wall>)
+  else()
+    add_library(${target} INTERFACE)
+    target_include_directories(${target} INTERFACE ${PROJECT_SOURCE_DIR})
+    target_link_libraries(${target} INTERFACE ${ARG_DEPS})
+  endif()
+  if(SSMTRAIN_WITH_CUDA)
+    get_target_property(kind ${target} TYPE)
+    if(kind STREQUAL "INTERFACE_LIBRARY")
+      target_compile_definitions(${target} INTERFACE SSMTRAIN_WITH_CUDA=1)
+    else()
+      target_compile_definitions(${target} PUBLIC SSMTRAIN_WITH_CUDA=1)
+    endif()
+  endif()
+  add_library(ssmtrain::${name} ALIAS ${target})
+endfunction()
