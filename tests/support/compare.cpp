@@ -68,7 +68,7 @@ std::vector<float> round_to(DType dtype, std::vector<float> v) {
 }
 
 std::vector<float> random_vector(int64_t n, uint64_t seed, float std, float mean) {
-  std::vector<float> v(size_t(n));
+  std::vector<float> v(static_cast<size_t>(n));
   kernels::cpu::fill_normal(v.data(), n, seed, 0, mean, std);
   return v;
 }
