@@ -13,6 +13,12 @@ namespace ssmtrain {
 Storage::~Storage() {
   if (!data) return;
   if (device.is_cpu()) {
+#if SSMTRAIN_WITH_CUDA
+    if (pinned) {
+      cuda_free_pinned(data);
+      return;
+    }
+#endif
     std::free(data);
   } else {
 #if SSMTRAIN_WITH_CUDA
@@ -40,6 +46,19 @@ std::shared_ptr<Storage> allocate_storage(size_t bytes, Device device) {
 #else
   throw std::runtime_error("ssmtrain was built without CUDA; cannot allocate on " + device.str());
 #endif
+}
+
+std::shared_ptr<Storage> allocate_pinned_storage(size_t bytes) {
+#if SSMTRAIN_WITH_CUDA
+  auto s = std::make_shared<Storage>();
+  s->bytes = (bytes + 63) / 64 * 64;
+  s->data = cuda_allocate_pinned(s->bytes);
+  if (s->data) {
+    s->pinned = true;
+    return s;
+  }
+#endif
+  return allocate_storage(bytes, Device::cpu());  // no GPU: ordinary memory
 }
 
 #if !SSMTRAIN_WITH_CUDA

@@ -19,6 +19,7 @@ struct Storage {
   size_t bytes = 0;
   Device device;
   cudaStream_t stream = nullptr;  // CUDA: the stream the block is reused on
+  bool pinned = false;            // CPU: page-locked (cudaHostAlloc) memory
   Storage() = default;
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -26,6 +27,9 @@ struct Storage {
 };
 
 std::shared_ptr<Storage> allocate_storage(size_t bytes, Device device);
+// Page-locked host memory, so host-to-device copies can run asynchronously. Without CUDA
+// (or without a GPU) it is ordinary host memory.
+std::shared_ptr<Storage> allocate_pinned_storage(size_t bytes);
 
 struct MemoryStats {
   int64_t allocated = 0;       // bytes in live tensors (rounded block sizes)

@@ -60,6 +60,16 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   return Tensor(std::move(impl));
 }
 
+Tensor Tensor::empty_pinned(const Shape& shape, DType dtype) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = allocate_pinned_storage(static_cast<size_t>(shape_numel(shape) * dtype_size(dtype)));
+  impl->shape = shape;
+  impl->strides = contiguous_strides(shape);
+  impl->dtype = dtype;
+  impl->device = Device::cpu();
+  return Tensor(std::move(impl));
+}
+
 Tensor Tensor::full(const Shape& shape, double value, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
   if (device.is_cpu()) {
@@ -299,6 +309,22 @@ void copy_into(const Tensor& dst, const Tensor& src) {
     s = cast_contiguous(s, dst.dtype());
   }
   copy_strided_same(dst, s);
+}
+
+void copy_into_async(const Tensor& dst, const Tensor& src) {
+  if (dst.shape() != src.shape() || dst.dtype() != src.dtype() || !dst.is_contiguous() ||
+      !src.is_contiguous() || dst.device().is_cuda() == src.device().is_cuda())
+    throw std::invalid_argument("copy_into_async: needs contiguous tensors of one shape and dtype, one on "
+                                "the host and one on a GPU; got " + src.str() + " into " + dst.str());
+#if SSMTRAIN_WITH_CUDA
+  const int device = dst.is_cuda() ? dst.device().index : src.device().index;
+  DeviceGuard guard(device);
+  const cudaMemcpyKind kind = dst.is_cuda() ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
+  SSM_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), static_cast<size_t>(src.nbytes()), kind,
+                                 current_stream(device)));
+#else
+  throw std::runtime_error("ssmtrain was built without CUDA; copy_into_async needs a GPU");
+#endif
 }
 
 Tensor Tensor::to(Device device) const { return to_device(*this, device); }

@@ -35,6 +35,8 @@ class Tensor {
   static Tensor ones(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu());
   static Tensor full(const Shape& shape, double value, DType dtype = DType::f32,
                      Device device = Device::cpu());
+  // A CPU tensor in page-locked memory (ordinary memory without a GPU), for async copies.
+  static Tensor empty_pinned(const Shape& shape, DType dtype);
   // Host values converted to dtype (bf16/f16 rounded to nearest even) and placed on device.
   static Tensor from_vector(const std::vector<float>& values, const Shape& shape,
                             DType dtype = DType::f32, Device device = Device::cpu());
@@ -123,6 +125,13 @@ Shape contiguous_strides(const Shape& shape);
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset);
 
 // Copies src into dst (same shape; any dtypes, devices and strides). Not differentiable.
+// Synchronous: when it returns, src may be changed or freed.
 void copy_into(const Tensor& dst, const Tensor& src);
+
+// Host-to-device or device-to-host copy of contiguous tensors of one dtype, queued on the
+// current stream of the GPU side without waiting. The caller keeps both alive and unchanged
+// until that stream has passed the copy (record an Event). Pinned host memory makes it
+// truly asynchronous.
+void copy_into_async(const Tensor& dst, const Tensor& src);
 
 }  // namespace ssmtrain

@@ -134,6 +134,18 @@ void cuda_free_block(void* ptr, size_t rounded, int device, cudaStream_t stream)
   allocator().free(ptr, rounded, device, stream);
 }
 
+void* cuda_allocate_pinned(size_t bytes) {
+  void* ptr = nullptr;
+  if (bytes == 0) bytes = 64;
+  if (cudaHostAlloc(&ptr, bytes, cudaHostAllocDefault) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  return ptr;
+}
+
+void cuda_free_pinned(void* ptr) { (void)cudaFreeHost(ptr); }
+
 MemoryStats cuda_memory_stats(int device) { return allocator().stats(device); }
 void reset_peak_memory(int device) { allocator().reset_peak(device); }
 void empty_cuda_cache() { allocator().empty_cache(); }
