@@ -1,4 +1,6 @@
 // See dispatch.h.
+#include <algorithm>
+
 #include "autograd/dispatch.h"
 
 namespace ssmtrain::detail {

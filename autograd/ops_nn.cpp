@@ -1,4 +1,6 @@
 // Neural-network ops with fused kernels: RMSNorm, embedding, cross-entropy.
+#include <algorithm>
+
 #include "autograd/dispatch.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"

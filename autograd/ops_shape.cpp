@@ -1,5 +1,6 @@
 // Shape and dtype ops: reshape and narrow (views), transpose, concat, split, cast, device
 // moves and clone (copies).
+#include <utility>
 #include <numeric>
 
 #include "autograd/dispatch.h"

@@ -49,7 +49,14 @@ template <typename T> const T* ptr(const Tensor& t) { return t.defined() ? stati
 template <typename T> T* mut(const Tensor& t) { return t.defined() ? static_cast<T*>(t.data()) : nullptr; }
 
 // Saved tensors, in this order.
-enum Saved { kU, kDelta, kA, kB, kC, kD, kZ, kBias, kInit, kDoc, kNumSaved };
+enum Saved { kU, kDelta, kA, kB, kC, kD, kZ, kBias, kInit, kDoc, kChunkStates };
+
+// The GPU kernels' view of the inputs: element pointers of u's dtype, f32 parameters.
+[[maybe_unused]] kernels::ScanArgs<void, float> void_args(const SelectiveScanInputs& in) {
+  auto raw = [](const Tensor& t) -> const void* { return t.defined() ? t.data() : nullptr; };
+  return {raw(in.u), raw(in.delta), ptr<float>(in.A), raw(in.B), raw(in.C), ptr<float>(in.D), raw(in.z),
+          ptr<float>(in.delta_bias), ptr<float>(in.initial_state), ptr<int32_t>(in.doc_index)};
+}
 
 }  // namespace
 
@@ -68,6 +75,7 @@ SelectiveScanOutputs selective_scan(const SelectiveScanInputs& in_raw, bool retu
       detail::op_error(kOp, "A, D, delta_bias and initial_state must share a dtype; got " + p->str());
 
   SelectiveScanOutputs result;
+  Tensor chunk_states;  // GPU: the state entering each chunk, for the backward
   result.out = Tensor::empty(in.u.shape(), in.u.dtype(), in.u.device());
   const bool want_state = return_final_state;
   if (want_state) result.final_state = Tensor::empty({s.batch, s.dim, s.dstate}, param_dtype, in.u.device());
@@ -83,7 +91,15 @@ SelectiveScanOutputs selective_scan(const SelectiveScanInputs& in_raw, bool retu
       kernels::cpu::selective_scan_forward<T>(s, a, mut<T>(result.out), mut<T>(result.final_state));
     });
   } else {
-    detail::op_error(kOp, "the CUDA selective scan is not built yet");
+    if (param_dtype != DType::f32)
+      detail::op_error(kOp, "on the GPU, A, D, delta_bias and initial_state must be f32; got " + in.A.str());
+#if SSMTRAIN_WITH_CUDA
+    chunk_states = Tensor::empty({s.batch, s.dim, kernels::cuda::selective_scan_num_chunks(s), s.dstate},
+                                 DType::f32, in.u.device());
+#endif
+    SSM_CUDA_BRANCH(in.u, kernels::cuda::selective_scan_forward(
+                              s, in.u.dtype(), void_args(in), result.out.data(), mut<float>(result.final_state),
+                              mut<float>(chunk_states), stream));
   }
 
   std::vector<Tensor*> outputs{&result.out};
@@ -91,7 +107,7 @@ SelectiveScanOutputs selective_scan(const SelectiveScanInputs& in_raw, bool retu
   const std::vector<Tensor> inputs{in_raw.u, in_raw.delta, in_raw.A, in_raw.B, in_raw.C, in_raw.D,
                                    in_raw.z, in_raw.delta_bias, in_raw.initial_state};
   const std::vector<Tensor> saved{in.u, in.delta, in.A, in.B, in.C, in.D, in.z, in.delta_bias,
-                                  in.initial_state, in.doc_index};
+                                  in.initial_state, in.doc_index, chunk_states};
   attach_backward(kOp, inputs, outputs, saved, [s, want_state](const auto& g, const auto& sv) {
     auto like = [](const Tensor& t) { return t.defined() ? Tensor::empty(t.shape(), t.dtype(), t.device()) : Tensor(); };
     const Tensor dout = g[0].contiguous();
@@ -110,7 +126,13 @@ SelectiveScanOutputs selective_scan(const SelectiveScanInputs& in_raw, bool retu
         kernels::cpu::selective_scan_backward<T>(s, a, gr);
       });
     } else {
-      detail::op_error(kOp, "the CUDA selective scan is not built yet");
+      SelectiveScanInputs saved_in{sv[kU], sv[kDelta], sv[kA], sv[kB], sv[kC], sv[kD], sv[kZ], sv[kBias],
+                                   sv[kInit], sv[kDoc], s.delta_softplus};
+      kernels::ScanGrads<void, float> gr{dout.data(), ptr<float>(dfinal), du.data(), ddelta.data(),
+                                         mut<float>(dA), dB.data(), dC.data(), mut<float>(dD),
+                                         dz.defined() ? dz.data() : nullptr, mut<float>(dbias), mut<float>(dinit)};
+      SSM_CUDA_BRANCH(u, kernels::cuda::selective_scan_backward(s, u.dtype(), void_args(saved_in), gr,
+                                                                ptr<float>(sv[kChunkStates]), stream));
     }
     return std::vector<Tensor>{du, ddelta, dA, dB, dC, dD, dz, dbias, dinit};
   });

@@ -1,4 +1,6 @@
 // Host conversions between f32 and IEEE half (round to nearest even).
+#include <cstring>
+
 #include "kernels/common.h"
 
 namespace ssmtrain::kernels {

@@ -24,7 +24,8 @@ void gemm(const GemmShape& g, double alpha, const T* a, const T* b, double beta,
 
 namespace cuda {
 // cuBLASLt. ab_dtype: f32 (strict fp32, no TF32) or bf16 / f16 (fp32 accumulation);
-// c_dtype: ab_dtype or f32. Handle and workspace are per device, created on first use.
+// c_dtype: ab_dtype or f32. The handle is per device and the workspace per (device, stream),
+// both created on first use.
 void gemm(const GemmShape& g, DType ab_dtype, DType c_dtype, double alpha, const void* a,
           const void* b, double beta, void* c, cudaStream_t s);
 }  // namespace cuda

@@ -31,7 +31,8 @@ template <typename T> void sum_all(const T* x, int64_t n, T* out);
 }  // namespace cpu
 
 namespace cuda {
-// f32, bf16 or f16 in and out; accumulation in f32 in a fixed order.
+// f32, bf16 or f16 in and out; accumulation in f32 in a fixed order (the softmax backward keeps
+// its row dot product in f64, where dy and the dot nearly cancel).
 void sum_dim(DType dtype, const void* x, int64_t outer, int64_t n, int64_t inner, void* y,
              double scale, cudaStream_t s);
 void sum_dim_backward(DType dtype, const void* dy, int64_t outer, int64_t n, int64_t inner, void* dx,

@@ -1,4 +1,5 @@
 // The tape: ordering, accumulation, no-grad mode, checkpointing and error cases.
+#include <stdexcept>
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -1,5 +1,6 @@
 // Finite-difference gradients (f64, CPU) of the selective scan node, with every optional
 // input, groups, document boundaries and the final state as a second output.
+#include <stdexcept>
 #include <gtest/gtest.h>
 
 #include "autograd/ops.h"

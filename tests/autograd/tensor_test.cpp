@@ -1,4 +1,5 @@
 // Tensor construction, views, copies across dtypes, devices parsing and the generator.
+#include <stdexcept>
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -1,6 +1,7 @@
 // See compare.h.
 #include "tests/support/compare.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -12,12 +13,12 @@
 
 namespace ssmtrain::testing {
 
-Error compare(const std::vector<float>& got, const std::vector<float>& ref) {
+Error compare(const std::vector<float>& got, const std::vector<float>& ref, double atol_fraction) {
   Error e;
   double diff2 = 0, ref2 = 0;
   for (size_t i = 0; i < ref.size(); ++i) ref2 += double(ref[i]) * ref[i];
   const double rms = ref.empty() ? 0 : std::sqrt(ref2 / double(ref.size()));
-  const double atol = 1e-3 * rms + 1e-30;
+  const double atol = atol_fraction * rms + 1e-30;
   for (size_t i = 0; i < ref.size() && i < got.size(); ++i) {
     if (!std::isfinite(got[i]) && std::isfinite(ref[i])) {
       ++e.nonfinite;
@@ -48,8 +49,8 @@ double tolerance(DType dtype, int64_t reduction_len) {
   if (got.size() != ref.size())
     return ::testing::AssertionFailure()
            << "size mismatch: got " << got.size() << " elements, reference " << ref.size();
-  const Error e = compare(got, ref);
   const double tol = tolerance(dtype, reduction_len);
+  const Error e = compare(got, ref, std::max(1e-3, 10 * tol));
   std::ostringstream msg;
   msg << dtype_name(dtype) << " reduction " << reduction_len << ": normalized error "
       << e.normalized << " (bound " << tol << "), max relative " << e.max_rel;

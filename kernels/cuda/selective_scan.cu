@@ -1,0 +1,618 @@
+// CUDA selective scan (kernels/selective_scan.h). One block of 128 threads owns a channel
+// (forward) or a run of R channels (backward) of one sequence; the sequence is cut into
+// chunks of 128 * K tokens, thread j holding tokens j*K .. j*K+K-1 of a chunk. Per state n,
+// the recurrence x_t = a_t x_{t-1} + b_t is a scan over affine maps (a, b): sequential
+// inside a thread, shuffles inside a warp, four warp totals through shared memory.
+// The backward runs the same forward scan from the saved chunk-start states, then the
+// reverse recurrence p_t = a_t (c_t + p_{t+1}) of the state gradients. dB and dC sum over
+// the channels of a group: each block adds its R channels in shared memory (each thread
+// owns its tokens, so no atomics), writes one partial per block, and a second kernel sums
+// the partials in block order. dA, dD and ddelta_bias sum over the batch the same way.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
+
+#include "kernels/cuda/block_reduce.cuh"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/dtype.cuh"
+#include "kernels/selective_scan.h"
+
+namespace ssmtrain::kernels {
+namespace {
+
+using cuda_detail::from_f32;
+using cuda_detail::to_f32;
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Tokens per thread per chunk: the backward keeps n x chunk partials of dB and dC in shared
+// memory, so the chunk shrinks as the state grows (64 KiB at every n).
+int items_for(int64_t dstate) { return dstate <= 16 ? 4 : dstate <= 32 ? 2 : 1; }
+
+// x -> a x + b. compose(first, second) applies first, then second.
+struct Affine {
+  float a, b;
+};
+__device__ __forceinline__ Affine compose(Affine first, Affine second) {
+  return {second.a * first.a, fmaf(second.a, first.b, second.b)};
+}
+
+// Exclusive prefix (in thread order) of each thread's map, and the whole block's map.
+// `totals` is kWarps entries of shared memory; the caller syncs before reusing it.
+__device__ __forceinline__ void block_scan_forward(Affine mine, Affine* totals, Affine* prefix,
+                                                   Affine* block_total) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  Affine inclusive = mine;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset *= 2) {
+    Affine other{__shfl_up_sync(0xffffffffu, inclusive.a, offset),
+                 __shfl_up_sync(0xffffffffu, inclusive.b, offset)};
+    if (lane >= offset) inclusive = compose(other, inclusive);
+  }
+  Affine exclusive{__shfl_up_sync(0xffffffffu, inclusive.a, 1),
+                   __shfl_up_sync(0xffffffffu, inclusive.b, 1)};
+  if (lane == 0) exclusive = {1.0f, 0.0f};
+  if (lane == 31) totals[warp] = inclusive;
+  __syncthreads();
+  Affine before{1.0f, 0.0f}, all{1.0f, 0.0f};
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    if (w < warp) before = compose(before, totals[w]);
+    all = compose(all, totals[w]);
+  }
+  *prefix = compose(before, exclusive);
+  *block_total = all;
+}
+
+// The mirror image: suffix over the threads after this one (in reverse thread order), for
+// maps that apply from the end of the chunk backwards.
+__device__ __forceinline__ void block_scan_reverse(Affine mine, Affine* totals, Affine* suffix,
+                                                   Affine* block_total) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  Affine inclusive = mine;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset *= 2) {
+    Affine other{__shfl_down_sync(0xffffffffu, inclusive.a, offset),
+                 __shfl_down_sync(0xffffffffu, inclusive.b, offset)};
+    if (lane + offset < 32) inclusive = compose(other, inclusive);
+  }
+  Affine exclusive{__shfl_down_sync(0xffffffffu, inclusive.a, 1),
+                   __shfl_down_sync(0xffffffffu, inclusive.b, 1)};
+  if (lane == 31) exclusive = {1.0f, 0.0f};
+  if (lane == 0) totals[warp] = inclusive;
+  __syncthreads();
+  Affine after{1.0f, 0.0f}, all{1.0f, 0.0f};
+#pragma unroll
+  for (int w = kWarps - 1; w >= 0; --w) {
+    if (w > warp) after = compose(after, totals[w]);
+    all = compose(all, totals[w]);
+  }
+  *suffix = compose(after, exclusive);
+  *block_total = all;
+}
+
+// K consecutive elements from p[t0 ...], zeros past `end`; vector loads when aligned.
+template <int K, typename T>
+__device__ __forceinline__ void load_items(const T* p, int64_t t0, int64_t end, bool aligned, float (&v)[K]) {
+  if (aligned && t0 + K <= end) {
+    if constexpr (sizeof(T) * K == 16) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(p + t0);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int i = 0; i < K; ++i) v[i] = to_f32(e[i]);
+      return;
+    } else if constexpr (sizeof(T) * K == 8) {
+      const uint2 raw = *reinterpret_cast<const uint2*>(p + t0);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int i = 0; i < K; ++i) v[i] = to_f32(e[i]);
+      return;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < K; ++i) v[i] = t0 + i < end ? to_f32(p[t0 + i]) : 0.0f;
+}
+
+template <int K, typename T>
+__device__ __forceinline__ void store_items(T* p, int64_t t0, int64_t end, bool aligned, const float (&v)[K]) {
+  if (aligned && t0 + K <= end) {
+    if constexpr (sizeof(T) * K == 16 || sizeof(T) * K == 8) {
+      T e[K];
+#pragma unroll
+      for (int i = 0; i < K; ++i) e[i] = from_f32<T>(v[i]);
+      if constexpr (sizeof(T) * K == 16) *reinterpret_cast<uint4*>(p + t0) = *reinterpret_cast<const uint4*>(e);
+      else *reinterpret_cast<uint2*>(p + t0) = *reinterpret_cast<const uint2*>(e);
+      return;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < K; ++i)
+    if (t0 + i < end) p[t0 + i] = from_f32<T>(v[i]);
+}
+
+__device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(__expf(x)); }
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
+
+struct Dims {
+  int64_t batch, dim, seqlen, dstate, ngroups, per_group, nchunks;
+  bool softplus;
+  bool aligned;  // every row starts on a K-element boundary: vector loads are safe
+};
+
+// Per-thread inputs of one channel over one chunk: dt, dt * u, u, and the reset flags.
+template <int K, typename T>
+struct ChannelChunk {
+  float u[K], dt[K], dtu[K];
+  bool reset[K];
+
+  __device__ void load(const ScanArgs<T, float>& a, const Dims& s, int64_t b, int64_t d, int64_t t0,
+                       bool aligned) {
+    const int64_t row = (b * s.dim + d) * s.seqlen;
+    float delta[K];
+    load_items<K>(a.u + row, t0, s.seqlen, aligned, u);
+    load_items<K>(a.delta + row, t0, s.seqlen, aligned, delta);
+    const float bias = a.delta_bias ? a.delta_bias[d] : 0.0f;
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+      const int64_t t = t0 + i;
+      float v = delta[i] + bias;
+      if (s.softplus) v = softplus(v);
+      // Past the end, dt = 0 makes the step the identity (a = 1, b = 0), so padding neither
+      // decays the state nor its gradient, and adds nothing to dA.
+      dt[i] = t < s.seqlen ? v : 0.0f;
+      dtu[i] = dt[i] * u[i];
+      reset[i] = a.doc_index && t > 0 && t < s.seqlen &&
+                 a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// Forward: grid (d, b).
+template <int K, typename T>
+__global__ void __launch_bounds__(kThreads) scan_forward_kernel(Dims s, ScanArgs<T, float> a, T* out,
+                                                                float* final_state, float* chunk_states) {
+  __shared__ Affine totals[kWarps];
+  extern __shared__ float carried[];  // (n): the state entering the current chunk
+  const int64_t d = blockIdx.x, b = blockIdx.y;
+  const int64_t g = d / s.per_group;
+  const int64_t row = (b * s.dim + d) * s.seqlen;
+  const T* Bg = a.B + (b * s.ngroups + g) * s.dstate * s.seqlen;
+  const T* Cg = a.C + (b * s.ngroups + g) * s.dstate * s.seqlen;
+  const bool aligned = s.aligned;
+  constexpr int kChunk = kThreads * K;
+
+  for (int64_t k = threadIdx.x; k < s.dstate; k += kThreads)
+    carried[k] = a.initial_state ? a.initial_state[(b * s.dim + d) * s.dstate + k] : 0.0f;
+  __syncthreads();
+
+  for (int64_t c = 0; c < s.nchunks; ++c) {
+    const int64_t t0 = c * kChunk + threadIdx.x * K;
+    if (chunk_states)
+      for (int64_t k = threadIdx.x; k < s.dstate; k += kThreads)
+        chunk_states[((b * s.dim + d) * s.nchunks + c) * s.dstate + k] = carried[k];
+    ChannelChunk<K, T> ch;
+    ch.load(a, s, b, d, t0, aligned);
+    float y[K];
+    const float Dd = a.D ? a.D[d] : 0.0f;
+#pragma unroll
+    for (int i = 0; i < K; ++i) y[i] = Dd * ch.u[i];
+
+    for (int64_t n = 0; n < s.dstate; ++n) {
+      const float A2 = a.A[d * s.dstate + n] * kLog2e;
+      float Bv[K], Cv[K], av[K];
+      load_items<K>(Bg + n * s.seqlen, t0, s.seqlen, aligned, Bv);
+      load_items<K>(Cg + n * s.seqlen, t0, s.seqlen, aligned, Cv);
+      Affine mine{1.0f, 0.0f};
+#pragma unroll
+      for (int i = 0; i < K; ++i) {
+        av[i] = ch.reset[i] ? 0.0f : exp2f(ch.dt[i] * A2);
+        Bv[i] *= ch.dtu[i];  // now b_t
+        mine = compose(mine, Affine{av[i], Bv[i]});
+      }
+      Affine prefix, total;
+      block_scan_forward(mine, totals, &prefix, &total);
+      const float x0 = carried[n];
+      float x = fmaf(prefix.a, x0, prefix.b);
+#pragma unroll
+      for (int i = 0; i < K; ++i) {
+        x = fmaf(av[i], x, Bv[i]);
+        y[i] = fmaf(Cv[i], x, y[i]);
+      }
+      __syncthreads();  // everyone has read carried[n] and totals
+      if (threadIdx.x == 0) carried[n] = fmaf(total.a, x0, total.b);
+    }
+    if (a.z) {
+      float z[K];
+      load_items<K>(a.z + row, t0, s.seqlen, aligned, z);
+#pragma unroll
+      for (int i = 0; i < K; ++i) y[i] *= z[i] * sigmoid(z[i]);
+    }
+    store_items<K>(out + row, t0, s.seqlen, aligned, y);
+    __syncthreads();  // carried[] complete before the next chunk reads it
+  }
+  if (final_state)
+    for (int64_t k = threadIdx.x; k < s.dstate; k += kThreads)
+      final_state[(b * s.dim + d) * s.dstate + k] = carried[k];
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward: grid (d / R, b); the block walks chunks from last to first and, in each, its R
+// channels in order.
+struct BackwardScratch {
+  float* dB_partial;     // (b, d / R, n, l)
+  float* dC_partial;     // (b, d / R, n, l)
+  float* dA_partial;     // (b, d, n)
+  float* dD_partial;     // (b, d)
+  float* dbias_partial;  // (b, d)
+};
+
+template <int K, typename T>
+__global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, ScanArgs<T, float> a,
+                                                                 ScanGrads<T, float> gr,
+                                                                 const float* chunk_states,
+                                                                 BackwardScratch scratch) {
+  constexpr int kChunk = kThreads * K;
+  __shared__ Affine totals[2][kWarps];
+  extern __shared__ float smem[];
+  // Layout: dB (n, chunk), dC (n, chunk), carry (R, n), dA (warps, R, n), dD / dbias (warps, R, 2).
+  float* dB_sh = smem;
+  float* dC_sh = dB_sh + s.dstate * kChunk;
+  float* carry = dC_sh + s.dstate * kChunk;
+  float* dA_sh = carry + R * s.dstate;
+  float* dDb_sh = dA_sh + kWarps * R * s.dstate;
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t block_d = blockIdx.x, b = blockIdx.y;
+  const int64_t d_first = block_d * R;
+  const int64_t g = d_first / s.per_group;
+  const T* Bg = a.B + (b * s.ngroups + g) * s.dstate * s.seqlen;
+  const T* Cg = a.C + (b * s.ngroups + g) * s.dstate * s.seqlen;
+  const bool aligned = s.aligned;
+
+  for (int64_t i = threadIdx.x; i < R * s.dstate; i += kThreads) {
+    const int64_t r = i / s.dstate, k = i % s.dstate;
+    carry[i] = gr.dfinal_state ? gr.dfinal_state[(b * s.dim + d_first + r) * s.dstate + k] : 0.0f;
+  }
+  for (int64_t i = threadIdx.x; i < kWarps * R * (s.dstate + 2); i += kThreads) dA_sh[i] = 0.0f;
+  for (int64_t i = threadIdx.x; i < 2 * s.dstate * kChunk; i += kThreads) dB_sh[i] = 0.0f;
+  __syncthreads();
+
+  int parity = 0;
+  for (int64_t c = s.nchunks - 1; c >= 0; --c) {
+    const int64_t t0 = c * kChunk + threadIdx.x * K;
+    const int local0 = threadIdx.x * K;
+    for (int r = 0; r < R; ++r) {
+      const int64_t d = d_first + r;
+      const int64_t row = (b * s.dim + d) * s.seqlen;
+      ChannelChunk<K, T> ch;
+      ch.load(a, s, b, d, t0, aligned);
+      float dout[K], z[K], dy[K], ddt[K], du[K], ypre[K];
+      load_items<K>(gr.dout + row, t0, s.seqlen, aligned, dout);
+      const float Dd = a.D ? a.D[d] : 0.0f;
+      if (a.z) load_items<K>(a.z + row, t0, s.seqlen, aligned, z);
+#pragma unroll
+      for (int i = 0; i < K; ++i) {
+        dy[i] = a.z ? dout[i] * z[i] * sigmoid(z[i]) : dout[i];  // gradient of y before gating
+        ddt[i] = 0.0f;
+        du[i] = dy[i] * Dd;
+        ypre[i] = Dd * ch.u[i];
+      }
+      for (int64_t n = 0; n < s.dstate; ++n) {
+        const float A = a.A[d * s.dstate + n];
+        const float A2 = A * kLog2e;
+        float Bv[K], Cv[K], av[K], x[K];
+        load_items<K>(Bg + n * s.seqlen, t0, s.seqlen, aligned, Bv);
+        load_items<K>(Cg + n * s.seqlen, t0, s.seqlen, aligned, Cv);
+        // Forward: the states of this chunk from its saved start state.
+        Affine mine{1.0f, 0.0f};
+#pragma unroll
+        for (int i = 0; i < K; ++i) {
+          av[i] = ch.reset[i] ? 0.0f : exp2f(ch.dt[i] * A2);
+          mine = compose(mine, Affine{av[i], Bv[i] * ch.dtu[i]});
+        }
+        Affine prefix, total;
+        block_scan_forward(mine, totals[parity], &prefix, &total);
+        const float x_start = chunk_states[((b * s.dim + d) * s.nchunks + c) * s.dstate + n];
+        const float x_in = fmaf(prefix.a, x_start, prefix.b);  // state before my first token
+        float xp = x_in;
+#pragma unroll
+        for (int i = 0; i < K; ++i) {
+          xp = fmaf(av[i], xp, Bv[i] * ch.dtu[i]);
+          x[i] = xp;
+        }
+        // Reverse: p_t = a_t (c_t + p_{t+1}), with c_t = dy_t C_t.
+        Affine rmine{1.0f, 0.0f};
+#pragma unroll
+        for (int i = K - 1; i >= 0; --i) rmine = compose(rmine, Affine{av[i], av[i] * dy[i] * Cv[i]});
+        Affine suffix, rtotal;
+        block_scan_reverse(rmine, totals[parity ^ 1], &suffix, &rtotal);
+        parity ^= 1;
+        const float p_end = carry[r * s.dstate + n];  // p after the chunk's last token
+        float p = fmaf(suffix.a, p_end, suffix.b);     // p after my last token
+        float dA_sum = 0.0f;
+#pragma unroll
+        for (int i = K - 1; i >= 0; --i) {
+          const float grad_x = fmaf(dy[i], Cv[i], p);  // dL/dx_t
+          const float x_prev = i > 0 ? x[i - 1] : x_in;
+          const float d_decay = grad_x * x_prev * av[i];  // times d(exp(dt A))/d(dt A)
+          ddt[i] = fmaf(d_decay, A, ddt[i]);
+          dA_sum = fmaf(d_decay, ch.dt[i], dA_sum);
+          ddt[i] = fmaf(grad_x * Bv[i], ch.u[i], ddt[i]);
+          du[i] = fmaf(grad_x * Bv[i], ch.dt[i], du[i]);
+          dB_sh[n * kChunk + local0 + i] += grad_x * ch.dtu[i];
+          dC_sh[n * kChunk + local0 + i] += dy[i] * x[i];
+          ypre[i] = fmaf(Cv[i], x[i], ypre[i]);
+          p = av[i] * grad_x;
+        }
+        dA_sum = cuda_detail::warp_allreduce(dA_sum, cuda_detail::SumOp{});
+        if (lane == 0) dA_sh[(warp * R + r) * s.dstate + n] += dA_sum;
+        __syncthreads();  // carry[] read by all before it changes; totals reusable
+        if (threadIdx.x == 0) carry[r * s.dstate + n] = fmaf(rtotal.a, p_end, rtotal.b);
+      }
+      float dz[K], ddelta[K], dD_sum = 0.0f, dbias_sum = 0.0f;
+      float delta_raw[K];
+      load_items<K>(a.delta + row, t0, s.seqlen, aligned, delta_raw);
+      const float bias = a.delta_bias ? a.delta_bias[d] : 0.0f;
+#pragma unroll
+      for (int i = 0; i < K; ++i) {
+        if (a.z) {
+          const float sz = sigmoid(z[i]);
+          dz[i] = dout[i] * ypre[i] * sz * (1.0f + z[i] * (1.0f - sz));
+        }
+        ddelta[i] = s.softplus ? ddt[i] * sigmoid(delta_raw[i] + bias) : ddt[i];
+        if (t0 + i < s.seqlen) {
+          dD_sum = fmaf(dy[i], ch.u[i], dD_sum);
+          dbias_sum += ddelta[i];
+        }
+      }
+      store_items<K>(gr.du + row, t0, s.seqlen, aligned, du);
+      store_items<K>(gr.ddelta + row, t0, s.seqlen, aligned, ddelta);
+      if (a.z) store_items<K>(gr.dz + row, t0, s.seqlen, aligned, dz);
+      dD_sum = cuda_detail::warp_allreduce(dD_sum, cuda_detail::SumOp{});
+      dbias_sum = cuda_detail::warp_allreduce(dbias_sum, cuda_detail::SumOp{});
+      if (lane == 0) {
+        dDb_sh[(warp * R + r) * 2 + 0] += dD_sum;
+        dDb_sh[(warp * R + r) * 2 + 1] += dbias_sum;
+      }
+    }
+    // This chunk's dB / dC partials for the block's channels, then clear for the next chunk.
+    __syncthreads();
+    const int64_t partial_row = (b * (s.dim / R) + block_d) * s.dstate;
+    for (int64_t i = threadIdx.x; i < s.dstate * kChunk; i += kThreads) {
+      const int64_t n = i / kChunk, t = c * kChunk + i % kChunk;
+      if (t < s.seqlen) {
+        scratch.dB_partial[(partial_row + n) * s.seqlen + t] = dB_sh[i];
+        scratch.dC_partial[(partial_row + n) * s.seqlen + t] = dC_sh[i];
+      }
+      dB_sh[i] = 0.0f;
+      dC_sh[i] = 0.0f;
+    }
+    __syncthreads();
+  }
+  // Per-channel sums over the sequence, warps added in order.
+  for (int64_t i = threadIdx.x; i < R * s.dstate; i += kThreads) {
+    const int64_t r = i / s.dstate, k = i % s.dstate, d = d_first + r;
+    float sum = 0.0f;
+    for (int w = 0; w < kWarps; ++w) sum += dA_sh[(w * R + r) * s.dstate + k];
+    scratch.dA_partial[(b * s.dim + d) * s.dstate + k] = sum;
+    if (gr.dinitial_state) gr.dinitial_state[(b * s.dim + d) * s.dstate + k] = carry[i];
+  }
+  for (int64_t r = threadIdx.x; r < R; r += kThreads) {
+    float dD = 0.0f, dbias = 0.0f;
+    for (int w = 0; w < kWarps; ++w) {
+      dD += dDb_sh[(w * R + r) * 2 + 0];
+      dbias += dDb_sh[(w * R + r) * 2 + 1];
+    }
+    scratch.dD_partial[b * s.dim + d_first + r] = dD;
+    scratch.dbias_partial[b * s.dim + d_first + r] = dbias;
+  }
+}
+
+// out[i] = sum over `parts` partials in order; partial p of element i at in[(outer * parts + p) * inner + i].
+template <typename T>
+__global__ void sum_partials_kernel(const float* in, int64_t outer, int64_t parts, int64_t inner, T* out) {
+  const int64_t total = outer * inner;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t o = idx / inner, i = idx % inner;
+    float sum = 0.0f;
+    for (int64_t p = 0; p < parts; ++p) sum += in[(o * parts + p) * inner + i];
+    out[idx] = from_f32<T>(sum);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Decode step: one thread per (b, d).
+template <typename T>
+__global__ void scan_step_kernel(Dims s, ScanArgs<T, float> a, float* state, T* out) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= s.batch * s.dim) return;
+  const int64_t b = i / s.dim, d = i % s.dim, g = d / s.per_group;
+  float dt = to_f32(a.delta[i]) + (a.delta_bias ? a.delta_bias[d] : 0.0f);
+  if (s.softplus) dt = softplus(dt);
+  const float u = to_f32(a.u[i]);
+  float y = 0.0f;
+  for (int64_t k = 0; k < s.dstate; ++k) {
+    float& x = state[i * s.dstate + k];
+    const float Bk = to_f32(a.B[(b * s.ngroups + g) * s.dstate + k]);
+    const float Ck = to_f32(a.C[(b * s.ngroups + g) * s.dstate + k]);
+    x = fmaf(exp2f(dt * a.A[d * s.dstate + k] * kLog2e), x, dt * Bk * u);
+    y = fmaf(Ck, x, y);
+  }
+  if (a.D) y = fmaf(a.D[d], u, y);
+  if (a.z) {
+    const float z = to_f32(a.z[i]);
+    y *= z * sigmoid(z);
+  }
+  out[i] = from_f32<T>(y);
+}
+
+Dims make_dims(const ScanShape& s) {
+  if (s.batch < 0 || s.dim < 1 || s.seqlen < 0 || s.dstate < 1 || s.dstate > 64 || s.ngroups < 1 ||
+      s.dim % s.ngroups != 0)
+    throw KernelError("cuda::selective_scan: unsupported shape (d " + std::to_string(s.dim) + ", n " +
+                      std::to_string(s.dstate) + ", g " + std::to_string(s.ngroups) +
+                      "); needs 1 <= n <= 64 and g dividing d");
+  Dims d{s.batch, s.dim, s.seqlen, s.dstate, s.ngroups, s.dim / s.ngroups, 0, s.delta_softplus, false};
+  d.nchunks = (s.seqlen + kThreads * items_for(s.dstate) - 1) / (kThreads * items_for(s.dstate));
+  return d;
+}
+
+// Vector loads need every (b, d) row and every pointer on a K * element-size boundary.
+bool rows_aligned(const Dims& s, int64_t elem, std::initializer_list<const void*> pointers) {
+  const int64_t K = items_for(s.dstate);
+  if (s.seqlen % K != 0) return false;
+  for (const void* p : pointers)
+    if (p && reinterpret_cast<uintptr_t>(p) % (K * elem) != 0) return false;
+  return true;
+}
+
+template <typename T> ScanArgs<T, float> typed(const ScanArgs<void, float>& a) {
+  return {static_cast<const T*>(a.u), static_cast<const T*>(a.delta), a.A, static_cast<const T*>(a.B),
+          static_cast<const T*>(a.C), a.D, static_cast<const T*>(a.z), a.delta_bias, a.initial_state,
+          a.doc_index};
+}
+
+template <typename T> ScanGrads<T, float> typed(const ScanGrads<void, float>& g) {
+  return {static_cast<const T*>(g.dout), g.dfinal_state, static_cast<T*>(g.du), static_cast<T*>(g.ddelta),
+          g.dA, static_cast<T*>(g.dB), static_cast<T*>(g.dC), g.dD, static_cast<T*>(g.dz), g.ddelta_bias,
+          g.dinitial_state};
+}
+
+// Calls fn(std::integral_constant<int, K>) for the items-per-thread of this state size.
+template <typename Fn> void dispatch_items(int64_t dstate, Fn&& fn) {
+  switch (items_for(dstate)) {
+    case 4: fn(std::integral_constant<int, 4>{}); return;
+    case 2: fn(std::integral_constant<int, 2>{}); return;
+    default: fn(std::integral_constant<int, 1>{}); return;
+  }
+}
+
+// Channels per backward block: the largest of 16, 8, 4, 2, 1 that divides a group.
+int channels_per_block(int64_t per_group) {
+  for (int r : {16, 8, 4, 2})
+    if (per_group % r == 0) return r;
+  return 1;
+}
+
+}  // namespace
+
+namespace cuda {
+
+int64_t selective_scan_chunk_len(int64_t dstate) { return kThreads * items_for(dstate); }
+
+int64_t selective_scan_num_chunks(const ScanShape& s) { return make_dims(s).nchunks; }
+
+void selective_scan_forward(const ScanShape& shape, DType dtype, const ScanArgs<void, float>& a, void* out,
+                            float* final_state, float* chunk_states, cudaStream_t stream) {
+  Dims s = make_dims(shape);
+  s.aligned = rows_aligned(s, dtype == DType::bf16 ? 2 : 4, {a.u, a.delta, a.B, a.C, a.z, out});
+  if (s.batch == 0 || s.seqlen == 0) {
+    if (final_state && s.batch > 0)
+      SSM_CUDA_CHECK(a.initial_state ? cudaMemcpyAsync(final_state, a.initial_state,
+                                                       s.batch * s.dim * s.dstate * 4, cudaMemcpyDeviceToDevice, stream)
+                                     : cudaMemsetAsync(final_state, 0, s.batch * s.dim * s.dstate * 4, stream));
+    return;
+  }
+  cuda_detail::dispatch_f32_bf16(dtype, "selective_scan_forward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    dispatch_items(s.dstate, [&](auto items) {
+      constexpr int K = decltype(items)::value;
+      const dim3 grid(static_cast<unsigned>(s.dim), static_cast<unsigned>(s.batch));
+      scan_forward_kernel<K, T><<<grid, kThreads, s.dstate * sizeof(float), stream>>>(
+          s, typed<T>(a), static_cast<T*>(out), final_state, chunk_states);
+      SSM_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs<void, float>& a,
+                             const ScanGrads<void, float>& g, const float* chunk_states, cudaStream_t stream) {
+  Dims s = make_dims(shape);
+  s.aligned = rows_aligned(s, dtype == DType::bf16 ? 2 : 4,
+                           {a.u, a.delta, a.B, a.C, a.z, g.dout, g.du, g.ddelta, g.dz});
+  if (!chunk_states) throw KernelError("cuda::selective_scan_backward: chunk_states from the forward are required");
+  if ((a.D && !g.dD) || (a.z && !g.dz) || (a.delta_bias && !g.ddelta_bias) || (a.initial_state && !g.dinitial_state))
+    throw KernelError("cuda::selective_scan_backward: a gradient buffer is missing for an optional input");
+  const int64_t elem = dtype == DType::bf16 ? 2 : 4;
+  if (s.batch == 0 || s.seqlen == 0) {
+    SSM_CUDA_CHECK(cudaMemsetAsync(g.dA, 0, s.dim * s.dstate * 4, stream));
+    if (g.dD) SSM_CUDA_CHECK(cudaMemsetAsync(g.dD, 0, s.dim * 4, stream));
+    if (g.ddelta_bias) SSM_CUDA_CHECK(cudaMemsetAsync(g.ddelta_bias, 0, s.dim * 4, stream));
+    if (s.batch > 0) {
+      SSM_CUDA_CHECK(cudaMemsetAsync(g.dB, 0, s.batch * s.ngroups * s.dstate * s.seqlen * elem, stream));
+      SSM_CUDA_CHECK(cudaMemsetAsync(g.dC, 0, s.batch * s.ngroups * s.dstate * s.seqlen * elem, stream));
+      if (g.dinitial_state)
+        SSM_CUDA_CHECK(g.dfinal_state ? cudaMemcpyAsync(g.dinitial_state, g.dfinal_state, s.batch * s.dim * s.dstate * 4,
+                                                        cudaMemcpyDeviceToDevice, stream)
+                                      : cudaMemsetAsync(g.dinitial_state, 0, s.batch * s.dim * s.dstate * 4, stream));
+    }
+    return;
+  }
+  const int R = channels_per_block(s.per_group);
+  const int64_t blocks_per_batch = s.dim / R;
+  const int64_t partial_elems = s.batch * blocks_per_batch * s.dstate * s.seqlen;
+  BackwardScratch scratch{};
+  char* pool = nullptr;
+  const size_t pool_bytes = sizeof(float) * (2 * partial_elems + s.batch * s.dim * (s.dstate + 2));
+  SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&pool), pool_bytes, stream));
+  scratch.dB_partial = reinterpret_cast<float*>(pool);
+  scratch.dC_partial = scratch.dB_partial + partial_elems;
+  scratch.dA_partial = scratch.dC_partial + partial_elems;
+  scratch.dD_partial = scratch.dA_partial + s.batch * s.dim * s.dstate;
+  scratch.dbias_partial = scratch.dD_partial + s.batch * s.dim;
+
+  cuda_detail::dispatch_f32_bf16(dtype, "selective_scan_backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    dispatch_items(s.dstate, [&](auto items) {
+      constexpr int K = decltype(items)::value;
+      constexpr int kChunk = kThreads * K;
+      const size_t smem = sizeof(float) * (2 * s.dstate * kChunk + R * s.dstate + kWarps * R * (s.dstate + 2));
+      auto kernel = scan_backward_kernel<K, T>;
+      SSM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+      const dim3 grid(static_cast<unsigned>(blocks_per_batch), static_cast<unsigned>(s.batch));
+      kernel<<<grid, kThreads, smem, stream>>>(s, R, typed<T>(a), typed<T>(g), chunk_states, scratch);
+      SSM_CUDA_CHECK_LAUNCH();
+      // dB, dC: sum the block partials of each group in block order.
+      const int64_t blocks_per_group = s.per_group / R;
+      const int64_t bc_inner = s.dstate * s.seqlen;
+      const unsigned grid_sum = cuda_detail::grid_for(s.batch * s.ngroups * bc_inner, 256);
+      sum_partials_kernel<T><<<grid_sum, 256, 0, stream>>>(scratch.dB_partial, s.batch * s.ngroups,
+                                                           blocks_per_group, bc_inner, static_cast<T*>(g.dB));
+      SSM_CUDA_CHECK_LAUNCH();
+      sum_partials_kernel<T><<<grid_sum, 256, 0, stream>>>(scratch.dC_partial, s.batch * s.ngroups,
+                                                           blocks_per_group, bc_inner, static_cast<T*>(g.dC));
+      SSM_CUDA_CHECK_LAUNCH();
+    });
+  });
+  // dA, dD, ddelta_bias: sum over the batch in order.
+  auto sum_batch = [&](const float* partial, int64_t inner, float* out) {
+    sum_partials_kernel<float><<<cuda_detail::grid_for(inner, 256), 256, 0, stream>>>(partial, 1, s.batch, inner, out);
+    SSM_CUDA_CHECK_LAUNCH();
+  };
+  sum_batch(scratch.dA_partial, s.dim * s.dstate, g.dA);
+  if (g.dD) sum_batch(scratch.dD_partial, s.dim, g.dD);
+  if (g.ddelta_bias) sum_batch(scratch.dbias_partial, s.dim, g.ddelta_bias);
+  SSM_CUDA_CHECK(cudaFreeAsync(pool, stream));
+}
+
+void selective_scan_step(const ScanShape& shape, DType dtype, const ScanArgs<void, float>& a, float* state,
+                         void* out, cudaStream_t stream) {
+  const Dims s = make_dims(shape);
+  if (s.batch == 0) return;
+  cuda_detail::dispatch_f32_bf16(dtype, "selective_scan_step", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    scan_step_kernel<T><<<cuda_detail::grid_for(s.batch * s.dim, 128), 128, 0, stream>>>(
+        s, typed<T>(a), state, static_cast<T*>(out));
+    SSM_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace cuda
+}  // namespace ssmtrain::kernels

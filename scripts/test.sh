@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs the dependencies, configures and builds ssmtrain into build/ and runs ctest.
+# Extra arguments go to ctest, e.g. `scripts/test.sh -L gpu` or `scripts/test.sh -R layering`.
+# CUDA is built when nvcc is found (on PATH or in /usr/local/cuda/bin); GPU tests skip without a GPU.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+cores="$(nproc)"
+build_dir=build
+timings=()
+
+# Runs "$@" as the named phase and records how long it took.
+phase() {
+  local name="$1"
+  shift
+  echo "== test.sh: ${name}"
+  local start="${SECONDS}"
+  "$@"
+  local elapsed=$((SECONDS - start))
+  timings+=("$(printf '%-10s %5ds' "${name}" "${elapsed}")")
+  echo "== test.sh: ${name} done in ${elapsed}s"
+}
+
+# Printed on every exit, so a failing phase still shows where the time went.
+report() {
+  local status=$?
+  echo "== test.sh: elapsed per phase"
+  local line
+  for line in "${timings[@]}"; do
+    echo "   ${line}"
+  done
+  if [ "${status}" -ne 0 ]; then
+    echo "== test.sh: FAILED (exit ${status})" >&2
+  fi
+}
+trap report EXIT
+
+phase install-deps scripts/install-deps.sh
+
+export CCACHE_DIR="${CCACHE_DIR:-${HOME}/.cache/ccache}"
+export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
+mkdir -p "${CCACHE_DIR}"
+
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH="/usr/local/cuda/bin:${PATH}"
+fi
+if command -v nvcc >/dev/null 2>&1; then
+  echo "== test.sh: nvcc at $(command -v nvcc): building CUDA"
+else
+  echo "== test.sh: no nvcc: building CPU only"
+fi
+
+phase configure cmake -S . -B "${build_dir}" -G Ninja \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSSMTRAIN_CUDA=AUTO
+phase build cmake --build "${build_dir}" -j "${cores}"
+phase ctest ctest --test-dir "${build_dir}" --output-on-failure -j "${cores}" --timeout 900 "$@"
