@@ -126,9 +126,9 @@ SelectiveScanOutputs selective_scan(const SelectiveScanInputs& in_raw, bool retu
         kernels::cpu::selective_scan_backward<T>(s, a, gr);
       });
     } else {
-      SelectiveScanInputs saved_in{sv[kU], sv[kDelta], sv[kA], sv[kB], sv[kC], sv[kD], sv[kZ], sv[kBias],
+      [[maybe_unused]] SelectiveScanInputs saved_in{sv[kU], sv[kDelta], sv[kA], sv[kB], sv[kC], sv[kD], sv[kZ], sv[kBias],
                                    sv[kInit], sv[kDoc], s.delta_softplus};
-      kernels::ScanGrads<void, float> gr{dout.data(), ptr<float>(dfinal), du.data(), ddelta.data(),
+      [[maybe_unused]] kernels::ScanGrads<void, float> gr{dout.data(), ptr<float>(dfinal), du.data(), ddelta.data(),
                                          mut<float>(dA), dB.data(), dC.data(), mut<float>(dD),
                                          dz.defined() ? dz.data() : nullptr, mut<float>(dbias), mut<float>(dinit)};
       SSM_CUDA_BRANCH(u, kernels::cuda::selective_scan_backward(s, u.dtype(), void_args(saved_in), gr,

@@ -1,6 +1,6 @@
 // CUDA streams, events and the current-device guard. Every op runs on the current stream of
 // its tensors' device; by default that is one non-blocking stream per device, per process.
-// Without CUDA these throw (and are never reached: no tensor can live on a GPU).
+// Without CUDA these throw (autograd/stream.cpp): no tensor can live on a GPU there.
 #pragma once
 
 #include "autograd/device.h"

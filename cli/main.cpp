@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "data/commands.h"
+
 #if defined(SSMTRAIN_WITH_CUDA)
 #include <cuda_runtime.h>
 #endif
@@ -39,21 +41,6 @@ struct TrainArgs {
 struct ConfigShowArgs {
   std::string recipe;
   std::vector<std::string> overrides;
-};
-
-struct DataTokenizerArgs {
-  std::vector<std::string> inputs;
-  int64_t vocab_size = 0;
-  std::string model_type = "bpe";
-  std::string out;
-};
-
-struct DataPrepareArgs {
-  std::string tokenizer;
-  std::vector<std::string> inputs;
-  std::string out;
-  double val_fraction = 0.01;
-  int threads = 0;  // 0: every hardware thread
 };
 
 struct EvalPerplexityArgs {
@@ -173,7 +160,9 @@ void config_show_options(CLI::App& app, ConfigShowArgs& a) {
   add_overrides(app, a.overrides);
 }
 
-void data_tokenizer_options(CLI::App& app, DataTokenizerArgs& a) {
+// The data subcommands fill the library's option structs directly (data/tokenizer.h,
+// data/prepare.h document every field and its default).
+void data_tokenizer_options(CLI::App& app, ssmtrain::data::TokenizerOptions& a) {
   app.add_option("--input", a.inputs,
                  "Text, JSONL (text field) or directories (recursive, .gz too)")
       ->required()
@@ -184,18 +173,22 @@ void data_tokenizer_options(CLI::App& app, DataTokenizerArgs& a) {
   app.add_option("--model-type", a.model_type, "SentencePiece model type")
       ->check(CLI::IsMember({"bpe", "unigram"}))
       ->capture_default_str();
-  add_out(app, a.out, "Tokenizer model file to write (FILE.model)");
+  app.add_option("--max-sentences", a.max_sentences,
+                 "Sentences sampled for training at most (bounds memory)")
+      ->check(kPositive)
+      ->capture_default_str();
+  add_out(app, a.output_path, "Tokenizer model file to write (FILE.model)");
 }
 
-void data_prepare_options(CLI::App& app, DataPrepareArgs& a) {
-  app.add_option("--tokenizer", a.tokenizer, "SentencePiece model (FILE.model)")
+void data_prepare_options(CLI::App& app, ssmtrain::data::PrepareOptions& a) {
+  app.add_option("--tokenizer", a.tokenizer_path, "SentencePiece model (FILE.model)")
       ->required()
       ->check(CLI::ExistingFile);
   app.add_option("--input", a.inputs,
                  "Text, JSONL (text field) or directories (recursive, .gz too)")
       ->required()
       ->check(CLI::ExistingPath);
-  add_out(app, a.out, "Directory for the HDF5 shards and the manifest");
+  add_out(app, a.output_dir, "Directory for the HDF5 shards and the manifest");
   app.add_option("--val-fraction", a.val_fraction, "Fraction of documents held out for validation")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
@@ -281,6 +274,8 @@ void info_options(CLI::App&, InfoArgs&) {}
 
 int run_info(const InfoArgs&) {
   fmt::print("ssmtrain {}\n", kVersion);
+#include "data/commands.h"
+
 #if defined(SSMTRAIN_WITH_CUDA)
   int runtime_version = 0, driver_version = 0;
   cudaRuntimeGetVersion(&runtime_version);
@@ -355,10 +350,10 @@ const std::vector<Subcommand>& subcommand_table() {
           "config show",
           "Print the resolved config, layer layout, parameter count and FLOPs per token",
           config_show_options, nullptr),
-      command<DataTokenizerArgs>("data tokenizer", "Train a SentencePiece tokenizer",
-                                 data_tokenizer_options, nullptr),
-      command<DataPrepareArgs>("data prepare", "Encode a corpus into HDF5 token shards",
-                               data_prepare_options, nullptr),
+      command<ssmtrain::data::TokenizerOptions>("data tokenizer", "Train a SentencePiece tokenizer",
+                                                data_tokenizer_options, ssmtrain::data::run_tokenizer_command),
+      command<ssmtrain::data::PrepareOptions>("data prepare", "Encode a corpus into HDF5 token shards",
+                                              data_prepare_options, ssmtrain::data::run_prepare_command),
       command<EvalPerplexityArgs>("eval perplexity",
                                   "Loss, perplexity and bits per byte on held-out data",
                                   eval_perplexity_options, nullptr),

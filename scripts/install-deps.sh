@@ -9,6 +9,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git
   libyaml-cpp-dev libhdf5-dev hdf5-tools
   libsentencepiece-dev sentencepiece
+  zlib1g-dev linux-doc
   libopenblas-dev
   libopenmpi-dev openmpi-bin
   libgtest-dev libgmock-dev libbenchmark-dev
