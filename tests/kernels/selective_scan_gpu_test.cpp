@@ -133,6 +133,8 @@ TEST_P(SelectiveScanGpu, OptionalInputsGroupsAndDocuments) {
       for (int64_t g : {1, 4}) check_case({2, 32, 777, 16, g, optional, docs, GetParam()});
   check_case({1, 48, 1500, 64, 3, true, true, GetParam()});  // 16 channels per group, K = 1
   check_case({3, 6, 300, 32, 2, true, true, GetParam()});    // 3 channels per group, K = 2
+  // Enough channels (b * d / 8 >= 8 warps per multiprocessor) for the one-pass forward.
+  check_case({4, 2176, 300, 16, 2, true, true, GetParam()});
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, SelectiveScanGpu, ::testing::Values(DType::f32, DType::bf16),
