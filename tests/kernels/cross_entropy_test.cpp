@@ -1,6 +1,7 @@
 // Tests of kernels/cross_entropy.h on the CPU: mean loss, valid-row count and per-row
 // log-sum-exp against naive double loops, ignore_index rows, out-of-range targets, and the
 // gradient against its formula and against finite differences of the loss.
+#include "tests/support/reference.h"
 #include "kernels/cross_entropy.h"
 
 #include <algorithm>
@@ -17,34 +18,10 @@ namespace {
 
 using namespace ssmtrain;
 using namespace ssmtrain::kernels;
+using ssmtrain::testing::matches;
+using ssmtrain::testing::random_values;
 
 constexpr int64_t kIgnore = -100;
-
-template <typename T> std::vector<T> random_values(int64_t n, uint64_t seed, double scale = 1.0) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal(0.0, scale);
-  std::vector<T> v(static_cast<size_t>(n));
-  for (T& x : v) x = static_cast<T>(normal(rng));
-  return v;
-}
-
-// Every element within tol * (|ref| + 1e-3 rms(ref)): tol 1e-5 for float, 1e-12 for double.
-template <typename T>
-::testing::AssertionResult matches(const std::vector<T>& got, const std::vector<double>& ref,
-                                   double tol_scale = 1.0) {
-  const double tol = tol_scale * (std::is_same_v<T, float> ? 1e-5 : 1e-12);
-  double sum_sq = 0;
-  for (double r : ref) sum_sq += r * r;
-  const double atol = 1e-3 * std::sqrt(sum_sq / double(std::max<size_t>(ref.size(), 1))) + 1e-300;
-  if (got.size() != ref.size()) return ::testing::AssertionFailure() << "size mismatch";
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - ref[i]);
-    if (!(err <= tol * (std::fabs(ref[i]) + atol)))
-      return ::testing::AssertionFailure()
-             << "element " << i << ": got " << double(got[i]) << ", reference " << ref[i];
-  }
-  return ::testing::AssertionSuccess();
-}
 
 // Targets in [0, vocab), every third row (from row 1) ignored.
 template <typename Id> std::vector<Id> make_targets(int64_t n, int64_t vocab, uint64_t seed) {

@@ -1,6 +1,7 @@
 // Tests of kernels/elementwise.h on the CPU: every activation and its derivative against
 // formulas written here in double (plus finite differences), affine and power maps, and
 // broadcasting binary ops with their gradients; float and double, odd and even sizes.
+#include "tests/support/reference.h"
 #include "kernels/elementwise.h"
 
 #include <algorithm>
@@ -18,35 +19,10 @@ namespace {
 
 using namespace ssmtrain;
 using namespace ssmtrain::kernels;
+using ssmtrain::testing::matches;
+using ssmtrain::testing::random_values;
 
 const int64_t kSizes[] = {1, 7, 64, 129};
-
-// normal(mean, scale) test data from a fixed-seed std::mt19937_64, as T.
-template <typename T>
-std::vector<T> random_values(int64_t n, uint64_t seed, double scale = 1.0, double mean = 0.0) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal(mean, scale);
-  std::vector<T> v(static_cast<size_t>(n));
-  for (T& x : v) x = static_cast<T>(normal(rng));
-  return v;
-}
-
-// Every element within tol * (|ref| + 1e-3 rms(ref)): tol 1e-5 for float, 1e-12 for double.
-template <typename T>
-::testing::AssertionResult matches(const std::vector<T>& got, const std::vector<double>& ref) {
-  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
-  double sum_sq = 0;
-  for (double r : ref) sum_sq += r * r;
-  const double atol = 1e-3 * std::sqrt(sum_sq / double(std::max<size_t>(ref.size(), 1))) + 1e-300;
-  if (got.size() != ref.size()) return ::testing::AssertionFailure() << "size mismatch";
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - ref[i]);
-    if (!(err <= tol * (std::fabs(ref[i]) + atol)))
-      return ::testing::AssertionFailure()
-             << "element " << i << ": got " << double(got[i]) << ", reference " << ref[i];
-  }
-  return ::testing::AssertionSuccess();
-}
 
 // ---- reference formulas, in double ----
 

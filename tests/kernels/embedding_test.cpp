@@ -1,5 +1,6 @@
 // Tests of kernels/embedding.h on the CPU: lookup with i32 and i64 ids, the error for an id
 // outside the table, and the backward's accumulation (+=) of repeated ids in token order.
+#include "tests/support/reference.h"
 #include "kernels/embedding.h"
 
 #include <algorithm>
@@ -17,31 +18,8 @@ namespace {
 
 using namespace ssmtrain;
 using namespace ssmtrain::kernels;
-
-template <typename T> std::vector<T> random_values(int64_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  std::vector<T> v(static_cast<size_t>(n));
-  for (T& x : v) x = static_cast<T>(normal(rng));
-  return v;
-}
-
-// Every element within tol * (|ref| + 1e-3 rms(ref)): tol 1e-5 for float, 1e-12 for double.
-template <typename T>
-::testing::AssertionResult matches(const std::vector<T>& got, const std::vector<double>& ref) {
-  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
-  double sum_sq = 0;
-  for (double r : ref) sum_sq += r * r;
-  const double atol = 1e-3 * std::sqrt(sum_sq / double(std::max<size_t>(ref.size(), 1))) + 1e-300;
-  if (got.size() != ref.size()) return ::testing::AssertionFailure() << "size mismatch";
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - ref[i]);
-    if (!(err <= tol * (std::fabs(ref[i]) + atol)))
-      return ::testing::AssertionFailure()
-             << "element " << i << ": got " << double(got[i]) << ", reference " << ref[i];
-  }
-  return ::testing::AssertionSuccess();
-}
+using ssmtrain::testing::matches;
+using ssmtrain::testing::random_values;
 
 // n ids in [0, vocab), with repeats (a small vocab forces them).
 template <typename Id> std::vector<Id> random_ids(int64_t n, int64_t vocab, uint64_t seed) {

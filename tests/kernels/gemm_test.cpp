@@ -1,6 +1,7 @@
 // Tests of kernels/gemm.h on the CPU: C = alpha op(A) op(B) + beta C against a naive double
 // triple loop, for all four transpose combinations, padded leading dimensions, batches with
 // gaps between matrices, beta != 0, and the empty cases (m, n or k = 0).
+#include "tests/support/reference.h"
 #include "kernels/gemm.h"
 
 #include <utility>
@@ -18,31 +19,13 @@ namespace {
 
 using namespace ssmtrain;
 using namespace ssmtrain::kernels;
+using ssmtrain::testing::matches;
+using ssmtrain::testing::random_values;
 
-template <typename T> std::vector<T> random_values(int64_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  std::vector<T> v(static_cast<size_t>(n));
-  for (T& x : v) x = static_cast<T>(normal(rng));
-  return v;
-}
-
-// Every element within tol * (|ref| + rms(ref)): BLAS accumulates in T, so the error scales
-// with the row norms rather than each element. tol 1e-5 for float, 1e-12 for double.
+// BLAS accumulates in T, so the error scales with the row norms: the floor is the full rms.
 template <typename T>
-::testing::AssertionResult matches(const std::vector<T>& got, const std::vector<double>& ref) {
-  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
-  double sum_sq = 0;
-  for (double r : ref) sum_sq += r * r;
-  const double atol = std::sqrt(sum_sq / double(std::max<size_t>(ref.size(), 1))) + 1e-300;
-  if (got.size() != ref.size()) return ::testing::AssertionFailure() << "size mismatch";
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - ref[i]);
-    if (!(err <= tol * (std::fabs(ref[i]) + atol)))
-      return ::testing::AssertionFailure()
-             << "element " << i << ": got " << double(got[i]) << ", reference " << ref[i];
-  }
-  return ::testing::AssertionSuccess();
+::testing::AssertionResult matches_rows(const std::vector<T>& got, const std::vector<double>& ref) {
+  return matches(got, ref, 1.0, 1.0);
 }
 
 // Runs one GEMM on random buffers sized from g and checks it against the naive loop.
@@ -69,7 +52,7 @@ void check_gemm(const GemmShape& g, double alpha, double beta, uint64_t seed) {
         cv = alpha * dot + beta * cv;
       }
   cpu::gemm(g, alpha, a.data(), b.data(), beta, c.data());
-  EXPECT_TRUE(matches(c, ref)) << "m " << g.m << " n " << g.n << " k " << g.k << " trans "
+  EXPECT_TRUE(matches_rows(c, ref)) << "m " << g.m << " n " << g.n << " k " << g.k << " trans "
                                << g.trans_a << g.trans_b << " batch " << g.batch;
 }
 
