@@ -67,6 +67,15 @@ struct Layout {
     for (int i = 0; i < ndim; ++i) n *= shape[i];
     return n;
   }
+  // Element offset of row `row` (a linear index over dims 0..ndim-2) under these strides.
+  SSM_HD int64_t row_offset(int64_t row) const {
+    int64_t offset = 0;
+    for (int d = ndim - 2; d >= 0; --d) {
+      offset += (row % shape[d]) * strides[d];
+      row /= shape[d];
+    }
+    return offset;
+  }
 };
 
 // Elementwise activations. gelu is the exact erf form.

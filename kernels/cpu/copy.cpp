@@ -27,16 +27,6 @@ bool is_contiguous(const Layout& layout) {
   return true;
 }
 
-// Element offset of row `row` (a linear index over dims 0..ndim-2) under layout's strides.
-int64_t row_offset(const Layout& layout, int64_t row) {
-  int64_t offset = 0;
-  for (int d = layout.ndim - 2; d >= 0; --d) {
-    offset += (row % layout.shape[d]) * layout.strides[d];
-    row /= layout.shape[d];
-  }
-  return offset;
-}
-
 // Copies every row (last dimension) of the shared shape, parallel over rows.
 template <typename Word>
 void copy_rows(const Word* src, const Layout& src_layout, Word* dst, const Layout& dst_layout) {
@@ -51,8 +41,8 @@ void copy_rows(const Word* src, const Layout& src_layout, Word* dst, const Layou
   const int64_t dst_step = dst_layout.strides[last];
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < rows; ++row) {
-    const Word* src_row = src + row_offset(src_layout, row);  // (width), stride src_step
-    Word* dst_row = dst + row_offset(dst_layout, row);         // (width), stride dst_step
+    const Word* src_row = src + src_layout.row_offset(row);  // (width), stride src_step
+    Word* dst_row = dst + dst_layout.row_offset(row);         // (width), stride dst_step
     for (int64_t j = 0; j < width; ++j) dst_row[j * dst_step] = src_row[j * src_step];
   }
 }

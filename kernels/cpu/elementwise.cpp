@@ -118,16 +118,6 @@ void check_layouts(const char* op, const Layout& a, const Layout& b) {
   }
 }
 
-// Element offset of row `row` (linear over dims 0..ndim-2 of the shape) under layout's strides.
-int64_t row_offset(const Layout& layout, int64_t row) {
-  int64_t offset = 0;
-  for (int d = layout.ndim - 2; d >= 0; --d) {
-    offset += (row % layout.shape[d]) * layout.strides[d];
-    row /= layout.shape[d];
-  }
-  return offset;
-}
-
 // Calls f(out_index, a_offset, b_offset) for every element of the shared shape, parallel
 // over rows of the last dimension; out_index is the contiguous (row-major) index.
 template <typename F>
@@ -141,8 +131,8 @@ void for_each_broadcast(const Layout& a, const Layout& b, F&& f) {
   const int64_t rows = width == 0 ? 0 : a.numel() / width;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < rows; ++row) {
-    const int64_t a_base = row_offset(a, row);
-    const int64_t b_base = row_offset(b, row);
+    const int64_t a_base = a.row_offset(row);
+    const int64_t b_base = b.row_offset(row);
     for (int64_t j = 0; j < width; ++j)
       f(row * width + j, a_base + j * a.strides[last], b_base + j * b.strides[last]);
   }
