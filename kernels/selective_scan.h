@@ -69,12 +69,12 @@ void selective_scan_step(const ScanShape& s, const ScanArgs<T, T>& a, T* state, 
 
 namespace cuda {
 // dtype (f32 or bf16) is the type of u, delta, z, B, C, out and their gradients; A, D,
-// delta_bias and the states are f32. The sequence is processed in chunks of
-// selective_scan_chunk_len(n) tokens (128 threads x items); the forward can save the state
-// at the start of every chunk, chunk_states (b, d, nchunks, n), which the backward needs.
+// delta_bias and the states are f32. The forward can save the state at the start of every
+// chunk of the sequence, chunk_states (b, d, selective_scan_num_chunks(s), n), which the
+// backward needs; the chunk length depends on the shape and the GPU (32 tokens on the
+// one-pass path for n = 16, else 128 x tokens per thread).
 // n <= 64. The backward recomputes states chunk by chunk, never holding (b, d, l, n), and
 // reduces dA, dB, dC, dD, ddelta_bias in a fixed order (no atomics).
-int64_t selective_scan_chunk_len(int64_t dstate);
 int64_t selective_scan_num_chunks(const ScanShape& s);
 void selective_scan_forward(const ScanShape& s, DType dtype, const ScanArgs<void, float>& a, void* out,
                             float* final_state, float* chunk_states, cudaStream_t stream);

@@ -35,8 +35,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 // Tokens per thread per chunk: the backward keeps n x chunk partials of dB and dC in shared
 // memory, so the chunk shrinks as the state grows (64 KiB at every n).
-__host__ __device__ inline int items_for_device(int64_t dstate) { return dstate <= 16 ? 4 : dstate <= 32 ? 2 : 1; }
-int items_for(int64_t dstate) { return items_for_device(dstate); }
+int items_for(int64_t dstate) { return dstate <= 16 ? 4 : dstate <= 32 ? 2 : 1; }
 
 // x -> a x + b. compose(first, second) applies first, then second.
 struct Affine {
@@ -131,6 +130,7 @@ __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf
 
 struct Dims {
   int64_t batch, dim, seqlen, dstate, ngroups, per_group, nchunks;
+  int64_t chunk_len;  // tokens between the states the forward saves for the backward
   bool softplus;
   bool aligned;  // every row starts on a K-element boundary: vector loads are safe
 };
@@ -249,8 +249,6 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(Dims s, ScanArgs
 // Per (token, state) that is about a dozen instructions, against ~50 for a block scan.
 constexpr int kTile = 32;      // tokens staged in shared memory at a time
 
-// The backward's chunk length, at which states are saved (a multiple of kTile).
-__device__ __host__ inline int64_t seg_len_saved(const Dims& s) { return int64_t(kThreads) * items_for_device(s.dstate); }
 constexpr int kSegWarps = 4;   // warps per block (32 channels)
 
 struct SegmentScratch {
@@ -296,8 +294,8 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
   bool any_reset = false;
 
   for (int64_t t0 = begin; t0 < end; t0 += kTile) {
-    if (save_states && t0 % seg_len_saved(s) == 0) {
-      const int64_t chunk = t0 / seg_len_saved(s);
+    if (save_states && t0 % s.chunk_len == 0) {
+      const int64_t chunk = t0 / s.chunk_len;
 #pragma unroll
       for (int j = 0; j < S; ++j) save_states[((b * s.dim + d) * s.nchunks + chunk) * s.dstate + q * S + j] = x[j];
     }
@@ -415,6 +413,244 @@ struct BackwardScratch {
   float* dD_partial;     // (b, d)
   float* dbias_partial;  // (b, d)
 };
+
+// ---------------------------------------------------------------------------------------
+// Sequential backward, the mirror of the one-pass forward (n = 16). Each warp walks its 8
+// channels' tiles of 32 tokens from last to first, carrying the state gradient p in
+// registers; the forward saved the state entering every tile. In each tile, the states are
+// recomputed 16 tokens at a time (the second half first, then the first), kept in shared
+// memory, and the reverse recurrence p_t = a_t (dy_t C_t + p_{t+1}) runs token by token.
+// dB and dC sum over channels: a reduce-scatter over the warp's lanes leaves each lane one
+// (B or C, state) sum of its 8 channels per token; the block adds its 4 warps in order into
+// one partial per 32 channels, and sum_partials_kernel adds those in order.
+constexpr int kHalf = kTile / 2;
+
+struct SeqBackwardSmem {
+  float dt[kSegWarps][8][kTile + 1], dtu[kSegWarps][8][kTile + 1], u[kSegWarps][8][kTile + 1];
+  float dy[kSegWarps][8][kTile + 1];  // dL/dy before the z gate
+  float ddt[kSegWarps][8][kTile + 1], du[kSegWarps][8][kTile + 1], ypre[kSegWarps][8][kTile + 1];
+  alignas(16) float B[kSegWarps][kTile][16];
+  alignas(16) float C[kSegWarps][kTile][16];
+  float x[kSegWarps][kHalf][32][4];  // states after each token of the current half
+  float dbc[kSegWarps][kHalf][32];   // per-warp channel sums; lane = (B or C, state)
+  bool reset[kSegWarps][kTile];
+};
+
+template <typename T>
+__global__ void __launch_bounds__(32 * kSegWarps) scan_backward_seq_kernel(Dims s, ScanArgs<T, float> a,
+                                                                           ScanGrads<T, float> gr,
+                                                                           const float* chunk_states,
+                                                                           BackwardScratch scratch) {
+  constexpr int S = 4;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  SeqBackwardSmem& sh = *reinterpret_cast<SeqBackwardSmem*>(smem_raw);
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int ch = lane / 4, q = lane % 4;
+  const int64_t blocks_per_batch = s.dim / 32;
+  const int64_t d0 = int64_t(blockIdx.x) * 32 + w * 8;  // the warp's first channel
+  const int64_t d = d0 + ch, b = blockIdx.z;
+  const int64_t g = d0 / s.per_group;
+  const T* Bg = a.B + (b * s.ngroups + g) * 16 * s.seqlen;
+  const T* Cg = a.C + (b * s.ngroups + g) * 16 * s.seqlen;
+  const int64_t row = (b * s.dim + d0 + ch) * s.seqlen;
+  const float bias = a.delta_bias ? a.delta_bias[d] : 0.0f;
+  const float Dd = a.D ? a.D[d] : 0.0f;
+
+  float A[S], A2[S], p[S], dA[S];
+#pragma unroll
+  for (int j = 0; j < S; ++j) {
+    A[j] = a.A[d * 16 + q * S + j];
+    A2[j] = A[j] * kLog2e;
+    p[j] = gr.dfinal_state ? gr.dfinal_state[(b * s.dim + d) * 16 + q * S + j] : 0.0f;
+    dA[j] = 0.0f;
+  }
+  float dD_sum = 0.0f, dbias_sum = 0.0f;
+
+  for (int64_t tile = s.nchunks - 1; tile >= 0; --tile) {
+    const int64_t t0 = tile * kTile;
+    const int64_t end = s.seqlen;
+    // Stage the tile (as the forward does), with dy = dout * silu(z).
+    {
+      const int64_t tt = t0 + q * 8;
+      float uv[8], deltav[8], doutv[8], zv[8];
+      load_items<8>(a.u + row, tt, end, s.aligned, uv);
+      load_items<8>(a.delta + row, tt, end, s.aligned, deltav);
+      load_items<8>(gr.dout + row, tt, end, s.aligned, doutv);
+      if (a.z) load_items<8>(a.z + row, tt, end, s.aligned, zv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        float v = deltav[i] + bias;
+        if (s.softplus) v = fast_softplus(v);
+        const bool inside = tt + i < end;
+        v = inside ? v : 0.0f;
+        sh.dt[w][ch][q * 8 + i] = v;
+        sh.dtu[w][ch][q * 8 + i] = v * uv[i];
+        sh.u[w][ch][q * 8 + i] = uv[i];
+        sh.dy[w][ch][q * 8 + i] = a.z ? doutv[i] * zv[i] * fast_sigmoid(zv[i]) : doutv[i];
+      }
+      for (int idx = lane; idx < 32; idx += 32) {
+        const int state = idx / 2, half = idx % 2;
+        float b16[16], c16[16];
+        load_items<16>(Bg + state * s.seqlen, t0 + half * 16, end, s.aligned, b16);
+        load_items<16>(Cg + state * s.seqlen, t0 + half * 16, end, s.aligned, c16);
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+          sh.B[w][half * 16 + i][state] = b16[i];
+          sh.C[w][half * 16 + i][state] = c16[i];
+        }
+      }
+      const int64_t t = t0 + lane;
+      sh.reset[w][lane] = a.doc_index && t > 0 && t < end &&
+                          a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
+    }
+    __syncwarp();
+    float x_start[S], x_mid[S];
+#pragma unroll
+    for (int j = 0; j < S; ++j) x_start[j] = x_mid[j] = chunk_states[((b * s.dim + d) * s.nchunks + tile) * 16 + q * S + j];
+    // The state after the first half, without keeping the steps.
+    for (int i = 0; i < kHalf; ++i) {
+      const float dt = sh.dt[w][ch][i], dtu = sh.dtu[w][ch][i];
+      const bool reset = sh.reset[w][i];
+#pragma unroll
+      for (int j = 0; j < S; ++j)
+        x_mid[j] = fmaf(reset ? 0.0f : fast_exp2(dt * A2[j]), x_mid[j], sh.B[w][i][q * S + j] * dtu);
+    }
+    for (int half = 1; half >= 0; --half) {
+      const int base = half * kHalf;
+      float x_in[S];  // the state entering this half
+#pragma unroll
+      for (int j = 0; j < S; ++j) x_in[j] = half ? x_mid[j] : x_start[j];
+      // Forward over the half, keeping the state after every token.
+      {
+        float x[S];
+#pragma unroll
+        for (int j = 0; j < S; ++j) x[j] = x_in[j];
+        for (int i = 0; i < kHalf; ++i) {
+          const float dt = sh.dt[w][ch][base + i], dtu = sh.dtu[w][ch][base + i];
+          const bool reset = sh.reset[w][base + i];
+#pragma unroll
+          for (int j = 0; j < S; ++j) {
+            x[j] = fmaf(reset ? 0.0f : fast_exp2(dt * A2[j]), x[j], sh.B[w][base + i][q * S + j] * dtu);
+            sh.x[w][i][lane][j] = x[j];
+          }
+        }
+      }
+      __syncwarp();
+      // Reverse through the half.
+      for (int i = kHalf - 1; i >= 0; --i) {
+        const int t_local = base + i;
+        const float dt = sh.dt[w][ch][t_local], dtu = sh.dtu[w][ch][t_local];
+        const float u = sh.u[w][ch][t_local], dy = sh.dy[w][ch][t_local];
+        const bool reset = sh.reset[w][t_local];
+        float ddt = 0.0f, du = 0.0f, yp = 0.0f, v[8];
+#pragma unroll
+        for (int j = 0; j < S; ++j) {
+          const float decay = reset ? 0.0f : fast_exp2(dt * A2[j]);
+          const float Bj = sh.B[w][t_local][q * S + j], Cj = sh.C[w][t_local][q * S + j];
+          const float x_t = sh.x[w][i][lane][j];
+          const float x_prev = i > 0 ? sh.x[w][i - 1][lane][j] : x_in[j];
+          const float grad_x = fmaf(dy, Cj, p[j]);
+          const float d_decay = grad_x * x_prev * decay;
+          ddt = fmaf(d_decay, A[j], ddt);
+          dA[j] = fmaf(d_decay, dt, dA[j]);
+          const float gb = grad_x * Bj;
+          ddt = fmaf(gb, u, ddt);
+          du = fmaf(gb, dt, du);
+          v[j] = grad_x * dtu;  // dB contribution of this channel
+          v[4 + j] = dy * x_t;   // dC contribution
+          yp = fmaf(Cj, x_t, yp);
+          p[j] = decay * grad_x;
+        }
+        // Sums over the channel's 4 lanes (its 16 states).
+#pragma unroll
+        for (int mask = 1; mask < 4; mask *= 2) {
+          ddt += __shfl_xor_sync(0xffffffffu, ddt, mask);
+          du += __shfl_xor_sync(0xffffffffu, du, mask);
+          yp += __shfl_xor_sync(0xffffffffu, yp, mask);
+        }
+        if (q == 0) {
+          sh.ddt[w][ch][t_local] = ddt;
+          sh.du[w][ch][t_local] = du;
+          sh.ypre[w][ch][t_local] = yp;
+        }
+        // Reduce-scatter over the 8 channels (lane bits 2..4): each level keeps half.
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const bool upper = lane & 16;
+          const float keep = upper ? v[4 + k] : v[k], send = upper ? v[k] : v[4 + k];
+          v[k] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
+        }
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          const bool upper = lane & 8;
+          const float keep = upper ? v[2 + k] : v[k], send = upper ? v[k] : v[2 + k];
+          v[k] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
+        }
+        {
+          const bool upper = lane & 4;
+          const float keep = upper ? v[1] : v[0], send = upper ? v[0] : v[1];
+          v[0] = keep + __shfl_xor_sync(0xffffffffu, send, 4);
+        }
+        sh.dbc[w][i][lane] = v[0];  // (B or C: lane bit 4, state: q * 4 + 2 * bit 3 + bit 2)
+      }
+      // The block's 4 warps, added in order, into this half's partials.
+      __syncthreads();
+      for (int idx = threadIdx.x; idx < kHalf * 32; idx += 32 * kSegWarps) {
+        const int i = idx / 32, L = idx % 32;
+        const int64_t t = t0 + base + i;
+        if (t >= s.seqlen) continue;
+        float sum = 0.0f;
+#pragma unroll
+        for (int ww = 0; ww < kSegWarps; ++ww) sum += sh.dbc[ww][i][L];
+        const int bc = (L >> 4) & 1, state = (L & 3) * 4 + ((L >> 3) & 1) * 2 + ((L >> 2) & 1);
+        float* partial = bc ? scratch.dC_partial : scratch.dB_partial;
+        partial[((b * blocks_per_batch + blockIdx.x) * 16 + state) * s.seqlen + t] = sum;
+      }
+      __syncthreads();
+    }
+    // The tile's per-token outputs: lane (c, q) writes tokens q*8 .. q*8+7 of channel c.
+    {
+      const int64_t tt = t0 + q * 8;
+      float doutv[8], zv[8], deltav[8], duv[8], ddv[8], dzv[8];
+      load_items<8>(gr.dout + row, tt, end, s.aligned, doutv);
+      load_items<8>(a.delta + row, tt, end, s.aligned, deltav);
+      if (a.z) load_items<8>(a.z + row, tt, end, s.aligned, zv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int tl = q * 8 + i;
+        const float u = sh.u[w][ch][tl], dy = sh.dy[w][ch][tl];
+        duv[i] = fmaf(dy, Dd, sh.du[w][ch][tl]);
+        ddv[i] = s.softplus ? sh.ddt[w][ch][tl] * fast_sigmoid(deltav[i] + bias) : sh.ddt[w][ch][tl];
+        if (a.z) {
+          const float sz = fast_sigmoid(zv[i]);
+          dzv[i] = doutv[i] * fmaf(Dd, u, sh.ypre[w][ch][tl]) * sz * (1.0f + zv[i] * (1.0f - sz));
+        }
+        if (tt + i < end) {
+          dD_sum = fmaf(dy, u, dD_sum);
+          dbias_sum += ddv[i];
+        }
+      }
+      store_items<8>(gr.du + row, tt, end, s.aligned, duv);
+      store_items<8>(gr.ddelta + row, tt, end, s.aligned, ddv);
+      if (a.z) store_items<8>(gr.dz + row, tt, end, s.aligned, dzv);
+    }
+    __syncwarp();  // the next tile overwrites the staging buffers
+  }
+#pragma unroll
+  for (int j = 0; j < S; ++j) {
+    scratch.dA_partial[(b * s.dim + d) * 16 + q * S + j] = dA[j];
+    if (gr.dinitial_state) gr.dinitial_state[(b * s.dim + d) * 16 + q * S + j] = p[j];
+  }
+#pragma unroll
+  for (int mask = 1; mask < 4; mask *= 2) {
+    dD_sum += __shfl_xor_sync(0xffffffffu, dD_sum, mask);
+    dbias_sum += __shfl_xor_sync(0xffffffffu, dbias_sum, mask);
+  }
+  if (q == 0) {
+    scratch.dD_partial[b * s.dim + d] = dD_sum;
+    scratch.dbias_partial[b * s.dim + d] = dbias_sum;
+  }
+}
 
 template <int K, typename T>
 __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, ScanArgs<T, float> a,
@@ -634,14 +870,34 @@ __global__ void scan_step_kernel(Dims s, ScanArgs<T, float> a, float* state, T* 
   out[i] = from_f32<T>(y);
 }
 
+// Multiprocessors of the current device (cached per device).
+int sm_count() {
+  static int counts[64] = {};
+  int device = 0;
+  SSM_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < 64 && counts[device] > 0) return counts[device];
+  int count = 0;
+  SSM_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  if (device < 64) counts[device] = count;
+  return count;
+}
+
+// The one-pass path (n = 16, whole blocks of 32 channels per group, and b * d / 8 warps
+// enough to fill the GPU): a sequential forward over the whole sequence that saves the
+// state every kTile tokens, and the sequential backward.
+bool one_pass(const Dims& s) {
+  return s.dstate == 16 && s.dim % 32 == 0 && s.per_group % 32 == 0 && s.batch * (s.dim / 8) >= 8 * sm_count();
+}
+
 Dims make_dims(const ScanShape& s) {
   if (s.batch < 0 || s.dim < 1 || s.seqlen < 0 || s.dstate < 1 || s.dstate > 64 || s.ngroups < 1 ||
       s.dim % s.ngroups != 0)
     throw KernelError("cuda::selective_scan: unsupported shape (d " + std::to_string(s.dim) + ", n " +
                       std::to_string(s.dstate) + ", g " + std::to_string(s.ngroups) +
                       "); needs 1 <= n <= 64 and g dividing d");
-  Dims d{s.batch, s.dim, s.seqlen, s.dstate, s.ngroups, s.dim / s.ngroups, 0, s.delta_softplus, false};
-  d.nchunks = (s.seqlen + kThreads * items_for(s.dstate) - 1) / (kThreads * items_for(s.dstate));
+  Dims d{s.batch, s.dim, s.seqlen, s.dstate, s.ngroups, s.dim / s.ngroups, 0, 0, s.delta_softplus, false};
+  d.chunk_len = one_pass(d) ? kTile : kThreads * items_for(s.dstate);
+  d.nchunks = (s.seqlen + d.chunk_len - 1) / d.chunk_len;
   return d;
 }
 
@@ -681,18 +937,6 @@ int channels_per_block(int64_t per_group) {
   return 1;
 }
 
-// Multiprocessors of the current device (cached per device).
-int sm_count() {
-  static int counts[64] = {};
-  int device = 0;
-  SSM_CUDA_CHECK(cudaGetDevice(&device));
-  if (device < 64 && counts[device] > 0) return counts[device];
-  int count = 0;
-  SSM_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  if (device < 64) counts[device] = count;
-  return count;
-}
-
 // The launches of the segmented forward (see scan_segments_kernel): one sequential pass when
 // batch x channels alone fill the GPU, else local pass, state passing and output pass.
 void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void* out, float* final_state,
@@ -702,9 +946,8 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
   constexpr int S = 4;
   constexpr int kCh = 32 / (16 / S);
   s.aligned = rows_aligned(s, kTile / (16 / S), dtype == DType::bf16 ? 2 : 4, {a.u, a.delta, a.B, a.C, a.z, out});
-  const int64_t seg_len = kThreads * items_for(s.dstate);  // = the backward's chunk
-  const int64_t warps_needed = s.batch * (s.dim / kCh);
-  if (warps_needed >= 8 * sm_count()) {
+  const int64_t seg_len = s.chunk_len;  // segments are the backward's chunks
+  if (s.batch * (s.dim / kCh) >= 8 * sm_count()) {
     // Enough channels to fill the GPU in one sequential pass: no segments, no second pass.
     const dim3 grid(static_cast<unsigned>((s.dim + kCh * kSegWarps - 1) / (kCh * kSegWarps)), 1u,
                     static_cast<unsigned>(s.batch));
@@ -743,8 +986,6 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
 }  // namespace
 
 namespace cuda {
-
-int64_t selective_scan_chunk_len(int64_t dstate) { return kThreads * items_for(dstate); }
 
 int64_t selective_scan_num_chunks(const ScanShape& s) { return make_dims(s).nchunks; }
 
@@ -798,7 +1039,9 @@ void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs
     }
     return;
   }
-  const int R = channels_per_block(s.per_group);
+  const bool sequential = s.chunk_len == kTile;  // the one-pass path (see one_pass)
+  if (sequential) s.aligned = rows_aligned(s, 8, elem, {a.u, a.delta, a.B, a.C, a.z, g.dout, g.du, g.ddelta, g.dz});
+  const int R = sequential ? 32 : channels_per_block(s.per_group);
   const int64_t blocks_per_batch = s.dim / R;
   const int64_t partial_elems = s.batch * blocks_per_batch * s.dstate * s.seqlen;
   BackwardScratch scratch{};
@@ -813,16 +1056,26 @@ void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs
 
   cuda_detail::dispatch_f32_bf16(dtype, "selective_scan_backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
+    if (sequential) {
+      const size_t smem = sizeof(SeqBackwardSmem);
+      auto kernel = scan_backward_seq_kernel<T>;
+      SSM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+      const dim3 grid(static_cast<unsigned>(blocks_per_batch), 1u, static_cast<unsigned>(s.batch));
+      kernel<<<grid, 32 * kSegWarps, smem, stream>>>(s, typed<T>(a), typed<T>(g), chunk_states, scratch);
+      SSM_CUDA_CHECK_LAUNCH();
+    }
     dispatch_items(s.dstate, [&](auto items) {
       constexpr int K = decltype(items)::value;
       constexpr int kChunk = kThreads * K;
-      const size_t smem =
-          sizeof(float) * (2 * s.dstate * kChunk + 3 * R * s.dstate + kWarps * R * (s.dstate + 2));
-      auto kernel = scan_backward_kernel<K, T>;
-      SSM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-      const dim3 grid(static_cast<unsigned>(blocks_per_batch), static_cast<unsigned>(s.batch));
-      kernel<<<grid, kThreads, smem, stream>>>(s, R, typed<T>(a), typed<T>(g), chunk_states, scratch);
-      SSM_CUDA_CHECK_LAUNCH();
+      if (!sequential) {
+        const size_t smem =
+            sizeof(float) * (2 * s.dstate * kChunk + 3 * R * s.dstate + kWarps * R * (s.dstate + 2));
+        auto kernel = scan_backward_kernel<K, T>;
+        SSM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+        const dim3 grid(static_cast<unsigned>(blocks_per_batch), static_cast<unsigned>(s.batch));
+        kernel<<<grid, kThreads, smem, stream>>>(s, R, typed<T>(a), typed<T>(g), chunk_states, scratch);
+        SSM_CUDA_CHECK_LAUNCH();
+      }
       // dB, dC: sum the block partials of each group in block order.
       const int64_t blocks_per_group = s.per_group / R;
       const int64_t bc_inner = s.dstate * s.seqlen;

@@ -142,11 +142,15 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, SelectiveScanGpu, ::testing::Values(DType::f32,
 
 TEST(SelectiveScanGpuMisc, RepeatedRunsAreBitwiseIdentical) {
   SSM_REQUIRE_GPU();
-  const Case c{4, 64, 3000, 16, 1, true, true, DType::bf16};
-  const Inputs in = make_inputs(c, 5);
-  const Result first = run(c, in, kGpu, c.dtype);
-  const Result second = run(c, in, kGpu, c.dtype);
-  for (size_t i = 0; i < first.values.size(); ++i) EXPECT_EQ(first.values[i], second.values[i]) << kNames[i];
+  // The block-scan path, and the one-pass path (b * d / 8 warps fill the GPU).
+  for (const Case& c : {Case{4, 64, 3000, 16, 1, true, true, DType::bf16},
+                        Case{4, 2176, 700, 16, 1, true, true, DType::bf16}}) {
+    const Inputs in = make_inputs(c, 5);
+    const Result first = run(c, in, kGpu, c.dtype);
+    const Result second = run(c, in, kGpu, c.dtype);
+    for (size_t i = 0; i < first.values.size(); ++i)
+      EXPECT_EQ(first.values[i], second.values[i]) << c.str() << " " << kNames[i];
+  }
 }
 
 TEST(SelectiveScanGpuMisc, StepTokenByTokenEqualsParallelScan) {
