@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "data/commands.h"
+#include "data/text_input.h"
 
 #if defined(SSMTRAIN_WITH_CUDA)
 #include <cuda_runtime.h>
@@ -121,6 +122,19 @@ CLI::Validator number_at_least(double low, bool inclusive, const std::string& na
 const CLI::Validator kPositive = number_at_least(0, /*inclusive=*/false, "POSITIVE");
 const CLI::Validator kNonNegative = number_at_least(0, /*inclusive=*/true, "NON-NEGATIVE");
 
+// A corpus input: an existing path, or `linux-doc`, the default corpus (the documentation of
+// Debian's linux-doc package, wherever that version installed it).
+const CLI::Validator kCorpusInput(
+    [](std::string& value) -> std::string {
+      if (value != "linux-doc") return CLI::ExistingPath(value);
+      const std::string found = ssmtrain::data::find_linux_doc_corpus();
+      if (found.empty())
+        return "linux-doc: Debian's linux-doc package is not installed (apt-get install linux-doc)";
+      value = found;
+      return {};
+    },
+    "PATH|linux-doc");
+
 void add_recipe(CLI::App& app, std::string& recipe) {
   app.add_option("recipe", recipe, "Recipe YAML file")->required()->check(CLI::ExistingFile);
 }
@@ -164,9 +178,9 @@ void config_show_options(CLI::App& app, ConfigShowArgs& a) {
 // data/prepare.h document every field and its default).
 void data_tokenizer_options(CLI::App& app, ssmtrain::data::TokenizerOptions& a) {
   app.add_option("--input", a.inputs,
-                 "Text, JSONL (text field) or directories (recursive, .gz too)")
+                 "Text, JSONL (text field) or directories (recursive, .gz too); linux-doc: the default corpus")
       ->required()
-      ->check(CLI::ExistingPath);
+      ->transform(kCorpusInput);
   app.add_option("--vocab-size", a.vocab_size, "Vocabulary size")
       ->required()
       ->check(kPositive);
@@ -185,9 +199,9 @@ void data_prepare_options(CLI::App& app, ssmtrain::data::PrepareOptions& a) {
       ->required()
       ->check(CLI::ExistingFile);
   app.add_option("--input", a.inputs,
-                 "Text, JSONL (text field) or directories (recursive, .gz too)")
+                 "Text, JSONL (text field) or directories (recursive, .gz too); linux-doc: the default corpus")
       ->required()
-      ->check(CLI::ExistingPath);
+      ->transform(kCorpusInput);
   add_out(app, a.output_dir, "Directory for the HDF5 shards and the manifest");
   app.add_option("--val-fraction", a.val_fraction, "Fraction of documents held out for validation")
       ->check(CLI::Range(0.0, 1.0))
@@ -275,6 +289,7 @@ void info_options(CLI::App&, InfoArgs&) {}
 int run_info(const InfoArgs&) {
   fmt::print("ssmtrain {}\n", kVersion);
 #include "data/commands.h"
+#include "data/text_input.h"
 
 #if defined(SSMTRAIN_WITH_CUDA)
   int runtime_version = 0, driver_version = 0;
