@@ -1,0 +1,86 @@
+// See mamba1.h. Initialisation follows the reference implementation (mamba_ssm):
+// dt_proj.weight ~ U(+-r^-1/2), dt_bias = softplus^-1(dt) with dt log-uniform in
+// [dt_min, dt_max] (at least dt_init_floor), A_log = log(1..n), D = 1, the convolution as
+// PyTorch's Conv1d, out_proj scaled by 1 / sqrt(n_layers).
+#include "layers/mamba1.h"
+
+#include <cmath>
+#include <vector>
+
+#include "autograd/conv_ops.h"
+#include "autograd/node.h"
+#include "autograd/ops.h"
+#include "autograd/scan_ops.h"
+
+namespace ssmtrain {
+namespace {
+
+Tensor dt_bias_init(int64_t e, const Mamba1Options& o, Generator& gen, DType dtype) {
+  const std::vector<float> u = Tensor::rand({e}, gen).to_vector();
+  std::vector<double> bias(e);
+  for (int64_t i = 0; i < e; ++i) {
+    double dt = std::exp(u[i] * (std::log(o.dt_max) - std::log(o.dt_min)) + std::log(o.dt_min));
+    dt = std::max(dt, o.dt_init_floor);
+    bias[i] = dt + std::log(-std::expm1(-dt));  // softplus^-1
+  }
+  return Tensor::from_vector(bias, {e}, dtype);
+}
+
+Tensor a_log_init(int64_t e, int64_t n, DType dtype) {
+  std::vector<double> v(e * n);
+  for (int64_t i = 0; i < e; ++i)
+    for (int64_t k = 0; k < n; ++k) v[i * n + k] = std::log(double(k + 1));
+  return Tensor::from_vector(v, {e, n}, dtype);
+}
+
+}  // namespace
+
+Mamba1Mixer::Mamba1Mixer(const Mamba1Options& o, Generator& gen, DType dtype)
+    : options_(o),
+      in_proj_(register_module("in_proj", std::make_unique<Linear>(o.d_model, 2 * o.d_inner(), false, gen, dtype))),
+      conv_weight_(register_parameter("conv1d.weight",
+                                      uniform_init({o.d_inner(), o.d_conv}, 1.0 / std::sqrt(double(o.d_conv)), gen, dtype))),
+      conv_bias_(register_parameter("conv1d.bias",
+                                    uniform_init({o.d_inner()}, 1.0 / std::sqrt(double(o.d_conv)), gen, dtype),
+                                    /*weight_decay=*/false)),
+      x_proj_(register_module("x_proj", std::make_unique<Linear>(o.d_inner(), o.rank() + 2 * o.d_state, false, gen, dtype))),
+      dt_proj_(register_module("dt_proj", std::make_unique<Linear>(o.rank(), o.d_inner(), true, gen, dtype))),
+      A_log_(register_parameter("A_log", a_log_init(o.d_inner(), o.d_state, dtype), /*weight_decay=*/false)),
+      D_(register_parameter("D", Tensor::ones({o.d_inner()}, dtype), /*weight_decay=*/false)),
+      out_proj_(register_module("out_proj", std::make_unique<Linear>(o.d_inner(), o.d_model, false, gen, dtype))) {
+  NoGradGuard no_grad;
+  const double dt_std = 1.0 / std::sqrt(double(o.rank()));
+  copy_into(dt_proj_.weight, uniform_init(dt_proj_.weight.shape(), dt_std, gen, dtype));
+  copy_into(*dt_proj_.bias, dt_bias_init(o.d_inner(), o, gen, dtype));
+  copy_into(out_proj_.weight, mul(out_proj_.weight, 1.0 / std::sqrt(double(std::max<int64_t>(o.n_layers, 1)))));
+  if (o.dt_bc_norm) {
+    dt_norm_ = &register_module("dt_layernorm", std::make_unique<RMSNorm>(o.rank(), o.norm_eps, dtype));
+    B_norm_ = &register_module("b_layernorm", std::make_unique<RMSNorm>(o.d_state, o.norm_eps, dtype));
+    C_norm_ = &register_module("c_layernorm", std::make_unique<RMSNorm>(o.d_state, o.norm_eps, dtype));
+  }
+}
+
+Tensor Mamba1Mixer::forward(const Tensor& x, const Tensor& doc_index) const {
+  const int64_t b = x.size(0), l = x.size(1), e = options_.d_inner(), n = options_.d_state, r = options_.rank();
+  std::vector<Tensor> xz = split(in_proj_.forward(x), {e, e}, -1);  // 2 x (b, l, e)
+  const Tensor x_bel = transpose(xz[0], 1, 2);                        // (b, e, l)
+  const Tensor z_bel = transpose(xz[1], 1, 2);                        // (b, e, l)
+  CausalConv1dInputs conv{x_bel, conv_weight_, conv_bias_, {}, doc_index, true};
+  const Tensor u = causal_conv1d(conv).out;                           // (b, e, l)
+  const Tensor u_ble = transpose(u, 1, 2);                            // (b, l, e)
+  std::vector<Tensor> dbc = split(x_proj_.forward(u_ble), {r, n, n}, -1);  // (b, l, r), (b, l, n) x 2
+  Tensor dt = dbc[0], B = dbc[1], C = dbc[2];
+  if (dt_norm_) {
+    dt = dt_norm_->forward(dt);
+    B = B_norm_->forward(B);
+    C = C_norm_->forward(C);
+  }
+  const Tensor delta = transpose(linear(dt, weight_for(dt_proj_.weight, dt)), 1, 2);  // (b, e, l), bias in the scan
+  const Tensor B_bgnl = reshape(transpose(B, 1, 2), {b, 1, n, l});                  // (b, 1, n, l)
+  const Tensor C_bgnl = reshape(transpose(C, 1, 2), {b, 1, n, l});
+  SelectiveScanInputs scan{u, delta, neg(exp(A_log_)), B_bgnl, C_bgnl, D_, z_bel, *dt_proj_.bias, {}, doc_index, true};
+  const Tensor y = selective_scan(scan).out;                          // (b, e, l)
+  return out_proj_.forward(transpose(y, 1, 2));                       // (b, l, d)
+}
+
+}  // namespace ssmtrain

@@ -1,0 +1,51 @@
+// The Mamba-1 mixer (Gu & Dao 2023): in_proj -> (x, z); causal depthwise conv1d + SiLU on x;
+// x_proj -> (dt, B, C); dt_proj; selective scan with softplus(dt + dt_bias), the D skip and
+// the SiLU(z) gate; out_proj. Optional RMSNorms on dt, B and C (the Jamba variant).
+//
+// Glossary: b batch, l sequence length, d d_model, e d_inner = expand * d, n d_state,
+// r dt_rank, w d_conv.
+#pragma once
+
+#include <memory>
+
+#include "layers/basic.h"
+
+namespace ssmtrain {
+
+struct Mamba1Options {
+  int64_t d_model = 256;
+  int64_t d_state = 16;
+  int64_t d_conv = 4;
+  int64_t expand = 2;
+  int64_t dt_rank = 0;  // 0: ceil(d_model / 16)
+  double dt_min = 0.001, dt_max = 0.1, dt_init_floor = 1e-4;
+  bool dt_bc_norm = false;  // Jamba: RMSNorm on dt, B and C
+  double norm_eps = 1e-6;
+  int64_t n_layers = 1;     // out_proj is scaled by 1 / sqrt(n_layers) at init
+  int64_t d_inner() const { return expand * d_model; }
+  int64_t rank() const { return dt_rank > 0 ? dt_rank : (d_model + 15) / 16; }
+};
+
+class Mamba1Mixer : public Module {
+ public:
+  Mamba1Mixer(const Mamba1Options& options, Generator& gen, DType dtype = DType::f32);
+  // x (b, l, d) -> (b, l, d); doc_index (b, l) i32 or undefined resets the state and the
+  // convolution window at document starts.
+  Tensor forward(const Tensor& x, const Tensor& doc_index = Tensor()) const;
+
+ private:
+  Mamba1Options options_;
+  Linear& in_proj_;   // d -> 2e
+  Tensor& conv_weight_;  // (e, w)
+  Tensor& conv_bias_;    // (e)
+  Linear& x_proj_;    // e -> r + 2n
+  Linear& dt_proj_;   // r -> e, its bias is dt_bias (inverse softplus of dt in [dt_min, dt_max])
+  Tensor& A_log_;     // (e, n): A = -exp(A_log), S4D-real init log(1..n)
+  Tensor& D_;         // (e)
+  Linear& out_proj_;  // e -> d
+  RMSNorm* dt_norm_ = nullptr;
+  RMSNorm* B_norm_ = nullptr;
+  RMSNorm* C_norm_ = nullptr;
+};
+
+}  // namespace ssmtrain

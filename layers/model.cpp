@@ -1,0 +1,58 @@
+// See model.h.
+#include "layers/model.h"
+
+#include <string>
+
+#include "autograd/ops.h"
+
+namespace ssmtrain {
+namespace {
+Mamba1Options mixer_options(const ModelOptions& o) {
+  Mamba1Options m = o.mamba1;
+  m.d_model = o.d_model;
+  m.n_layers = o.n_layers;
+  return m;
+}
+}  // namespace
+
+Block::Block(const ModelOptions& o, Generator& gen, DType dtype)
+    : norm_(register_module("norm", std::make_unique<RMSNorm>(o.d_model, o.norm_eps, dtype))),
+      mixer_(register_module("mixer", std::make_unique<Mamba1Mixer>(mixer_options(o), gen, dtype))) {}
+
+Tensor Block::forward(const Tensor& x, const Tensor& doc_index) const {
+  return add(x, mixer_.forward(norm_.forward(x), doc_index));
+}
+
+LanguageModel::LanguageModel(const ModelOptions& o, uint64_t seed, DType dtype)
+    : options_(o), embedding_([&]() -> Embedding& {
+        Generator gen(seed);
+        return register_module("embedding", std::make_unique<Embedding>(o.vocab_size, o.d_model, gen, dtype));
+      }()) {
+  // Each component draws from its own stream (seed, offset by component) so adding a layer
+  // does not change the ones before it.
+  for (int64_t i = 0; i < o.n_layers; ++i) {
+    Generator gen(seed + 1 + uint64_t(i));
+    blocks_.push_back(&register_module("blocks." + std::to_string(i), std::make_unique<Block>(o, gen, dtype)));
+  }
+  final_norm_ = &register_module("norm_f", std::make_unique<RMSNorm>(o.d_model, o.norm_eps, dtype));
+  if (!o.tie_embeddings) {
+    Generator gen(seed + 1 + uint64_t(o.n_layers));
+    lm_head_ = &register_module("lm_head", std::make_unique<Linear>(o.d_model, o.vocab_size, false, gen, dtype));
+  }
+}
+
+Tensor LanguageModel::logits(const Tensor& ids, const Tensor& doc_index, std::optional<DType> compute_dtype) const {
+  Tensor h = embedding_.forward(ids);  // (b, l, d)
+  if (compute_dtype) h = cast(h, *compute_dtype);
+  for (const Block* block : blocks_) h = block->forward(h, doc_index);
+  h = final_norm_->forward(h);
+  h = reshape(h, {-1, options_.d_model});                   // (b l, d)
+  return lm_head_ ? lm_head_->forward(h) : matmul(h, weight_for(embedding_.table, h), false, true);
+}
+
+Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets, const Tensor& doc_index,
+                           std::optional<DType> compute_dtype) const {
+  return cross_entropy(logits(ids, doc_index, compute_dtype), reshape(targets, {-1}));
+}
+
+}  // namespace ssmtrain
