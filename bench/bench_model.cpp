@@ -1,0 +1,73 @@
+// ssmtrain_bench_model [--out FILE.json] [--reps N]: one training step's forward + backward
+// of a Mamba-1 language model (mamba1-130m: d_model 768, 24 layers, vocab 50280) in bf16
+// with f32 master weights, at (8 x 2048) tokens: milliseconds, tokens/s, MFU against the bf16
+// GEMM ceiling measured in the same run, and peak GPU memory.
+#include <fmt/core.h>
+
+#include "autograd/allocator.h"
+#include "autograd/node.h"
+#include "autograd/ops.h"
+#include "autograd/stream.h"
+#include "bench/harness.h"
+#include "layers/model.h"
+
+namespace {
+
+using namespace ssmtrain;
+
+// Matrix FLOPs per token of forward + backward (6 x the multiply-adds of the projections,
+// the tied head included); the scan and convolution are left out, as MFU usually does.
+double flops_per_token(const ModelOptions& o) {
+  const double d = double(o.d_model), e = double(o.mamba1.expand * o.d_model), n = double(o.mamba1.d_state);
+  const double r = double(o.mamba1.dt_rank > 0 ? o.mamba1.dt_rank : (o.d_model + 15) / 16);
+  const double per_layer = d * 2 * e + e * (r + 2 * n) + r * e + e * d;
+  return 6.0 * (double(o.n_layers) * per_layer + d * double(o.vocab_size));
+}
+
+void bench_step(bench::Report& report, bench::Timer& timer, int64_t batch, int64_t seqlen) {
+  ModelOptions o;
+  o.vocab_size = 50280;
+  o.d_model = 768;
+  o.n_layers = 24;
+  LanguageModel model(o, 1);
+  model.to(Device::cuda(0));
+  Generator gen(2);
+  // Uniform random tokens.
+  std::vector<int64_t> tokens(static_cast<size_t>(batch * (seqlen + 1)));
+  const std::vector<float> u = Tensor::rand({batch * (seqlen + 1)}, gen).to_vector();
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int64_t(u[i] * float(o.vocab_size - 1));
+  std::vector<int64_t> x, y;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < seqlen; ++t) {
+      x.push_back(tokens[b * (seqlen + 1) + t]);
+      y.push_back(tokens[b * (seqlen + 1) + t + 1]);
+    }
+  const Tensor inputs = Tensor::from_vector(x, {batch, seqlen}).to(Device::cuda(0));
+  const Tensor targets = Tensor::from_vector(y, {batch, seqlen}).to(Device::cuda(0));
+  // The step runs on ssmtrain's current stream; the timer's events are on its own stream, so
+  // make the timer's stream the current one.
+  StreamGuard stream_guard(0, timer.stream());
+  auto step = [&] {
+    model.zero_grad();
+    Tensor loss = model.loss(inputs, targets, Tensor(), DType::bf16);
+    loss.backward();
+  };
+  step();
+  synchronize(0);
+  reset_peak_memory(0);
+  const double tokens_per_step = double(batch * seqlen);
+  const std::string shape = fmt::format("b={} l={} d=768 layers=24 vocab=50280 ({:.1f}M params)", batch, seqlen,
+                                        double(model.num_parameters()) / 1e6);
+  report.measure("mamba1-130m fwd+bwd bf16", shape, bench::Bound::compute, 0,
+                 flops_per_token(o) * tokens_per_step, [&] { return timer.time(step); });
+  const MemoryStats mem = cuda_memory_stats(0);
+  fmt::print("peak memory {:.2f} GiB (reserved {:.2f} GiB)\n", double(mem.peak_allocated) / (1 << 30),
+             double(mem.reserved) / (1 << 30));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return bench::bench_main(argc, argv, "model", "Times a Mamba-1 training step's forward and backward",
+                           [](bench::Report& report, bench::Timer& timer) { bench_step(report, timer, 8, 2048); });
+}
