@@ -1,0 +1,198 @@
+// The SSD and gated-RMSNorm nodes: check shapes, run kernels/ssd.h and kernels/gated_rmsnorm.h
+// on the inputs' device, and record one node each whose backward is the hand-written kernel.
+// The CUDA kernels do not exist yet: on a GPU both ops raise a clear error.
+#include "autograd/ssd_ops.h"
+
+#include <stdexcept>
+#include <string>
+
+#include "autograd/dispatch.h"
+#include "autograd/node.h"
+#include "kernels/gated_rmsnorm.h"
+#include "kernels/ssd.h"
+
+namespace ssmtrain {
+namespace {
+
+const char* kSsd = "ssd";
+const char* kNorm = "gated_rmsnorm";
+
+void expect_shape(const char* op, const Tensor& t, const Shape& shape, const char* name) {
+  if (t.defined() && t.shape() != shape)
+    detail::op_error(op, std::string(name) + " must be " + shape_str(shape) + ", got " + t.str());
+}
+
+// The GPU branch until kernels/cuda/ssd.cu and kernels/cuda/gated_rmsnorm.cu exist.
+[[noreturn]] void cuda_not_built(const char* op, const char* what, const Tensor& t) {
+  throw std::runtime_error(std::string(op) + ": the CUDA " + what + " is not built yet (kernels/cuda/" + op +
+                           ".cu); run it on the CPU (got a tensor on " + t.device().str() + ")");
+}
+
+kernels::SsdShape ssd_shape(const SsdInputs& in) {
+  if (!in.x.defined() || !in.dt.defined() || !in.A.defined() || !in.B.defined() || !in.C.defined())
+    detail::op_error(kSsd, "x, dt, A, B and C are required");
+  if (in.x.dim() != 4 || in.A.dim() != 1 || in.B.dim() != 4)
+    detail::op_error(kSsd, "expects x (b, l, h, p), A (h), B and C (b, l, g, n); got " + in.x.str() + ", " +
+                               in.A.str() + ", " + in.B.str());
+  kernels::SsdShape s;
+  s.batch = in.x.size(0);
+  s.seqlen = in.x.size(1);
+  s.nheads = in.x.size(2);
+  s.headdim = in.x.size(3);
+  s.ngroups = in.B.size(2);
+  s.dstate = in.B.size(3);
+  s.chunk_size = in.chunk_size;
+  s.dt_softplus = in.dt_softplus;
+  s.dt_min = in.dt_min;
+  s.dt_max = in.dt_max;
+  s.D_has_headdim = in.D.defined() && in.D.dim() == 2;
+  if (s.ngroups < 1 || s.nheads % s.ngroups != 0)
+    detail::op_error(kSsd, "groups " + std::to_string(s.ngroups) + " must divide heads " + std::to_string(s.nheads));
+  if (s.chunk_size < 1) detail::op_error(kSsd, "chunk_size must be positive, got " + std::to_string(s.chunk_size));
+  if (!(s.dt_min <= s.dt_max))
+    detail::op_error(kSsd, "dt range [" + std::to_string(s.dt_min) + ", " + std::to_string(s.dt_max) + "] is empty");
+  expect_shape(kSsd, in.dt, {s.batch, s.seqlen, s.nheads}, "dt");
+  expect_shape(kSsd, in.A, {s.nheads}, "A");
+  expect_shape(kSsd, in.B, {s.batch, s.seqlen, s.ngroups, s.dstate}, "B");
+  expect_shape(kSsd, in.C, {s.batch, s.seqlen, s.ngroups, s.dstate}, "C");
+  if (s.D_has_headdim) expect_shape(kSsd, in.D, {s.nheads, s.headdim}, "D");
+  else expect_shape(kSsd, in.D, {s.nheads}, "D");
+  expect_shape(kSsd, in.z, in.x.shape(), "z");
+  expect_shape(kSsd, in.dt_bias, {s.nheads}, "dt_bias");
+  expect_shape(kSsd, in.initial_states, {s.batch, s.nheads, s.headdim, s.dstate}, "initial_states");
+  expect_shape(kSsd, in.doc_index, {s.batch, s.seqlen}, "doc_index");
+  if (in.doc_index.defined() && in.doc_index.dtype() != DType::i32)
+    detail::op_error(kSsd, "doc_index must be i32, got " + in.doc_index.str());
+  return s;
+}
+
+template <typename T> const T* ptr(const Tensor& t) { return t.defined() ? static_cast<const T*>(t.data()) : nullptr; }
+template <typename T> T* mut(const Tensor& t) { return t.defined() ? static_cast<T*>(t.data()) : nullptr; }
+
+// Saved tensors of the SSD node, in this order.
+enum Saved { kX, kDt, kA, kB, kC, kD, kZ, kBias, kInit, kDoc };
+
+template <typename T>
+kernels::SsdArgs<T, T> cpu_args(const std::vector<Tensor>& sv) {
+  return {ptr<T>(sv[kX]), ptr<T>(sv[kDt]), ptr<T>(sv[kA]), ptr<T>(sv[kB]), ptr<T>(sv[kC]),
+          ptr<T>(sv[kD]), ptr<T>(sv[kZ]), ptr<T>(sv[kBias]), ptr<T>(sv[kInit]), ptr<int32_t>(sv[kDoc])};
+}
+
+}  // namespace
+
+SsdOutputs ssd(const SsdInputs& in_raw, bool return_final_states) {
+  const kernels::SsdShape s = ssd_shape(in_raw);
+  SsdInputs in = in_raw;
+  for (Tensor* t : {&in.x, &in.dt, &in.A, &in.B, &in.C, &in.D, &in.z, &in.dt_bias, &in.initial_states,
+                    &in.doc_index})
+    if (t->defined()) *t = t->contiguous();
+  detail::common_device(kSsd, {&in.x, &in.dt, &in.A, &in.B, &in.C});
+  for (const Tensor* t : {&in.D, &in.z, &in.dt_bias, &in.initial_states, &in.doc_index})
+    if (t->defined()) detail::common_device(kSsd, {&in.x, t});
+  detail::check_same_dtype(kSsd, {&in.x, &in.dt, &in.B, &in.C});
+  if (in.z.defined()) detail::check_same_dtype(kSsd, {&in.x, &in.z});
+  const DType param_dtype = in.A.dtype();
+  for (const Tensor* p : {&in.D, &in.dt_bias, &in.initial_states})
+    if (p->defined() && p->dtype() != param_dtype)
+      detail::op_error(kSsd, "A, D, dt_bias and initial_states must share a dtype; got " + p->str());
+
+  // Saved in the order of enum Saved.
+  const std::vector<Tensor> saved{in.x, in.dt, in.A, in.B, in.C, in.D, in.z, in.dt_bias, in.initial_states,
+                                  in.doc_index};
+  SsdOutputs result;
+  result.out = Tensor::empty(in.x.shape(), in.x.dtype(), in.x.device());
+  const bool want_states = return_final_states;
+  if (want_states)
+    result.final_states = Tensor::empty({s.batch, s.nheads, s.headdim, s.dstate}, param_dtype, in.x.device());
+
+  if (in.x.device().is_cpu()) {
+    if (param_dtype != in.x.dtype())
+      detail::op_error(kSsd, "on the CPU, A, D, dt_bias and the states have the dtype of x");
+    // The recurrence: on the CPU it takes fewer operations than the chunked form.
+    detail::cpu_float_dispatch(kSsd, in.x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      kernels::cpu::ssd_forward_sequential<T>(s, cpu_args<T>(saved), mut<T>(result.out),
+                                              mut<T>(result.final_states));
+    });
+  } else {
+    if (param_dtype != DType::f32)
+      detail::op_error(kSsd, "on the GPU, A, D, dt_bias and initial_states must be f32; got " + in.A.str());
+    if (s.chunk_size < 64 || s.chunk_size > 256)
+      detail::op_error(kSsd, "on the GPU, chunk_size must be in 64..256, got " + std::to_string(s.chunk_size));
+    // kernels::cuda::ssd_forward goes here (with chunk_states saved for the backward) once
+    // kernels/cuda/ssd.cu exists.
+    cuda_not_built(kSsd, "SSD", in.x);
+  }
+
+  std::vector<Tensor*> outputs{&result.out};
+  if (want_states) outputs.push_back(&result.final_states);
+  const std::vector<Tensor> inputs{in_raw.x, in_raw.dt, in_raw.A, in_raw.B, in_raw.C, in_raw.D,
+                                   in_raw.z, in_raw.dt_bias, in_raw.initial_states};
+  attach_backward(kSsd, inputs, outputs, saved, [s, want_states](const auto& g, const auto& sv) {
+    auto like = [](const Tensor& t) { return t.defined() ? Tensor::empty(t.shape(), t.dtype(), t.device()) : Tensor(); };
+    const Tensor dout = g[0].contiguous();
+    const Tensor dfinal = want_states ? g[1].contiguous() : Tensor();
+    Tensor dx = like(sv[kX]), ddt = like(sv[kDt]), dA = like(sv[kA]), dB = like(sv[kB]), dC = like(sv[kC]),
+           dD = like(sv[kD]), dz = like(sv[kZ]), dbias = like(sv[kBias]), dinit = like(sv[kInit]);
+    if (!sv[kX].device().is_cpu()) cuda_not_built(kSsd, "SSD", sv[kX]);
+    detail::cpu_float_dispatch(kSsd, sv[kX].dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      kernels::SsdGrads<T, T> gr{ptr<T>(dout), ptr<T>(dfinal), mut<T>(dx), mut<T>(ddt), mut<T>(dA),
+                                 mut<T>(dB), mut<T>(dC), mut<T>(dD), mut<T>(dz), mut<T>(dbias), mut<T>(dinit)};
+      kernels::cpu::ssd_backward<T>(s, cpu_args<T>(sv), gr);
+    });
+    return std::vector<Tensor>{dx, ddt, dA, dB, dC, dD, dz, dbias, dinit};
+  });
+  return result;
+}
+
+Tensor gated_rmsnorm(const Tensor& y_in, const Tensor& z_in, const Tensor& weight_in, double eps,
+                     int64_t group_size) {
+  detail::common_device(kNorm, {&y_in, &weight_in});
+  detail::check_same_dtype(kNorm, {&y_in, &weight_in});
+  detail::check_dtype_float(kNorm, y_in);
+  if (z_in.defined()) {
+    detail::common_device(kNorm, {&y_in, &z_in});
+    detail::check_same_dtype(kNorm, {&y_in, &z_in});
+    expect_shape(kNorm, z_in, y_in.shape(), "z");
+  }
+  if (y_in.dim() < 1) detail::op_error(kNorm, "y must have a last dimension, got " + y_in.str());
+  const int64_t d = y_in.size(-1);
+  expect_shape(kNorm, weight_in, {d}, "weight");
+  if (group_size == 0) group_size = d;
+  if (group_size < 1 || d % group_size != 0)
+    detail::op_error(kNorm, "group_size " + std::to_string(group_size) + " must divide the last dimension of " +
+                                y_in.str());
+  const Tensor y = y_in.contiguous(), weight = weight_in.contiguous();
+  const Tensor z = z_in.defined() ? z_in.contiguous() : Tensor();
+  const int64_t rows = y.numel() / d;
+  Tensor out = Tensor::empty(y.shape(), y.dtype(), y.device());
+  Tensor rstd = Tensor::empty({rows, d / group_size}, DType::f32, y.device());
+  if (!y.device().is_cpu()) cuda_not_built(kNorm, "gated RMSNorm", y);  // kernels::cuda::gated_rmsnorm_forward, later
+  detail::cpu_float_dispatch(kNorm, y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    kernels::cpu::gated_rmsnorm_forward<T>(ptr<T>(y), ptr<T>(z), ptr<T>(weight), rows, d, group_size, eps,
+                                           mut<T>(out), rstd.data_ptr<float>());
+  });
+  std::vector<Tensor> inputs{y_in, weight_in};
+  if (z_in.defined()) inputs.push_back(z_in);
+  attach_backward(kNorm, inputs, {&out}, {y, z, weight, rstd}, [rows, d, group_size](const auto& g, const auto& sv) {
+    const Tensor &ys = sv[0], &zs = sv[1], &w = sv[2], &r = sv[3];
+    const Tensor dout = g[0].contiguous();
+    Tensor dy = Tensor::empty(ys.shape(), ys.dtype(), ys.device());
+    Tensor dw = Tensor::empty(w.shape(), w.dtype(), w.device());
+    Tensor dz = zs.defined() ? Tensor::empty(zs.shape(), zs.dtype(), zs.device()) : Tensor();
+    if (!ys.device().is_cpu()) cuda_not_built(kNorm, "gated RMSNorm", ys);
+    detail::cpu_float_dispatch(kNorm, ys.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      kernels::cpu::gated_rmsnorm_backward<T>(ptr<T>(ys), ptr<T>(zs), ptr<T>(w), r.data_ptr<float>(), ptr<T>(dout),
+                                              rows, d, group_size, mut<T>(dy), mut<T>(dz), mut<T>(dw));
+    });
+    std::vector<Tensor> grads{dy, dw};
+    if (zs.defined()) grads.push_back(dz);
+    return grads;
+  });
+  return out;
+}
+
+}  // namespace ssmtrain
