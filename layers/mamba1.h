@@ -26,12 +26,12 @@ struct Mamba1Options {
   int64_t rank() const { return dt_rank > 0 ? dt_rank : (d_model + 15) / 16; }
 };
 
-class Mamba1Mixer : public Module {
+class Mamba1Mixer : public Mixer {
  public:
   Mamba1Mixer(const Mamba1Options& options, Generator& gen, DType dtype = DType::f32);
   // x (b, l, d) -> (b, l, d); doc_index (b, l) i32 or undefined resets the state and the
   // convolution window at document starts.
-  Tensor forward(const Tensor& x, const Tensor& doc_index = Tensor()) const;
+  Tensor forward(const Tensor& x, const Tensor& doc_index) const override;
 
  private:
   Mamba1Options options_;

@@ -7,17 +7,23 @@
 
 namespace ssmtrain {
 namespace {
-Mamba1Options mixer_options(const ModelOptions& o) {
+std::unique_ptr<Mixer> make_mixer(const ModelOptions& o, Generator& gen, DType dtype) {
+  if (o.mixer == MixerKind::mamba2) {
+    Mamba2Options m = o.mamba2;
+    m.d_model = o.d_model;
+    m.n_layers = o.n_layers;
+    return std::make_unique<Mamba2Mixer>(m, gen, dtype);
+  }
   Mamba1Options m = o.mamba1;
   m.d_model = o.d_model;
   m.n_layers = o.n_layers;
-  return m;
+  return std::make_unique<Mamba1Mixer>(m, gen, dtype);
 }
 }  // namespace
 
 Block::Block(const ModelOptions& o, Generator& gen, DType dtype)
     : norm_(register_module("norm", std::make_unique<RMSNorm>(o.d_model, o.norm_eps, dtype))),
-      mixer_(register_module("mixer", std::make_unique<Mamba1Mixer>(mixer_options(o), gen, dtype))) {}
+      mixer_(register_module("mixer", make_mixer(o, gen, dtype))) {}
 
 Tensor Block::forward(const Tensor& x, const Tensor& doc_index) const {
   return add(x, mixer_.forward(norm_.forward(x), doc_index));

@@ -1,7 +1,7 @@
 // LanguageModel: embedding -> blocks -> final RMSNorm -> LM head (tied to the embedding by
 // default). A block is pre-norm residual, x = x + mixer(norm(x)). This first cut builds
-// Mamba-1 stacks; the layout of DESIGN.md section 3 (Mamba-2, attention, MoE, resolved from
-// the recipe) extends `blocks_`.
+// stacks of one mixer kind (Mamba-1 or Mamba-2); the per-layer layout of DESIGN.md section 3
+// (attention, MoE, resolved from the recipe) extends Block.
 #pragma once
 
 #include <memory>
@@ -10,8 +10,11 @@
 
 #include "layers/basic.h"
 #include "layers/mamba1.h"
+#include "layers/mamba2.h"
 
 namespace ssmtrain {
+
+enum class MixerKind { mamba1, mamba2 };
 
 struct ModelOptions {
   int64_t vocab_size = 256;
@@ -19,7 +22,9 @@ struct ModelOptions {
   int64_t n_layers = 2;
   bool tie_embeddings = true;
   double norm_eps = 1e-5;
+  MixerKind mixer = MixerKind::mamba1;
   Mamba1Options mamba1;  // d_model and n_layers are taken from above
+  Mamba2Options mamba2;  // likewise
 };
 
 class Block : public Module {
@@ -29,7 +34,7 @@ class Block : public Module {
 
  private:
   RMSNorm& norm_;
-  Mamba1Mixer& mixer_;
+  Mixer& mixer_;
 };
 
 class LanguageModel : public Module {

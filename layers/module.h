@@ -53,6 +53,13 @@ class Module {
   std::vector<std::pair<std::string, std::unique_ptr<Module>>> children_;
 };
 
+// A sequence mixer of a block (Mamba-1, Mamba-2, attention): x (b, l, d) -> (b, l, d), with a
+// per-token document index (b, l) i32 (or undefined) marking where packed documents start.
+class Mixer : public Module {
+ public:
+  virtual Tensor forward(const Tensor& x, const Tensor& doc_index) const = 0;
+};
+
 // The activation dtype a module's weights are cast to for x: bf16 weights for bf16 inputs on
 // the GPU (the cast is differentiable, so gradients reach the f32 master copy).
 Tensor weight_for(const Tensor& weight, const Tensor& x);

@@ -80,6 +80,56 @@ TEST(Mamba1Model, FiniteDifferenceGradientsOfEveryParameter) {
   }
 }
 
+ModelOptions tiny_mamba2() {
+  ModelOptions o;
+  o.vocab_size = 11;
+  o.d_model = 8;
+  o.n_layers = 2;
+  o.mixer = MixerKind::mamba2;
+  o.mamba2.d_state = 4;
+  o.mamba2.d_conv = 3;
+  o.mamba2.expand = 2;
+  o.mamba2.headdim = 4;  // 4 heads
+  o.mamba2.ngroups = 2;
+  return o;
+}
+
+TEST(Mamba2Model, FiniteDifferenceGradientsOfEveryParameter) {
+  LanguageModel model(tiny_mamba2(), 4, DType::f64);
+  const Tensor x = ids({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, {2, 5}), y = ids({2, 3, 4, 5, 6, 7, 8, 9, 10, 0}, {2, 5});
+  Tensor doc = Tensor::from_vector(std::vector<int64_t>{0, 0, 1, 1, 1, 0, 0, 0, 2, 2}, {2, 5}, DType::i32);
+  model.loss(x, y, doc).backward();
+  NoGradGuard no_grad;
+  const double eps = 1e-6;
+  int checked = 0;
+  for (const NamedParameter& p : model.named_parameters()) {
+    const std::vector<double> analytic = p.value->grad().values<double>();
+    double* data = p.value->data_ptr<double>();
+    const int64_t count = p.value->numel();
+    for (int64_t j = 0; j < count; j += std::max<int64_t>(1, count / 7)) {
+      const double saved = data[j];
+      data[j] = saved + eps;
+      const double plus = model.loss(x, y, doc).item();
+      data[j] = saved - eps;
+      const double minus = model.loss(x, y, doc).item();
+      data[j] = saved;
+      const double numeric = (plus - minus) / (2 * eps);
+      EXPECT_NEAR(analytic[j], numeric, 1e-7 + 1e-5 * std::fabs(numeric)) << p.name << "[" << j << "]";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 50);
+}
+
+TEST(Mamba2Model, InconsistentDimensionsAreClearErrors) {
+  ModelOptions o = tiny_mamba2();
+  o.mamba2.headdim = 5;  // d_inner 16 is not a multiple of 5
+  EXPECT_THROW(LanguageModel(o, 1), std::invalid_argument);
+  o = tiny_mamba2();
+  o.mamba2.ngroups = 3;  // 4 heads
+  EXPECT_THROW(LanguageModel(o, 1), std::invalid_argument);
+}
+
 TEST(Mamba1Model, DocumentBoundariesIsolateDocuments) {
   // With a boundary, the second document's logits do not depend on the first document.
   LanguageModel model(tiny(), 5);

@@ -1,0 +1,94 @@
+// See mamba2.h. Initialisation follows the reference implementation (mamba_ssm's Mamba2):
+// dt_bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] (at least dt_init_floor);
+// A_log = log(U(A_init_min, A_init_max)); D = 1; norm weight 1; the convolution as PyTorch's
+// Conv1d; out_proj scaled by 1 / sqrt(n_layers).
+#include "layers/mamba2.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "autograd/conv_ops.h"
+#include "autograd/node.h"
+#include "autograd/ops.h"
+#include "autograd/ssd_ops.h"
+
+namespace ssmtrain {
+namespace {
+
+const Mamba2Options& checked(const Mamba2Options& o) {
+  if (o.headdim < 1 || o.d_inner() % o.headdim != 0)
+    throw std::invalid_argument("mamba2: d_inner " + std::to_string(o.d_inner()) + " (expand x d_model) is not a multiple of headdim " +
+                                std::to_string(o.headdim));
+  if (o.ngroups < 1 || o.nheads() % o.ngroups != 0)
+    throw std::invalid_argument("mamba2: ngroups " + std::to_string(o.ngroups) + " does not divide the " +
+                                std::to_string(o.nheads()) + " heads");
+  return o;
+}
+
+int64_t conv_dim(const Mamba2Options& o) { return o.d_inner() + 2 * o.ngroups * o.d_state; }
+
+Tensor inverse_softplus_dt(int64_t count, const Mamba2Options& o, Generator& gen, DType dtype) {
+  const std::vector<float> u = Tensor::rand({count}, gen).to_vector();
+  std::vector<double> v(count);
+  for (int64_t i = 0; i < count; ++i) {
+    const double dt = std::max(std::exp(u[i] * (std::log(o.dt_max) - std::log(o.dt_min)) + std::log(o.dt_min)),
+                               o.dt_init_floor);
+    v[i] = dt + std::log(-std::expm1(-dt));
+  }
+  return Tensor::from_vector(v, {count}, dtype);
+}
+
+Tensor a_log_init(int64_t heads, const Mamba2Options& o, Generator& gen, DType dtype) {
+  const std::vector<float> u = Tensor::rand({heads}, gen, DType::f32, Device::cpu(), float(o.A_init_min),
+                                            float(o.A_init_max)).to_vector();
+  std::vector<double> v(heads);
+  for (int64_t i = 0; i < heads; ++i) v[i] = std::log(double(u[i]));
+  return Tensor::from_vector(v, {heads}, dtype);
+}
+
+}  // namespace
+
+Mamba2Mixer::Mamba2Mixer(const Mamba2Options& o, Generator& gen, DType dtype)
+    : options_(checked(o)),
+      in_proj_(register_module("in_proj", std::make_unique<Linear>(o.d_model, 2 * o.d_inner() + 2 * o.ngroups * o.d_state + o.nheads(),
+                                                                   false, gen, dtype))),
+      conv_weight_(register_parameter("conv1d.weight",
+                                      uniform_init({conv_dim(o), o.d_conv}, 1.0 / std::sqrt(double(o.d_conv)), gen, dtype))),
+      conv_bias_(register_parameter("conv1d.bias", uniform_init({conv_dim(o)}, 1.0 / std::sqrt(double(o.d_conv)), gen, dtype),
+                                    /*weight_decay=*/false)),
+      dt_bias_(register_parameter("dt_bias", inverse_softplus_dt(o.nheads(), o, gen, dtype), /*weight_decay=*/false)),
+      A_log_(register_parameter("A_log", a_log_init(o.nheads(), o, gen, dtype), /*weight_decay=*/false)),
+      D_(register_parameter("D", Tensor::ones({o.nheads()}, dtype), /*weight_decay=*/false)),
+      norm_weight_(register_parameter("norm.weight", Tensor::ones({o.d_inner()}, dtype), /*weight_decay=*/false)),
+      out_proj_(register_module("out_proj", std::make_unique<Linear>(o.d_inner(), o.d_model, false, gen, dtype))) {
+  NoGradGuard no_grad;
+  copy_into(out_proj_.weight, mul(out_proj_.weight, 1.0 / std::sqrt(double(std::max<int64_t>(o.n_layers, 1)))));
+}
+
+Tensor Mamba2Mixer::forward(const Tensor& x, const Tensor& doc_index) const {
+  const Mamba2Options& o = options_;
+  const int64_t b = x.size(0), l = x.size(1), e = o.d_inner(), h = o.nheads(), p = o.headdim, g = o.ngroups,
+                n = o.d_state, gn = g * n;
+  std::vector<Tensor> parts = split(in_proj_.forward(x), {e, e + 2 * gn, h}, -1);  // z, xBC, dt
+  const Tensor& z = parts[0];                                                       // (b, l, e)
+  CausalConv1dInputs conv{transpose(parts[1], 1, 2), conv_weight_, conv_bias_, {}, doc_index, true};
+  const Tensor xBC = transpose(causal_conv1d(conv).out, 1, 2);                      // (b, l, e + 2gn)
+  std::vector<Tensor> xbc = split(xBC, {e, gn, gn}, -1);
+  SsdInputs in;
+  in.x = reshape(xbc[0], {b, l, h, p});
+  in.dt = parts[2];                                                                 // (b, l, h)
+  in.A = neg(exp(A_log_));
+  in.B = reshape(xbc[1], {b, l, g, n});
+  in.C = reshape(xbc[2], {b, l, g, n});
+  in.D = D_;
+  in.dt_bias = dt_bias_;
+  in.doc_index = doc_index;
+  in.chunk_size = o.chunk_size;
+  const Tensor y = reshape(ssd(in).out, {b, l, e});                                 // (b, l, e)
+  const Tensor normed = gated_rmsnorm(y, z, weight_for(norm_weight_, y), o.norm_eps, e / g);
+  return out_proj_.forward(normed);                                                 // (b, l, d)
+}
+
+}  // namespace ssmtrain
