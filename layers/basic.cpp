@@ -1,7 +1,9 @@
 // See basic.h.
 #include "layers/basic.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "autograd/ops.h"
 
@@ -13,6 +15,16 @@ Tensor uniform_init(const Shape& shape, double bound, Generator& gen, DType dtyp
 
 Tensor normal_init(const Shape& shape, double std, Generator& gen, DType dtype) {
   return Tensor::randn(shape, gen, DType::f32, Device::cpu(), 0.0f, float(std)).to(dtype);
+}
+
+Tensor dt_bias_init(int64_t count, double dt_min, double dt_max, double dt_floor, Generator& gen, DType dtype) {
+  const std::vector<float> u = Tensor::rand({count}, gen).to_vector();
+  std::vector<double> bias(count);
+  for (int64_t i = 0; i < count; ++i) {
+    const double dt = std::max(std::exp(u[i] * (std::log(dt_max) - std::log(dt_min)) + std::log(dt_min)), dt_floor);
+    bias[i] = dt + std::log(-std::expm1(-dt));  // softplus^-1
+  }
+  return Tensor::from_vector(bias, {count}, dtype);
 }
 
 Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, Generator& gen, DType dtype)

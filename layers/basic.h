@@ -10,6 +10,9 @@ namespace ssmtrain {
 // f32 tensors (f64 with `dtype`) drawn from U(-bound, bound) or N(0, std) on the CPU.
 Tensor uniform_init(const Shape& shape, double bound, Generator& gen, DType dtype = DType::f32);
 Tensor normal_init(const Shape& shape, double std, Generator& gen, DType dtype = DType::f32);
+// Mamba's dt bias: softplus^-1(dt) for dt log-uniform in [dt_min, dt_max], at least dt_floor.
+Tensor dt_bias_init(int64_t count, double dt_min, double dt_max, double dt_floor, Generator& gen,
+                    DType dtype = DType::f32);
 
 class Linear : public Module {
  public:

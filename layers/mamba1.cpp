@@ -15,17 +15,6 @@
 namespace ssmtrain {
 namespace {
 
-Tensor dt_bias_init(int64_t e, const Mamba1Options& o, Generator& gen, DType dtype) {
-  const std::vector<float> u = Tensor::rand({e}, gen).to_vector();
-  std::vector<double> bias(e);
-  for (int64_t i = 0; i < e; ++i) {
-    double dt = std::exp(u[i] * (std::log(o.dt_max) - std::log(o.dt_min)) + std::log(o.dt_min));
-    dt = std::max(dt, o.dt_init_floor);
-    bias[i] = dt + std::log(-std::expm1(-dt));  // softplus^-1
-  }
-  return Tensor::from_vector(bias, {e}, dtype);
-}
-
 Tensor a_log_init(int64_t e, int64_t n, DType dtype) {
   std::vector<double> v(e * n);
   for (int64_t i = 0; i < e; ++i)
@@ -51,7 +40,7 @@ Mamba1Mixer::Mamba1Mixer(const Mamba1Options& o, Generator& gen, DType dtype)
   NoGradGuard no_grad;
   const double dt_std = 1.0 / std::sqrt(double(o.rank()));
   copy_into(dt_proj_.weight, uniform_init(dt_proj_.weight.shape(), dt_std, gen, dtype));
-  copy_into(*dt_proj_.bias, dt_bias_init(o.d_inner(), o, gen, dtype));
+  copy_into(*dt_proj_.bias, dt_bias_init(o.d_inner(), o.dt_min, o.dt_max, o.dt_init_floor, gen, dtype));
   copy_into(out_proj_.weight, mul(out_proj_.weight, 1.0 / std::sqrt(double(std::max<int64_t>(o.n_layers, 1)))));
   if (o.dt_bc_norm) {
     dt_norm_ = &register_module("dt_layernorm", std::make_unique<RMSNorm>(o.rank(), o.norm_eps, dtype));

@@ -29,17 +29,6 @@ const Mamba2Options& checked(const Mamba2Options& o) {
 
 int64_t conv_dim(const Mamba2Options& o) { return o.d_inner() + 2 * o.ngroups * o.d_state; }
 
-Tensor inverse_softplus_dt(int64_t count, const Mamba2Options& o, Generator& gen, DType dtype) {
-  const std::vector<float> u = Tensor::rand({count}, gen).to_vector();
-  std::vector<double> v(count);
-  for (int64_t i = 0; i < count; ++i) {
-    const double dt = std::max(std::exp(u[i] * (std::log(o.dt_max) - std::log(o.dt_min)) + std::log(o.dt_min)),
-                               o.dt_init_floor);
-    v[i] = dt + std::log(-std::expm1(-dt));
-  }
-  return Tensor::from_vector(v, {count}, dtype);
-}
-
 Tensor a_log_init(int64_t heads, const Mamba2Options& o, Generator& gen, DType dtype) {
   const std::vector<float> u = Tensor::rand({heads}, gen, DType::f32, Device::cpu(), float(o.A_init_min),
                                             float(o.A_init_max)).to_vector();
@@ -58,7 +47,7 @@ Mamba2Mixer::Mamba2Mixer(const Mamba2Options& o, Generator& gen, DType dtype)
                                       uniform_init({conv_dim(o), o.d_conv}, 1.0 / std::sqrt(double(o.d_conv)), gen, dtype))),
       conv_bias_(register_parameter("conv1d.bias", uniform_init({conv_dim(o)}, 1.0 / std::sqrt(double(o.d_conv)), gen, dtype),
                                     /*weight_decay=*/false)),
-      dt_bias_(register_parameter("dt_bias", inverse_softplus_dt(o.nheads(), o, gen, dtype), /*weight_decay=*/false)),
+      dt_bias_(register_parameter("dt_bias", dt_bias_init(o.nheads(), o.dt_min, o.dt_max, o.dt_init_floor, gen, dtype), /*weight_decay=*/false)),
       A_log_(register_parameter("A_log", a_log_init(o.nheads(), o, gen, dtype), /*weight_decay=*/false)),
       D_(register_parameter("D", Tensor::ones({o.nheads()}, dtype), /*weight_decay=*/false)),
       norm_weight_(register_parameter("norm.weight", Tensor::ones({o.d_inner()}, dtype), /*weight_decay=*/false)),
