@@ -418,12 +418,13 @@ struct BackwardScratch {
 // Sequential backward, the mirror of the one-pass forward (n = 16). Each warp walks its 8
 // channels' tiles of 32 tokens from last to first, carrying the state gradient p in
 // registers; the forward saved the state entering every tile. In each tile, the states are
-// recomputed 16 tokens at a time (the second half first, then the first), kept in shared
+// recomputed 8 tokens at a time (the last part first), kept in shared
 // memory, and the reverse recurrence p_t = a_t (dy_t C_t + p_{t+1}) runs token by token.
 // dB and dC sum over channels: a reduce-scatter over the warp's lanes leaves each lane one
 // (B or C, state) sum of its 8 channels per token; the block adds its 4 warps in order into
 // one partial per 32 channels, and sum_partials_kernel adds those in order.
-constexpr int kHalf = kTile / 2;
+constexpr int kPart = 8;               // tokens whose states are kept at a time
+constexpr int kParts = kTile / kPart;
 
 struct SeqBackwardSmem {
   float dt[kSegWarps][8][kTile + 1], dtu[kSegWarps][8][kTile + 1], u[kSegWarps][8][kTile + 1];
@@ -431,8 +432,9 @@ struct SeqBackwardSmem {
   float ddt[kSegWarps][8][kTile + 1], du[kSegWarps][8][kTile + 1], ypre[kSegWarps][8][kTile + 1];
   alignas(16) float B[kSegWarps][kTile][16];
   alignas(16) float C[kSegWarps][kTile][16];
-  float x[kSegWarps][kHalf][32][4];  // states after each token of the current half
-  float dbc[kSegWarps][kHalf][32];   // per-warp channel sums; lane = (B or C, state)
+  float x[kSegWarps][kPart][32][4];       // states after each token of the current part
+  float x_enter[kSegWarps][kParts][32][4];  // the state entering each part
+  float dbc[kSegWarps][kPart][32];        // per-warp channel sums; lane = (B or C, state)
   bool reset[kSegWarps][kTile];
 };
 
@@ -504,28 +506,32 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_backward_seq_kernel(Dims 
                           a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
     }
     __syncwarp();
-    float x_start[S], x_mid[S];
+    // One pass over the tile for the state entering each part (each lane keeps its own).
+    {
+      float x[S];
 #pragma unroll
-    for (int j = 0; j < S; ++j) x_start[j] = x_mid[j] = chunk_states[((b * s.dim + d) * s.nchunks + tile) * 16 + q * S + j];
-    // The state after the first half, without keeping the steps.
-    for (int i = 0; i < kHalf; ++i) {
-      const float dt = sh.dt[w][ch][i], dtu = sh.dtu[w][ch][i];
-      const bool reset = sh.reset[w][i];
+      for (int j = 0; j < S; ++j) x[j] = chunk_states[((b * s.dim + d) * s.nchunks + tile) * 16 + q * S + j];
+      for (int i = 0; i < kTile; ++i) {
+        if (i % kPart == 0)
 #pragma unroll
-      for (int j = 0; j < S; ++j)
-        x_mid[j] = fmaf(reset ? 0.0f : fast_exp2(dt * A2[j]), x_mid[j], sh.B[w][i][q * S + j] * dtu);
+          for (int j = 0; j < S; ++j) sh.x_enter[w][i / kPart][lane][j] = x[j];
+        const float dt = sh.dt[w][ch][i], dtu = sh.dtu[w][ch][i];
+        const bool reset = sh.reset[w][i];
+#pragma unroll
+        for (int j = 0; j < S; ++j) x[j] = fmaf(reset ? 0.0f : fast_exp2(dt * A2[j]), x[j], sh.B[w][i][q * S + j] * dtu);
+      }
     }
-    for (int half = 1; half >= 0; --half) {
-      const int base = half * kHalf;
-      float x_in[S];  // the state entering this half
+    for (int part = kParts - 1; part >= 0; --part) {
+      const int base = part * kPart;
+      float x_in[S];  // the state entering this part
 #pragma unroll
-      for (int j = 0; j < S; ++j) x_in[j] = half ? x_mid[j] : x_start[j];
-      // Forward over the half, keeping the state after every token.
+      for (int j = 0; j < S; ++j) x_in[j] = sh.x_enter[w][part][lane][j];
+      // Forward over the part, keeping the state after every token.
       {
         float x[S];
 #pragma unroll
         for (int j = 0; j < S; ++j) x[j] = x_in[j];
-        for (int i = 0; i < kHalf; ++i) {
+        for (int i = 0; i < kPart; ++i) {
           const float dt = sh.dt[w][ch][base + i], dtu = sh.dtu[w][ch][base + i];
           const bool reset = sh.reset[w][base + i];
 #pragma unroll
@@ -536,8 +542,8 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_backward_seq_kernel(Dims 
         }
       }
       __syncwarp();
-      // Reverse through the half.
-      for (int i = kHalf - 1; i >= 0; --i) {
+      // Reverse through the part.
+      for (int i = kPart - 1; i >= 0; --i) {
         const int t_local = base + i;
         const float dt = sh.dt[w][ch][t_local], dtu = sh.dtu[w][ch][t_local];
         const float u = sh.u[w][ch][t_local], dy = sh.dy[w][ch][t_local];
@@ -593,9 +599,9 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_backward_seq_kernel(Dims 
         }
         sh.dbc[w][i][lane] = v[0];  // (B or C: lane bit 4, state: q * 4 + 2 * bit 3 + bit 2)
       }
-      // The block's 4 warps, added in order, into this half's partials.
+      // The block's 4 warps, added in order, into this part's partials.
       __syncthreads();
-      for (int idx = threadIdx.x; idx < kHalf * 32; idx += 32 * kSegWarps) {
+      for (int idx = threadIdx.x; idx < kPart * 32; idx += 32 * kSegWarps) {
         const int i = idx / 32, L = idx % 32;
         const int64_t t = t0 + base + i;
         if (t >= s.seqlen) continue;
