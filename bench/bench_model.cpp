@@ -15,15 +15,6 @@ namespace {
 
 using namespace ssmtrain;
 
-// Matrix FLOPs per token of forward + backward (6 x the multiply-adds of the projections,
-// the tied head included); the scan and convolution are left out, as MFU usually does.
-double flops_per_token(const ModelOptions& o) {
-  const double d = double(o.d_model), e = double(o.mamba1.expand * o.d_model), n = double(o.mamba1.d_state);
-  const double r = double(o.mamba1.dt_rank > 0 ? o.mamba1.dt_rank : (o.d_model + 15) / 16);
-  const double per_layer = d * 2 * e + e * (r + 2 * n) + r * e + e * d;
-  return 6.0 * (double(o.n_layers) * per_layer + d * double(o.vocab_size));
-}
-
 void bench_step(bench::Report& report, bench::Timer& timer, int64_t batch, int64_t seqlen) {
   ModelOptions o;
   o.vocab_size = 50280;
@@ -59,7 +50,7 @@ void bench_step(bench::Report& report, bench::Timer& timer, int64_t batch, int64
   const std::string shape = fmt::format("b={} l={} d=768 layers=24 vocab=50280 ({:.1f}M params)", batch, seqlen,
                                         double(model.num_parameters()) / 1e6);
   report.measure("mamba1-130m fwd+bwd bf16", shape, bench::Bound::compute, 0,
-                 flops_per_token(o) * tokens_per_step, [&] { return timer.time(step); });
+                 training_flops_per_token(o) * tokens_per_step, [&] { return timer.time(step); });
   const MemoryStats mem = cuda_memory_stats(0);
   fmt::print("peak memory {:.2f} GiB (reserved {:.2f} GiB)\n", double(mem.peak_allocated) / (1 << 30),
              double(mem.reserved) / (1 << 30));

@@ -10,11 +10,16 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "configs/errors.h"
+#include "configs/load.h"
+#include "configs/show.h"
 #include "data/commands.h"
+#include "layers/from_config.h"
 #include "data/text_input.h"
 
 #if defined(SSMTRAIN_WITH_CUDA)
@@ -174,6 +179,25 @@ void config_show_options(CLI::App& app, ConfigShowArgs& a) {
   add_overrides(app, a.overrides);
 }
 
+// The resolved config, the layout and, for models layers/ builds, the parameter count (from
+// the model itself, built on the CPU) and the training FLOPs per token.
+int run_config_show(const ConfigShowArgs& a) {
+  try {
+    const ssmtrain::configs::Config config = ssmtrain::configs::load_config(a.recipe, a.overrides);
+    std::optional<ssmtrain::configs::ModelCost> cost;
+    if (const std::optional<ssmtrain::ModelOptions> options = ssmtrain::model_options(config.model)) {
+      ssmtrain::LanguageModel model(*options, config.run.seed);
+      const int64_t parameters = model.num_parameters();
+      cost = ssmtrain::configs::ModelCost{parameters, parameters, ssmtrain::training_flops_per_token(*options)};
+    }
+    fmt::print("{}", ssmtrain::configs::render_config_show(config, cost));
+    return 0;
+  } catch (const ssmtrain::configs::ConfigError& e) {
+    fmt::print(stderr, "{}\n", e.what());
+    return 2;
+  }
+}
+
 // The data subcommands fill the library's option structs directly (data/tokenizer.h,
 // data/prepare.h document every field and its default).
 void data_tokenizer_options(CLI::App& app, ssmtrain::data::TokenizerOptions& a) {
@@ -288,7 +312,11 @@ void info_options(CLI::App&, InfoArgs&) {}
 
 int run_info(const InfoArgs&) {
   fmt::print("ssmtrain {}\n", kVersion);
+#include "configs/errors.h"
+#include "configs/load.h"
+#include "configs/show.h"
 #include "data/commands.h"
+#include "layers/from_config.h"
 #include "data/text_input.h"
 
 #if defined(SSMTRAIN_WITH_CUDA)
@@ -364,7 +392,7 @@ const std::vector<Subcommand>& subcommand_table() {
       command<ConfigShowArgs>(
           "config show",
           "Print the resolved config, layer layout, parameter count and FLOPs per token",
-          config_show_options, nullptr),
+          config_show_options, run_config_show),
       command<ssmtrain::data::TokenizerOptions>("data tokenizer", "Train a SentencePiece tokenizer",
                                                 data_tokenizer_options, ssmtrain::data::run_tokenizer_command),
       command<ssmtrain::data::PrepareOptions>("data prepare", "Encode a corpus into HDF5 token shards",

@@ -21,6 +21,21 @@ std::unique_ptr<Mixer> make_mixer(const ModelOptions& o, Generator& gen, DType d
 }
 }  // namespace
 
+double training_flops_per_token(const ModelOptions& o) {
+  const double d = double(o.d_model);
+  double per_layer = 0;
+  if (o.mixer == MixerKind::mamba1) {
+    const double e = double(o.mamba1.expand * o.d_model), n = double(o.mamba1.d_state);
+    const double r = double(o.mamba1.dt_rank > 0 ? o.mamba1.dt_rank : (o.d_model + 15) / 16);
+    per_layer = d * 2 * e + e * (r + 2 * n) + r * e + e * d;  // in, x, dt and out projections
+  } else {
+    const double e = double(o.mamba2.expand * o.d_model), gn = double(o.mamba2.ngroups * o.mamba2.d_state);
+    const double h = e / double(o.mamba2.headdim);
+    per_layer = d * (2 * e + 2 * gn + h) + e * d;  // in and out projections
+  }
+  return 6.0 * (double(o.n_layers) * per_layer + d * double(o.vocab_size));
+}
+
 Block::Block(const ModelOptions& o, Generator& gen, DType dtype)
     : norm_(register_module("norm", std::make_unique<RMSNorm>(o.d_model, o.norm_eps, dtype))),
       mixer_(register_module("mixer", make_mixer(o, gen, dtype))) {}

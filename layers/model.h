@@ -27,6 +27,10 @@ struct ModelOptions {
   Mamba2Options mamba2;  // likewise
 };
 
+// Training (forward + backward) matrix FLOPs per token: 6 x the multiply-adds of every
+// projection and the LM head; the scans and convolutions are left out, as MFU usually does.
+double training_flops_per_token(const ModelOptions& options);
+
 class Block : public Module {
  public:
   Block(const ModelOptions& options, Generator& gen, DType dtype);
