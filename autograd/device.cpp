@@ -35,4 +35,15 @@ int cuda_device_count() {
 
 bool cuda_available() { return cuda_device_count() > 0; }
 
+std::string cuda_device_name(int index) {
+#if SSMTRAIN_WITH_CUDA
+  cudaDeviceProp prop{};
+  if (index >= 0 && index < cuda_device_count() && cudaGetDeviceProperties(&prop, index) == cudaSuccess) return prop.name;
+  (void)cudaGetLastError();
+#else
+  (void)index;
+#endif
+  return "";
+}
+
 }  // namespace ssmtrain

@@ -24,5 +24,7 @@ struct Device {
 // True when ssmtrain was built with CUDA and at least one GPU is visible.
 bool cuda_available();
 int cuda_device_count();
+// The GPU's name ("NVIDIA H100 80GB HBM3"); empty without CUDA or without that device.
+std::string cuda_device_name(int index);
 
 }  // namespace ssmtrain

@@ -19,7 +19,9 @@
 #include "configs/load.h"
 #include "configs/show.h"
 #include "data/commands.h"
+#include "data/errors.h"
 #include "layers/from_config.h"
+#include "train/trainer.h"
 #include "data/text_input.h"
 
 #if defined(SSMTRAIN_WITH_CUDA)
@@ -179,6 +181,36 @@ void config_show_options(CLI::App& app, ConfigShowArgs& a) {
   add_overrides(app, a.overrides);
 }
 
+// Trains the recipe; resuming from checkpoints arrives with the checkpoint issue, so --resume
+// other than none is refused rather than ignored.
+int run_train(const TrainArgs& a) {
+  try {
+    const ssmtrain::configs::Config config = ssmtrain::configs::load_config(a.recipe, a.overrides);
+    if (!a.resume.empty() && a.resume != "none" && a.resume != "auto") {
+      fmt::print(stderr, "ssmtrain train: --resume {}: checkpoints are not built yet\n", a.resume);
+      return 2;
+    }
+    const ssmtrain::TrainSummary summary = ssmtrain::train(config);
+    fmt::print("run directory: {} (config.yaml, metrics.jsonl, loss_curve.svg)\n", summary.run_dir);
+    fmt::print("loss {:.4f} -> {:.4f}", summary.first_loss, summary.final_loss);
+    if (summary.final_val_loss >= 0) fmt::print(", validation loss {:.4f}", summary.final_val_loss);
+    fmt::print(", {:.0f} tokens/s\n", summary.tokens_per_second);
+    return 0;
+  } catch (const ssmtrain::configs::ConfigError& e) {
+    fmt::print(stderr, "{}\n", e.what());
+    return 2;
+  } catch (const ssmtrain::data::InputError& e) {
+    fmt::print(stderr, "ssmtrain train: {}\n", e.what());
+    return 2;
+  } catch (const std::invalid_argument& e) {
+    fmt::print(stderr, "ssmtrain train: {}\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "ssmtrain train: {}\n", e.what());
+    return 1;
+  }
+}
+
 // The resolved config, the layout and, for models layers/ builds, the parameter count (from
 // the model itself, built on the CPU) and the training FLOPs per token.
 int run_config_show(const ConfigShowArgs& a) {
@@ -316,7 +348,9 @@ int run_info(const InfoArgs&) {
 #include "configs/load.h"
 #include "configs/show.h"
 #include "data/commands.h"
+#include "data/errors.h"
 #include "layers/from_config.h"
+#include "train/trainer.h"
 #include "data/text_input.h"
 
 #if defined(SSMTRAIN_WITH_CUDA)
@@ -388,7 +422,7 @@ Subcommand command(std::string path, std::string help, void (*options)(CLI::App&
 // nullptr with the function that runs it.
 const std::vector<Subcommand>& subcommand_table() {
   static const std::vector<Subcommand> table = {
-      command<TrainArgs>("train", "Train a model from a recipe", train_options, nullptr),
+      command<TrainArgs>("train", "Train a model from a recipe", train_options, run_train),
       command<ConfigShowArgs>(
           "config show",
           "Print the resolved config, layer layout, parameter count and FLOPs per token",
