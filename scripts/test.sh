@@ -54,4 +54,7 @@ fi
 phase configure cmake -S . -B "${build_dir}" -G Ninja \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSSMTRAIN_CUDA=AUTO
 phase build cmake --build "${build_dir}" -j "${cores}"
+# ctest runs tests side by side; OpenMP threads that spin while waiting would steal the cores
+# from the neighbouring test (the small-op model tests ran 1000x slower that way).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 phase ctest ctest --test-dir "${build_dir}" --output-on-failure -j "${cores}" --timeout 900 "$@"
