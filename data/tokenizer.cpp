@@ -142,8 +142,11 @@ TokenizerSummary train_tokenizer(const TokenizerOptions& options) {
   if (options.output_path.empty()) throw InputError("--out FILE.model is required");
   if (options.max_sentences <= 0) throw InputError("the sentence cap must be positive");
   const fs::path out_dir = fs::path(options.output_path).parent_path();
-  if (!out_dir.empty() && !fs::is_directory(out_dir))
-    throw InputError(options.output_path + ": the directory " + out_dir.string() + " does not exist");
+  if (!out_dir.empty() && !fs::is_directory(out_dir)) {
+    std::error_code error;
+    fs::create_directories(out_dir, error);
+    if (error) throw InputError(options.output_path + ": cannot create the directory " + out_dir.string() + ": " + error.message());
+  }
   const std::vector<InputFile> files = expand_inputs(options.inputs);
 
   const int threads = options.threads > 0 ? options.threads
