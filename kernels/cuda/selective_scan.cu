@@ -256,6 +256,26 @@ struct SegmentScratch {
   float* decay;        // (b, d, segments, n)
 };
 
+// Stages one warp's tile of kTile tokens of B and C (the 16 states of its group, transposed
+// to (token, state) so a lane reads its states as one vector) and the document-start flags.
+// Lane i loads half a row (16 tokens) of state i / 2; tokens at or past `end` read zero.
+template <typename T>
+__device__ __forceinline__ void stage_bc_tile(const Dims& s, const ScanArgs<T, float>& a, int64_t b, const T* Bg,
+                                              const T* Cg, int64_t t0, int64_t end, int lane, float (*B)[16],
+                                              float (*C)[16], bool* reset) {
+  const int state = lane / 2, half = lane % 2;
+  float b16[16], c16[16];
+  load_items<16>(Bg + state * s.seqlen, t0 + half * 16, end, s.aligned, b16);
+  load_items<16>(Cg + state * s.seqlen, t0 + half * 16, end, s.aligned, c16);
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    B[half * 16 + i][state] = b16[i];
+    C[half * 16 + i][state] = c16[i];
+  }
+  const int64_t t = t0 + lane;
+  reset[lane] = a.doc_index && t > 0 && t < end && a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
+}
+
 // With one segment (gridDim.y == 1) the output pass alone is the whole forward: it starts
 // from `entering` = the initial state (or zero when null), saves the state entering every
 // backward chunk into `save_states` and writes `final_state`.
@@ -315,20 +335,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
         dt_sh[warp][ch][q * kTokens + i] = inside ? v : 0.0f;  // past the end: the identity step
         dtu_sh[warp][ch][q * kTokens + i] = inside ? v * uv[i] : 0.0f;
       }
-      for (int idx = lane; idx < kStates * 2; idx += 32) {
-        const int state = idx / 2, half = idx % 2;
-        float b16[16], c16[16];
-        load_items<16>(Bg + state * s.seqlen, t0 + half * 16, end, s.aligned, b16);
-        load_items<16>(Cg + state * s.seqlen, t0 + half * 16, end, s.aligned, c16);
-#pragma unroll
-        for (int i = 0; i < 16; ++i) {
-          B_sh[warp][half * 16 + i][state] = b16[i];
-          C_sh[warp][half * 16 + i][state] = c16[i];
-        }
-      }
-      const int64_t t = t0 + lane;
-      reset_sh[warp][lane] = a.doc_index && t > 0 && t < end &&
-                             a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
+      stage_bc_tile(s, a, b, Bg, Cg, t0, end, lane, B_sh[warp], C_sh[warp], reset_sh[warp]);
     }
     __syncwarp();
     const int steps = static_cast<int>(std::min<int64_t>(kTile, end - t0));
@@ -490,20 +497,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_backward_seq_kernel(Dims 
         sh.u[w][ch][q * 8 + i] = uv[i];
         sh.dy[w][ch][q * 8 + i] = a.z ? doutv[i] * zv[i] * fast_sigmoid(zv[i]) : doutv[i];
       }
-      for (int idx = lane; idx < 32; idx += 32) {
-        const int state = idx / 2, half = idx % 2;
-        float b16[16], c16[16];
-        load_items<16>(Bg + state * s.seqlen, t0 + half * 16, end, s.aligned, b16);
-        load_items<16>(Cg + state * s.seqlen, t0 + half * 16, end, s.aligned, c16);
-#pragma unroll
-        for (int i = 0; i < 16; ++i) {
-          sh.B[w][half * 16 + i][state] = b16[i];
-          sh.C[w][half * 16 + i][state] = c16[i];
-        }
-      }
-      const int64_t t = t0 + lane;
-      sh.reset[w][lane] = a.doc_index && t > 0 && t < end &&
-                          a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
+      stage_bc_tile(s, a, b, Bg, Cg, t0, end, lane, sh.B[w], sh.C[w], sh.reset[w]);
     }
     __syncwarp();
     // One pass over the tile for the state entering each part (each lane keeps its own).
