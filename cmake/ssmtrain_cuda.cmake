@@ -33,3 +33,20 @@ endif()
 set(CMAKE_CUDA_STANDARD 20)
 find_package(CUDAToolkit REQUIRED)
 set(SSMTRAIN_WITH_CUDA ON)
+
+# cuDNN 9 (fused attention through its graph API): header and library beside the toolkit's
+# or in the system paths. Exposed as the imported target ssmtrain::cudnn.
+find_path(SSMTRAIN_CUDNN_INCLUDE_DIR cudnn_graph.h
+  HINTS ${CUDAToolkit_INCLUDE_DIRS} PATH_SUFFIXES include)
+find_library(SSMTRAIN_CUDNN_LIBRARY cudnn
+  HINTS ${CUDAToolkit_LIBRARY_DIR} ${CUDAToolkit_LIBRARY_ROOT} PATH_SUFFIXES lib lib64)
+if(NOT SSMTRAIN_CUDNN_INCLUDE_DIR OR NOT SSMTRAIN_CUDNN_LIBRARY)
+  message(FATAL_ERROR "cuDNN 9 not found (cudnn_graph.h, libcudnn): install it "
+                      "(Debian/Ubuntu: cudnn9-cuda-13 from NVIDIA's repository) or point "
+                      "CMAKE_PREFIX_PATH at it")
+endif()
+add_library(ssmtrain::cudnn UNKNOWN IMPORTED)
+set_target_properties(ssmtrain::cudnn PROPERTIES
+  IMPORTED_LOCATION "${SSMTRAIN_CUDNN_LIBRARY}"
+  INTERFACE_INCLUDE_DIRECTORIES "${SSMTRAIN_CUDNN_INCLUDE_DIR}")
+message(STATUS "ssmtrain: cuDNN ${SSMTRAIN_CUDNN_LIBRARY}")
