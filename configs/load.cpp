@@ -20,6 +20,16 @@ namespace {
 
 using LocationMap = std::map<std::string, Location>;  // key path -> where it was written
 
+Location locate_key(const LocationMap& where, const std::string& source, std::string_view path) {
+  while (true) {
+    const auto found = where.find(std::string(path));
+    if (found != where.end()) return found->second;
+    const size_t dot = path.rfind('.');
+    if (dot == std::string_view::npos) return {source};
+    path = path.substr(0, dot);
+  }
+}
+
 const Location kSetLocation{"--set"};
 
 // A recipe's YAML tree and where each of its key paths was written.
@@ -31,15 +41,7 @@ struct SourceTree {
   SourceTree clone() const { return {source, YAML::Clone(root), where}; }
 
   // The position of `path`, else of its nearest written parent section, else the file alone.
-  Location locate(std::string_view path) const {
-    while (true) {
-      const auto found = where.find(std::string(path));
-      if (found != where.end()) return found->second;
-      const size_t dot = path.rfind('.');
-      if (dot == std::string_view::npos) return {source};
-      path = path.substr(0, dot);
-    }
-  }
+  Location locate(std::string_view path) const { return locate_key(where, source, path); }
 
   // A ConfigError found on typed values, placed at the first of its keys this tree wrote.
   ConfigError placed(const ConfigError& error) const {
@@ -287,6 +289,8 @@ Recipe parse_recipe(std::string_view yaml_text, const std::string& source_name,
   for (const Override& override_value : command_line) {
     apply_override(override_value, with_overrides);
   }
+  recipe.source = with_overrides.source;
+  recipe.where = with_overrides.where;
   SourceTree without_sweep = file_tree.clone();
   without_sweep.root.remove("sweep");
   std::erase_if(without_sweep.where,
@@ -307,6 +311,8 @@ Recipe parse_recipe(std::string_view yaml_text, const std::string& source_name,
   }
   return recipe;
 }
+
+Location Recipe::locate(std::string_view key_path) const { return locate_key(where, source, key_path); }
 
 Recipe load_recipe(const std::filesystem::path& file, const std::vector<std::string>& overrides) {
   const std::string source = file.string();

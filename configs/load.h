@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,6 +20,13 @@ struct Recipe {
   // One per entry of config.sweep: the recipe, then that entry's overrides, then the command
   // line's (their own sweep is empty). Every variant is checked when the recipe loads.
   std::vector<Config> sweep_variants;
+  // Where each key path of `config` was written (the file's positions, "--set" for overrides),
+  // so a problem found after loading (say, a data directory that does not exist) can still
+  // name the recipe line.
+  std::string source;
+  std::map<std::string, Location> where;
+  // The position of `key_path`, else of its nearest written parent section, else the file.
+  Location locate(std::string_view key_path) const;
 };
 
 // `overrides` are --set arguments, "key.path=value", the value read by YAML rules (3e-4, true,

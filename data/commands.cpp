@@ -44,7 +44,8 @@ int run_prepare_command(const PrepareOptions& options) {
   return run_reporting_errors("data prepare", [&] {
     const PrepareSummary summary = prepare_corpus(options);
     std::printf("wrote %s: train %llu tokens in %llu documents (%llu shards), val %llu tokens in "
-                "%llu documents (%llu shards), %s, %.1f s, %.0f tokens/s\n",
+                "%llu documents (%llu shards), %s, %.1f s, %.0f tokens/s; unigram entropy %.3f nats "
+                "(train)\n",
                 summary.manifest_path.c_str(),
                 static_cast<unsigned long long>(summary.train.tokens),
                 static_cast<unsigned long long>(summary.train.documents),
@@ -53,7 +54,7 @@ int run_prepare_command(const PrepareOptions& options) {
                 static_cast<unsigned long long>(summary.val.documents),
                 static_cast<unsigned long long>(summary.val.shards),
                 summary.token_bytes == 2 ? "uint16" : "uint32", summary.seconds,
-                summary.tokens_per_second);
+                summary.tokens_per_second, summary.train.unigram_entropy);
   });
 }
 

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
@@ -144,9 +145,13 @@ class ShardBuilder {
       : split_(std::move(split)), directory_(directory), vocab_size_(vocab_size),
         tokenizer_checksum_(std::move(tokenizer_checksum)), shard_tokens_(shard_tokens) {}
 
-  void append(const int* ids, size_t count) { tokens_.insert(tokens_.end(), ids, ids + count); }
+  void append(const int* ids, size_t count) {
+    tokens_.insert(tokens_.end(), ids, ids + count);
+    for (size_t i = 0; i < count; ++i) ++frequency_[static_cast<size_t>(ids[i])];
+  }
   void end_document(int eos_id, std::vector<ShardInfo>* written) {
     tokens_.push_back(static_cast<uint32_t>(eos_id));
+    ++frequency_[static_cast<size_t>(eos_id)];
     doc_offsets_.push_back(tokens_.size());
     ++counts_.documents;
     if (tokens_.size() >= shard_tokens_) flush(written);
@@ -164,7 +169,15 @@ class ShardBuilder {
     doc_offsets_.assign(1, 0);
   }
   uint64_t pending_tokens() const { return tokens_.size(); }
-  const SplitCounts& counts() const { return counts_; }
+  // Token counts, the entropy of their frequencies filled in.
+  SplitCounts counts() const {
+    SplitCounts counts = counts_;
+    uint64_t total = 0;
+    for (uint64_t f : frequency_) total += f;
+    for (uint64_t f : frequency_)
+      if (f > 0) counts.unigram_entropy -= double(f) / double(total) * std::log(double(f) / double(total));
+    return counts;
+  }
 
  private:
   std::string split_, directory_;
@@ -174,6 +187,7 @@ class ShardBuilder {
   std::vector<uint32_t> tokens_;
   std::vector<uint64_t> doc_offsets_{0};
   SplitCounts counts_;
+  std::vector<uint64_t> frequency_ = std::vector<uint64_t>(size_t(vocab_size_), 0);  // by token id
 };
 
 void validate(const PrepareOptions& options) {
@@ -357,6 +371,8 @@ PrepareSummary prepare_corpus(const PrepareOptions& options) {
   manifest.val_fraction = options.val_fraction;
   manifest.split_seed = options.seed;
   manifest.input_bytes = text_bytes;
+  manifest.unigram_entropy["train"] = train.counts().unigram_entropy;
+  manifest.unigram_entropy["val"] = val.counts().unigram_entropy;
   write_manifest(options.output_dir, manifest);
 
   PrepareSummary summary;

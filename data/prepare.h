@@ -39,6 +39,9 @@ struct SplitCounts {
   uint64_t documents = 0;
   uint64_t tokens = 0;
   uint64_t shards = 0;
+  // Entropy of the split's token frequencies, in nats: the loss of a model that knows only
+  // how often each token occurs, the bar a trained model's validation loss must beat.
+  double unigram_entropy = 0;
 };
 
 struct PrepareSummary {

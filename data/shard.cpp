@@ -228,7 +228,11 @@ void write_manifest(const std::string& directory, const Manifest& manifest) {
   }
   nlohmann::json splits = nlohmann::json::object();
   for (const char* split : {"train", "val"})
+  {
     splits[split] = {{"tokens", manifest.tokens(split)}, {"documents", manifest.documents(split)}};
+    if (manifest.unigram_entropy.count(split))
+      splits[split]["unigram_entropy_nats"] = manifest.unigram_entropy.at(split);
+  }
   const nlohmann::json root = {
       {"format", kManifestFormatName},
       {"format_version", kManifestFormatVersion},
@@ -292,6 +296,10 @@ Manifest read_manifest(const std::string& directory) {
     manifest.val_fraction = root.at("val_fraction").get<double>();
     manifest.split_seed = root.at("split_seed").get<uint64_t>();
     manifest.input_bytes = root.at("input_bytes").get<uint64_t>();
+    if (root.contains("splits") && root.at("splits").is_object())
+      for (const auto& [split, counts] : root.at("splits").items())
+        if (counts.contains("unigram_entropy_nats"))
+          manifest.unigram_entropy[split] = counts.at("unigram_entropy_nats").get<double>();
     for (const nlohmann::json& entry : root.at("shards")) {
       ShardInfo shard;
       shard.file = entry.at("file").get<std::string>();

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,9 @@ struct Manifest {
   double val_fraction = 0;
   uint64_t split_seed = 0;
   uint64_t input_bytes = 0;
+  // Per split ("train", "val"): entropy of the token frequencies in nats; absent in
+  // manifests written before it was recorded.
+  std::map<std::string, double> unigram_entropy;
   std::vector<ShardInfo> shards;
 
   uint64_t tokens(const std::string& split) const;

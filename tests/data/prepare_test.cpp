@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <hdf5.h>
 
+#include <cmath>
+#include <map>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -119,6 +121,7 @@ TEST_F(PrepareTest, ShardsMatchManifestAndDecodeToTheInputDocuments) {
   EXPECT_EQ(manifest.documents("val"), summary.val.documents);
 
   std::vector<std::string> train_docs, val_docs;
+  std::map<std::string, std::map<uint32_t, double>> frequency;  // split -> token -> count
   uint64_t shards_seen = 0;
   for (const ShardInfo& info : manifest.shards) {
     const ShardContents shard = read_shard_with_hdf5(out + "/" + info.file);
@@ -132,6 +135,7 @@ TEST_F(PrepareTest, ShardsMatchManifestAndDecodeToTheInputDocuments) {
     ASSERT_EQ(shard.doc_offsets.size(), info.documents + 1);
     EXPECT_EQ(shard.doc_offsets.front(), 0u);
     EXPECT_EQ(shard.doc_offsets.back(), info.tokens);
+    for (uint32_t token : shard.tokens) frequency[info.split][token] += 1;
     std::vector<uint16_t> stored(shard.tokens.begin(), shard.tokens.end());
     EXPECT_EQ(checksum_string(xxh64(stored.data(), stored.size() * 2)), info.tokens_checksum);
     for (uint64_t d = 0; d < info.documents; ++d) {
@@ -147,6 +151,17 @@ TEST_F(PrepareTest, ShardsMatchManifestAndDecodeToTheInputDocuments) {
     ++shards_seen;
   }
   EXPECT_EQ(shards_seen, summary.train.shards + summary.val.shards);
+
+  // The unigram entropy of each split, from the tokens read back: -sum p log p in nats.
+  for (const char* split : {"train", "val"}) {
+    double total = 0, entropy = 0;
+    for (const auto& [token, count] : frequency[split]) total += count;
+    for (const auto& [token, count] : frequency[split]) entropy -= count / total * std::log(count / total);
+    ASSERT_TRUE(manifest.unigram_entropy.count(split)) << split;
+    EXPECT_NEAR(manifest.unigram_entropy.at(split), entropy, 1e-9 * entropy) << split;
+    EXPECT_GT(entropy, 1.0) << split;
+  }
+  EXPECT_NEAR(summary.train.unigram_entropy, manifest.unigram_entropy.at("train"), 1e-12);
 
   // The split is by document, by hash of the document index: rebuild it from the inputs.
   std::vector<std::string> expected_train, expected_val;
