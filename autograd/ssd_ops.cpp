@@ -1,6 +1,7 @@
 // The SSD and gated-RMSNorm nodes: check shapes, run kernels/ssd.h and kernels/gated_rmsnorm.h
 // on the inputs' device, and record one node each whose backward is the hand-written kernel.
-// The CUDA kernels do not exist yet: on a GPU both ops raise a clear error.
+// On the GPU the SSD forward saves the state entering each chunk for the backward, as the
+// selective scan does (autograd/scan_ops.cpp).
 #include "autograd/ssd_ops.h"
 
 #include <stdexcept>
@@ -20,12 +21,6 @@ const char* kNorm = "gated_rmsnorm";
 void expect_shape(const char* op, const Tensor& t, const Shape& shape, const char* name) {
   if (t.defined() && t.shape() != shape)
     detail::op_error(op, std::string(name) + " must be " + shape_str(shape) + ", got " + t.str());
-}
-
-// The GPU branch until kernels/cuda/ssd.cu and kernels/cuda/gated_rmsnorm.cu exist.
-[[noreturn]] void cuda_not_built(const char* op, const char* what, const Tensor& t) {
-  throw std::runtime_error(std::string(op) + ": the CUDA " + what + " is not built yet (kernels/cuda/" + op +
-                           ".cu); run it on the CPU (got a tensor on " + t.device().str() + ")");
 }
 
 kernels::SsdShape ssd_shape(const SsdInputs& in) {
@@ -70,7 +65,14 @@ template <typename T> const T* ptr(const Tensor& t) { return t.defined() ? stati
 template <typename T> T* mut(const Tensor& t) { return t.defined() ? static_cast<T*>(t.data()) : nullptr; }
 
 // Saved tensors of the SSD node, in this order.
-enum Saved { kX, kDt, kA, kB, kC, kD, kZ, kBias, kInit, kDoc };
+enum Saved { kX, kDt, kA, kB, kC, kD, kZ, kBias, kInit, kDoc, kChunkStates };
+
+// The GPU kernels' view of the saved inputs: element pointers of x's dtype, f32 parameters.
+[[maybe_unused]] kernels::SsdArgs<void, float> void_args(const std::vector<Tensor>& sv) {
+  auto raw = [](const Tensor& t) -> const void* { return t.defined() ? t.data() : nullptr; };
+  return {raw(sv[kX]), raw(sv[kDt]), ptr<float>(sv[kA]), raw(sv[kB]), raw(sv[kC]), ptr<float>(sv[kD]),
+          raw(sv[kZ]), ptr<float>(sv[kBias]), ptr<float>(sv[kInit]), ptr<int32_t>(sv[kDoc])};
+}
 
 template <typename T>
 kernels::SsdArgs<T, T> cpu_args(const std::vector<Tensor>& sv) {
@@ -96,9 +98,9 @@ SsdOutputs ssd(const SsdInputs& in_raw, bool return_final_states) {
     if (p->defined() && p->dtype() != param_dtype)
       detail::op_error(kSsd, "A, D, dt_bias and initial_states must share a dtype; got " + p->str());
 
-  // Saved in the order of enum Saved.
-  const std::vector<Tensor> saved{in.x, in.dt, in.A, in.B, in.C, in.D, in.z, in.dt_bias, in.initial_states,
-                                  in.doc_index};
+  // Saved in the order of enum Saved; chunk_states (GPU) is added below.
+  std::vector<Tensor> saved{in.x, in.dt, in.A, in.B, in.C, in.D, in.z, in.dt_bias, in.initial_states,
+                            in.doc_index, Tensor()};
   SsdOutputs result;
   result.out = Tensor::empty(in.x.shape(), in.x.dtype(), in.x.device());
   const bool want_states = return_final_states;
@@ -119,9 +121,16 @@ SsdOutputs ssd(const SsdInputs& in_raw, bool return_final_states) {
       detail::op_error(kSsd, "on the GPU, A, D, dt_bias and initial_states must be f32; got " + in.A.str());
     if (s.chunk_size < 64 || s.chunk_size > 256)
       detail::op_error(kSsd, "on the GPU, chunk_size must be in 64..256, got " + std::to_string(s.chunk_size));
-    // kernels::cuda::ssd_forward goes here (with chunk_states saved for the backward) once
-    // kernels/cuda/ssd.cu exists.
-    cuda_not_built(kSsd, "SSD", in.x);
+    if (in.x.dtype() != DType::f32 && in.x.dtype() != DType::bf16)
+      detail::op_error(kSsd, "on the GPU, x, dt, B, C and z must be f32 or bf16; got " + in.x.str());
+#if SSMTRAIN_WITH_CUDA
+    // The state entering each chunk, for the backward.
+    saved[kChunkStates] = Tensor::empty({s.batch, kernels::cuda::ssd_num_chunks(s), s.nheads, s.headdim, s.dstate},
+                                        DType::f32, in.x.device());
+#endif
+    SSM_CUDA_BRANCH(in.x, kernels::cuda::ssd_forward(s, in.x.dtype(), void_args(saved), result.out.data(),
+                                                     mut<float>(result.final_states), mut<float>(saved[kChunkStates]),
+                                                     stream));
   }
 
   std::vector<Tensor*> outputs{&result.out};
@@ -134,13 +143,21 @@ SsdOutputs ssd(const SsdInputs& in_raw, bool return_final_states) {
     const Tensor dfinal = want_states ? g[1].contiguous() : Tensor();
     Tensor dx = like(sv[kX]), ddt = like(sv[kDt]), dA = like(sv[kA]), dB = like(sv[kB]), dC = like(sv[kC]),
            dD = like(sv[kD]), dz = like(sv[kZ]), dbias = like(sv[kBias]), dinit = like(sv[kInit]);
-    if (!sv[kX].device().is_cpu()) cuda_not_built(kSsd, "SSD", sv[kX]);
-    detail::cpu_float_dispatch(kSsd, sv[kX].dtype(), [&](auto tag) {
-      using T = decltype(tag);
-      kernels::SsdGrads<T, T> gr{ptr<T>(dout), ptr<T>(dfinal), mut<T>(dx), mut<T>(ddt), mut<T>(dA),
-                                 mut<T>(dB), mut<T>(dC), mut<T>(dD), mut<T>(dz), mut<T>(dbias), mut<T>(dinit)};
-      kernels::cpu::ssd_backward<T>(s, cpu_args<T>(sv), gr);
-    });
+    if (sv[kX].device().is_cpu()) {
+      detail::cpu_float_dispatch(kSsd, sv[kX].dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kernels::SsdGrads<T, T> gr{ptr<T>(dout), ptr<T>(dfinal), mut<T>(dx), mut<T>(ddt), mut<T>(dA),
+                                   mut<T>(dB), mut<T>(dC), mut<T>(dD), mut<T>(dz), mut<T>(dbias), mut<T>(dinit)};
+        kernels::cpu::ssd_backward<T>(s, cpu_args<T>(sv), gr);
+      });
+    } else {
+      auto raw = [](const Tensor& t) -> void* { return t.defined() ? t.data() : nullptr; };
+      [[maybe_unused]] kernels::SsdGrads<void, float> gr{dout.data(), ptr<float>(dfinal), raw(dx), raw(ddt),
+                                                         mut<float>(dA), raw(dB), raw(dC), mut<float>(dD), raw(dz),
+                                                         mut<float>(dbias), mut<float>(dinit)};
+      SSM_CUDA_BRANCH(sv[kX], kernels::cuda::ssd_backward(s, sv[kX].dtype(), void_args(sv), gr,
+                                                          ptr<float>(sv[kChunkStates]), stream));
+    }
     return std::vector<Tensor>{dx, ddt, dA, dB, dC, dD, dz, dbias, dinit};
   });
   return result;
@@ -168,12 +185,17 @@ Tensor gated_rmsnorm(const Tensor& y_in, const Tensor& z_in, const Tensor& weigh
   const int64_t rows = y.numel() / d;
   Tensor out = Tensor::empty(y.shape(), y.dtype(), y.device());
   Tensor rstd = Tensor::empty({rows, d / group_size}, DType::f32, y.device());
-  if (!y.device().is_cpu()) cuda_not_built(kNorm, "gated RMSNorm", y);  // kernels::cuda::gated_rmsnorm_forward, later
-  detail::cpu_float_dispatch(kNorm, y.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    kernels::cpu::gated_rmsnorm_forward<T>(ptr<T>(y), ptr<T>(z), ptr<T>(weight), rows, d, group_size, eps,
-                                           mut<T>(out), rstd.data_ptr<float>());
-  });
+  if (y.device().is_cpu()) {
+    detail::cpu_float_dispatch(kNorm, y.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      kernels::cpu::gated_rmsnorm_forward<T>(ptr<T>(y), ptr<T>(z), ptr<T>(weight), rows, d, group_size, eps,
+                                             mut<T>(out), rstd.data_ptr<float>());
+    });
+  } else {
+    SSM_CUDA_BRANCH(y, kernels::cuda::gated_rmsnorm_forward(y.dtype(), y.data(), z.defined() ? z.data() : nullptr,
+                                                            weight.data(), rows, d, group_size, eps, out.data(),
+                                                            rstd.data_ptr<float>(), stream));
+  }
   std::vector<Tensor> inputs{y_in, weight_in};
   if (z_in.defined()) inputs.push_back(z_in);
   attach_backward(kNorm, inputs, {&out}, {y, z, weight, rstd}, [rows, d, group_size](const auto& g, const auto& sv) {
@@ -182,12 +204,18 @@ Tensor gated_rmsnorm(const Tensor& y_in, const Tensor& z_in, const Tensor& weigh
     Tensor dy = Tensor::empty(ys.shape(), ys.dtype(), ys.device());
     Tensor dw = Tensor::empty(w.shape(), w.dtype(), w.device());
     Tensor dz = zs.defined() ? Tensor::empty(zs.shape(), zs.dtype(), zs.device()) : Tensor();
-    if (!ys.device().is_cpu()) cuda_not_built(kNorm, "gated RMSNorm", ys);
-    detail::cpu_float_dispatch(kNorm, ys.dtype(), [&](auto tag) {
-      using T = decltype(tag);
-      kernels::cpu::gated_rmsnorm_backward<T>(ptr<T>(ys), ptr<T>(zs), ptr<T>(w), r.data_ptr<float>(), ptr<T>(dout),
-                                              rows, d, group_size, mut<T>(dy), mut<T>(dz), mut<T>(dw));
-    });
+    if (ys.device().is_cpu()) {
+      detail::cpu_float_dispatch(kNorm, ys.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kernels::cpu::gated_rmsnorm_backward<T>(ptr<T>(ys), ptr<T>(zs), ptr<T>(w), r.data_ptr<float>(),
+                                                ptr<T>(dout), rows, d, group_size, mut<T>(dy), mut<T>(dz), mut<T>(dw));
+      });
+    } else {
+      SSM_CUDA_BRANCH(ys, kernels::cuda::gated_rmsnorm_backward(
+                              ys.dtype(), ys.data(), zs.defined() ? zs.data() : nullptr, w.data(),
+                              r.data_ptr<float>(), dout.data(), rows, d, group_size, dy.data(),
+                              dz.defined() ? dz.data() : nullptr, dw.data(), stream));
+    }
     std::vector<Tensor> grads{dy, dw};
     if (zs.defined()) grads.push_back(dz);
     return grads;

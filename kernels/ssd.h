@@ -88,11 +88,12 @@ void ssd_step(const SsdShape& s, const SsdArgs<T, T>& a, T* states, T* out);
 }  // namespace cpu
 
 namespace cuda {
-// Not built yet (a later task adds kernels/cuda/ssd.cu); the intended contract:
-// dtype (f32 or bf16) is the type of x, dt, B, C, z, out and their gradients; A, D, dt_bias
-// and the states are f32. The forward saves the state entering every chunk,
-// chunk_states (b, ssd_num_chunks(s), h, p, n), which the backward reads; the backward
-// reduces dA, dB, dC, dD and ddt_bias in a fixed order (no float atomics).
+// kernels/cuda/ssd.cu. dtype (f32 or bf16) is the type of x, dt, B, C, z, out and their
+// gradients; A, D, dt_bias and the states are f32. p in {32, 64, 128}, n in {16, 32, 64, 128,
+// 256}, chunk_size in 64..256. The forward saves the state entering every chunk,
+// chunk_states (b, ssd_num_chunks(s), h, p, n), which the backward reads (null: the forward
+// keeps them in a temporary buffer); the backward reduces dA, dB, dC, dD and ddt_bias in a
+// fixed order (no float atomics), so repeated runs give the same bits.
 int64_t ssd_num_chunks(const SsdShape& s);
 void ssd_forward(const SsdShape& s, DType dtype, const SsdArgs<void, float>& a, void* out,
                  float* final_states, float* chunk_states, cudaStream_t stream);
