@@ -65,10 +65,37 @@ void rmsnorm_backward(const T* x, const T* weight, const float* rstd, const T* d
   }
 }
 
+// sum = x + residual, then the plain forward on sum (what is stored is what the norm reads).
+template <typename T>
+void add_rmsnorm_forward(const T* x, const T* residual, const T* weight, int64_t rows, int64_t d,
+                         double eps, T* sum, T* y, float* rstd) {
+  check_sizes("add_rmsnorm_forward", rows, d);
+  const int64_t n = rows * d;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) sum[i] = residual ? static_cast<T>(x[i] + residual[i]) : x[i];
+  rmsnorm_forward<T>(sum, weight, rows, d, eps, y, rstd);
+}
+
+// dx = rmsnorm's dx at sum, plus dsum (the gradient that reaches the sum output directly).
+template <typename T>
+void add_rmsnorm_backward(const T* sum, const T* weight, const float* rstd, const T* dy,
+                          const T* dsum, int64_t rows, int64_t d, T* dx, T* dweight) {
+  check_sizes("add_rmsnorm_backward", rows, d);
+  rmsnorm_backward<T>(sum, weight, rstd, dy, rows, d, dx, dweight);
+  if (!dsum) return;
+  const int64_t n = rows * d;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) dx[i] = static_cast<T>(dx[i] + dsum[i]);
+}
+
 #define SSM_INSTANTIATE(T)                                                                     \
   template void rmsnorm_forward<T>(const T*, const T*, int64_t, int64_t, double, T*, float*); \
   template void rmsnorm_backward<T>(const T*, const T*, const float*, const T*, int64_t,      \
-                                    int64_t, T*, T*);
+                                    int64_t, T*, T*);                                          \
+  template void add_rmsnorm_forward<T>(const T*, const T*, const T*, int64_t, int64_t, double, \
+                                       T*, T*, float*);                                        \
+  template void add_rmsnorm_backward<T>(const T*, const T*, const float*, const T*, const T*,  \
+                                        int64_t, int64_t, T*, T*);
 SSM_INSTANTIATE(float)
 SSM_INSTANTIATE(double)
 #undef SSM_INSTANTIATE

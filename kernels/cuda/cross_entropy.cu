@@ -1,18 +1,25 @@
-// Cross-entropy on the GPU. Forward: one block per row computes max and sum-exp in a single
-// online pass (vocab up to 256k), the row's lse and loss; then one block sums the per-row
+// Cross-entropy on the GPU, reading the logits in their own dtype (bf16 or f32) and never
+// widening the (n, vocab) matrix: no f32 copy of it exists, forward or backward. Forward: one
+// block per row; each thread walks the row in 16-byte vectors (8 bf16 / 4 f32 logits) and
+// keeps an online (max, sum exp) over them, rescaling once per vector; a fixed block tree
+// merges the threads' pairs into the row's lse and loss; then one block sums the per-row
 // losses and valid counts in a fixed order. Backward: dlogits = dloss / count * (softmax -
-// onehot), zero on ignored rows. No atomics: the same bits on every run.
+// onehot) in the logits' dtype, zero on ignored rows, the same vectors. No atomics: the same
+// bits on every run.
 #include "kernels/cross_entropy.h"
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
+#include "kernels/cuda/vector_io.cuh"
 
 namespace ssmtrain::kernels::cuda {
 namespace {
@@ -22,10 +29,20 @@ using cuda_detail::block_sum;
 using cuda_detail::dispatch_f32_bf16;
 using cuda_detail::dispatch_index;
 using cuda_detail::from_f32;
+using cuda_detail::load_items;
+using cuda_detail::store_items;
 using cuda_detail::to_f32;
 
-constexpr int kRowThreads = 512;     // forward: one block per row
+constexpr int kRowThreads = 256;     // forward: one block per row
 constexpr int kGradThreads = 256;    // backward: one block per row
+
+// Logits per thread and step: one 16-byte vector of T.
+template <typename T> constexpr int vector_items() { return 16 / sizeof(T); }
+
+// exp in the precision the dtype can show: the fast approximation for bf16 (its error is far
+// below bf16's rounding), the full expf for f32 so f32 results hold 1e-5.
+template <typename T> __device__ __forceinline__ float exp_for(float x) { return __expf(x); }
+template <> __device__ __forceinline__ float exp_for<float>(float x) { return expf(x); }
 constexpr int kFinalThreads = 1024;  // the single block that reduces the per-row losses
 
 // A running (max, sum of exp(x - max)) over part of a row.
@@ -34,14 +51,19 @@ struct MaxSumExp {
   float sum;
 };
 
-__device__ __forceinline__ MaxSumExp add_logit(MaxSumExp acc, float x) {
-  if (x > acc.max) {  // new max: rescale what was summed so far (exp(-inf) = 0 on the first)
-    acc.sum = acc.sum * expf(acc.max - x) + 1.0f;
-    acc.max = x;
-  } else if (x != -INFINITY || isnan(x)) {  // -inf logits contribute nothing; NaN propagates
-    acc.sum += expf(x - acc.max);
-  }
-  return acc;
+// Folds K logits into a running (max, sum): the new max once, one rescale of the old sum,
+// then K exps. -inf logits contribute nothing; a NaN logit makes the max, and so lse, NaN.
+template <typename T, int K>
+__device__ __forceinline__ MaxSumExp add_logits(MaxSumExp acc, const float (&x)[K]) {
+  float vmax = x[0];
+#pragma unroll
+  for (int k = 1; k < K; ++k) vmax = (x[k] > vmax || isnan(x[k])) ? x[k] : vmax;
+  const float max = (vmax > acc.max || isnan(vmax)) ? vmax : acc.max;
+  if (max == -INFINITY) return acc;  // everything so far is -inf: the sum stays 0
+  float sum = acc.max == -INFINITY ? 0.0f : acc.sum * exp_for<T>(acc.max - max);
+#pragma unroll
+  for (int k = 0; k < K; ++k) sum += exp_for<T>(x[k] - max);
+  return {max, sum};
 }
 
 // Commutative merge of two partial results (the same bits whichever order the pair comes in).
@@ -77,15 +99,27 @@ __device__ MaxSumExp block_merge(MaxSumExp value) {
 }
 
 // Per row of logits (n, vocab): lse (n); row_loss (n) = lse - logit[target] (0 when ignored,
-// NaN when the target is outside [0, vocab)); row_valid (n) = 1 unless ignored.
+// NaN when the target is outside [0, vocab)); row_valid (n) = 1 unless ignored. aligned: rows
+// and the base pointer on 16-byte boundaries (whole vectors); otherwise a short tail of each
+// row is padded with -inf.
 template <typename T, typename Index>
 __global__ void cross_entropy_rows_kernel(const T* logits, const Index* targets, int64_t n,
-                                          int64_t vocab, int64_t ignore_index, float* lse,
-                                          float* row_loss, int32_t* row_valid) {
+                                          int64_t vocab, int64_t ignore_index, bool aligned,
+                                          float* lse, float* row_loss, int32_t* row_valid) {
+  constexpr int K = vector_items<T>();
   for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
     const T* row_logits = logits + row * vocab;
     MaxSumExp acc{-INFINITY, 0.0f};
-    for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) acc = add_logit(acc, to_f32(row_logits[v]));
+    for (int64_t v = threadIdx.x * int64_t(K); v < vocab; v += int64_t(blockDim.x) * K) {
+      float x[K];
+      load_items<K>(row_logits, v, vocab, aligned, x);
+      if (v + K > vocab) {
+#pragma unroll
+        for (int k = 0; k < K; ++k)
+          if (v + k >= vocab) x[k] = -INFINITY;
+      }
+      acc = add_logits<T, K>(acc, x);
+    }
     const MaxSumExp total = block_merge(acc);
     if (threadIdx.x == 0) {
       const float row_lse = total.max + logf(total.sum);
@@ -126,27 +160,41 @@ __global__ void cross_entropy_mean_kernel(const float* row_loss, const int32_t* 
 // dlogits (n, vocab) = dloss / count * (exp(logits - lse) - onehot(target)); 0 on ignored rows.
 template <typename T, typename Index>
 __global__ void cross_entropy_backward_kernel(const T* logits, const Index* targets, int64_t n,
-                                              int64_t vocab, int64_t ignore_index,
+                                              int64_t vocab, int64_t ignore_index, bool aligned,
                                               const float* lse, const float* dloss,
                                               const float* result, T* dlogits) {
+  constexpr int K = vector_items<T>();
   const float count = result[1];
   const float scale = count > 0.0f ? dloss[0] / count : 0.0f;
   for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
     const int64_t target = static_cast<int64_t>(targets[row]);
     T* row_grad = dlogits + row * vocab;
-    if (target == ignore_index) {
-      for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) row_grad[v] = from_f32<T>(0.0f);
-      continue;
-    }
-    const bool target_ok = target >= 0 && target < vocab;
     const T* row_logits = logits + row * vocab;
+    const bool ignored = target == ignore_index;
+    const float row_scale = target >= 0 && target < vocab ? scale : NAN;  // NaN: bad target
     const float row_lse = lse[row];
-    for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) {
-      const float p = expf(to_f32(row_logits[v]) - row_lse);
-      const float grad = target_ok ? scale * (p - (v == target ? 1.0f : 0.0f)) : NAN;
-      row_grad[v] = from_f32<T>(grad);
+    for (int64_t v = threadIdx.x * int64_t(K); v < vocab; v += int64_t(blockDim.x) * K) {
+      float x[K];
+      if (ignored) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) x[k] = 0.0f;
+      } else {
+        load_items<K>(row_logits, v, vocab, aligned, x);
+#pragma unroll
+        for (int k = 0; k < K; ++k)
+          x[k] = row_scale * (exp_for<T>(x[k] - row_lse) - (v + k == target ? 1.0f : 0.0f));
+      }
+      store_items<K>(row_grad, v, vocab, aligned, x);
     }
   }
+}
+
+// Rows of vocab elements and the base pointers on 16-byte boundaries.
+bool rows_aligned(int64_t vocab, int64_t elem_size, std::initializer_list<const void*> ptrs) {
+  if ((vocab * elem_size) % 16 != 0) return false;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
 }
 
 unsigned row_grid(int64_t rows) {
@@ -180,9 +228,10 @@ void cross_entropy_forward(DType dtype, const void* logits, DType target_dtype, 
       using T = typename decltype(tag)::type;
       dispatch_index(target_dtype, "cross_entropy_forward", [&](auto index_tag) {
         using Index = typename decltype(index_tag)::type;
+        const bool aligned = rows_aligned(vocab, sizeof(T), {logits});
         cross_entropy_rows_kernel<T, Index><<<row_grid(n), kRowThreads, 0, s>>>(
             static_cast<const T*>(logits), static_cast<const Index*>(targets), n, vocab,
-            ignore_index, lse, row_loss, row_valid);
+            ignore_index, aligned, lse, row_loss, row_valid);
         SSM_CUDA_CHECK_LAUNCH();
       });
     });
@@ -203,9 +252,10 @@ void cross_entropy_backward(DType dtype, const void* logits, DType target_dtype,
     using T = typename decltype(tag)::type;
     dispatch_index(target_dtype, "cross_entropy_backward", [&](auto index_tag) {
       using Index = typename decltype(index_tag)::type;
+      const bool aligned = rows_aligned(vocab, sizeof(T), {logits, dlogits});
       cross_entropy_backward_kernel<T, Index><<<row_grid(n), kGradThreads, 0, s>>>(
           static_cast<const T*>(logits), static_cast<const Index*>(targets), n, vocab,
-          ignore_index, lse, dloss, result, static_cast<T*>(dlogits));
+          ignore_index, aligned, lse, dloss, result, static_cast<T*>(dlogits));
       SSM_CUDA_CHECK_LAUNCH();
     });
   });

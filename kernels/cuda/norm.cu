@@ -1,16 +1,20 @@
 // RMSNorm on the GPU: y = x * rstd * weight with rstd = 1 / sqrt(mean(x^2) + eps), per row.
 // Forward and dx: one block per row with a fixed block tree. dweight: per-chunk column partials
 // into a scratch buffer, then one ordered pass over the chunks (no atomics, same bits each run).
+// add_rmsnorm: the residual add fused in front, with 16-byte vector loads where rows align.
 #include "kernels/norm.h"
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
+#include "kernels/cuda/vector_io.cuh"
 
 namespace ssmtrain::kernels::cuda {
 namespace {
@@ -19,6 +23,8 @@ using cuda_detail::block_sum;
 using cuda_detail::ceil_div;
 using cuda_detail::dispatch_f32_bf16;
 using cuda_detail::from_f32;
+using cuda_detail::load_items;
+using cuda_detail::store_items;
 using cuda_detail::row_block_threads;
 using cuda_detail::to_f32;
 
@@ -97,6 +103,109 @@ __global__ void rmsnorm_dweight_final_kernel(const float* partials, int64_t chun
   dweight[j] = from_f32<T>(total);
 }
 
+// Elements per thread in the add_rmsnorm kernels: one 16-byte vector of T.
+template <typename T> constexpr int vector_items() { return 16 / sizeof(T); }
+
+// sum (rows, d) = x + residual (rounded to T); y = sum * rstd * weight; rstd (rows).
+// One block per row; each thread takes K consecutive elements per step. The second loop
+// reads back the sum this same thread stored (from L1/L2), so y sees the rounded values.
+template <typename T>
+__global__ void add_rmsnorm_forward_kernel(const T* x, const T* residual, const T* weight, int64_t rows,
+                                           int64_t d, float eps, bool aligned, T* sum, T* y, float* rstd) {
+  constexpr int K = vector_items<T>();
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t base = row * d;
+    float local = 0.0f;
+    for (int64_t j = threadIdx.x * int64_t(K); j < d; j += int64_t(blockDim.x) * K) {
+      float v[K], r[K];
+      load_items<K>(x + base, j, d, aligned, v);
+      if (residual) {
+        load_items<K>(residual + base, j, d, aligned, r);
+#pragma unroll
+        for (int k = 0; k < K; ++k) v[k] = to_f32(from_f32<T>(v[k] + r[k]));
+      }
+#pragma unroll
+      for (int k = 0; k < K; ++k) local += v[k] * v[k];
+      store_items<K>(sum + base, j, d, aligned, v);
+    }
+    const float row_rstd = 1.0f / sqrtf(block_sum(local) / static_cast<float>(d) + eps);
+    if (threadIdx.x == 0) rstd[row] = row_rstd;
+    for (int64_t j = threadIdx.x * int64_t(K); j < d; j += int64_t(blockDim.x) * K) {
+      float v[K], w[K];
+      load_items<K>(sum + base, j, d, aligned, v);
+      load_items<K>(weight, j, d, aligned, w);
+#pragma unroll
+      for (int k = 0; k < K; ++k) v[k] = v[k] * row_rstd * w[k];
+      store_items<K>(y + base, j, d, aligned, v);
+    }
+  }
+}
+
+// dx (rows, d) = rstd * (w*dy - sum * rstd^2 * mean(w*dy*sum)) + dsum; one block per row.
+template <typename T>
+__global__ void add_rmsnorm_dx_kernel(const T* sum, const T* weight, const float* rstd, const T* dy,
+                                      const T* dsum, int64_t rows, int64_t d, bool aligned, T* dx) {
+  constexpr int K = vector_items<T>();
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t base = row * d;
+    float local = 0.0f;
+    for (int64_t j = threadIdx.x * int64_t(K); j < d; j += int64_t(blockDim.x) * K) {
+      float v[K], w[K], g[K];
+      load_items<K>(sum + base, j, d, aligned, v);
+      load_items<K>(weight, j, d, aligned, w);
+      load_items<K>(dy + base, j, d, aligned, g);
+#pragma unroll
+      for (int k = 0; k < K; ++k) local += w[k] * g[k] * v[k];
+    }
+    const float mean_wdy_s = block_sum(local) / static_cast<float>(d);
+    const float row_rstd = rstd[row];
+    const float correction = row_rstd * row_rstd * mean_wdy_s;
+    for (int64_t j = threadIdx.x * int64_t(K); j < d; j += int64_t(blockDim.x) * K) {
+      float v[K], w[K], g[K], ds[K];
+      load_items<K>(sum + base, j, d, aligned, v);
+      load_items<K>(weight, j, d, aligned, w);
+      load_items<K>(dy + base, j, d, aligned, g);
+      if (dsum) {
+        load_items<K>(dsum + base, j, d, aligned, ds);
+      } else {
+#pragma unroll
+        for (int k = 0; k < K; ++k) ds[k] = 0.0f;
+      }
+#pragma unroll
+      for (int k = 0; k < K; ++k) g[k] = row_rstd * (w[k] * g[k] - v[k] * correction) + ds[k];
+      store_items<K>(dx + base, j, d, aligned, g);
+    }
+  }
+}
+
+// Rows and pointers on 16-byte boundaries (null pointers count as aligned).
+bool rows_aligned(int64_t d, int elem_size, std::initializer_list<const void*> ptrs) {
+  if ((d * elem_size) % 16 != 0) return false;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
+// dweight (d) = sum over rows of dy * x * rstd: per-chunk partials, then one ordered pass.
+template <typename T>
+void launch_dweight(const T* x, const float* rstd, const T* dy, int64_t rows, int64_t d, T* dweight,
+                    cudaStream_t s) {
+  // The chunking depends on rows only, so the summation order is fixed.
+  const int64_t chunks = std::max<int64_t>(1, std::min(ceil_div(rows, kMinChunkRows), kMaxRowChunks));
+  const int64_t chunk_rows = std::max<int64_t>(1, ceil_div(rows, chunks));
+  float* partials = nullptr;
+  SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partials),
+                                 static_cast<size_t>(chunks * d) * sizeof(float), s));
+  const dim3 partial_grid(static_cast<unsigned>(ceil_div(d, kColumnThreads)), static_cast<unsigned>(chunks));
+  rmsnorm_dweight_partials_kernel<T><<<partial_grid, kColumnThreads, 0, s>>>(x, rstd, dy, rows, d, chunk_rows,
+                                                                              partials);
+  SSM_CUDA_CHECK_LAUNCH();
+  rmsnorm_dweight_final_kernel<T><<<static_cast<unsigned>(ceil_div(d, kColumnThreads)), kColumnThreads, 0, s>>>(
+      partials, chunks, d, dweight);
+  SSM_CUDA_CHECK_LAUNCH();
+  SSM_CUDA_CHECK(cudaFreeAsync(partials, s));
+}
+
 void check_sizes(const char* op, int64_t rows, int64_t d) {
   if (rows < 0 || d < 0)
     throw KernelError(std::string("cuda::") + op + ": negative size (rows " +
@@ -132,22 +241,46 @@ void rmsnorm_backward(DType dtype, const void* x, const void* weight, const floa
           x_t, static_cast<const T*>(weight), rstd, dy_t, rows, d, static_cast<T*>(dx));
       SSM_CUDA_CHECK_LAUNCH();
     }
-    // dweight: the chunking depends on rows only, so the summation order is fixed.
-    const int64_t chunks = std::max<int64_t>(1, std::min(ceil_div(rows, kMinChunkRows), kMaxRowChunks));
-    const int64_t chunk_rows = std::max<int64_t>(1, ceil_div(rows, chunks));
-    float* partials = nullptr;
-    SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partials),
-                                   static_cast<size_t>(chunks * d) * sizeof(float), s));
-    const dim3 partial_grid(static_cast<unsigned>(ceil_div(d, kColumnThreads)),
-                            static_cast<unsigned>(chunks));
-    rmsnorm_dweight_partials_kernel<T><<<partial_grid, kColumnThreads, 0, s>>>(
-        x_t, rstd, dy_t, rows, d, chunk_rows, partials);
+    launch_dweight<T>(x_t, rstd, dy_t, rows, d, static_cast<T*>(dweight), s);
+  });
+}
+
+void add_rmsnorm_forward(DType dtype, const void* x, const void* residual, const void* weight, int64_t rows,
+                         int64_t d, double eps, void* sum, void* y, float* rstd, cudaStream_t s) {
+  check_sizes("add_rmsnorm_forward", rows, d);
+  dispatch_f32_bf16(dtype, "add_rmsnorm_forward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (rows == 0) return;
+    if (d == 0) {  // no elements: rstd = 1 / sqrt(eps), as the plain forward writes
+      rmsnorm_forward(dtype, x, weight, rows, d, eps, y, rstd, s);
+      return;
+    }
+    constexpr int K = vector_items<T>();
+    const bool aligned = rows_aligned(d, sizeof(T), {x, residual, weight, sum, y});
+    add_rmsnorm_forward_kernel<T><<<row_grid(rows), row_block_threads(ceil_div(d, K)), 0, s>>>(
+        static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(weight), rows, d,
+        static_cast<float>(eps), aligned, static_cast<T*>(sum), static_cast<T*>(y), rstd);
     SSM_CUDA_CHECK_LAUNCH();
-    rmsnorm_dweight_final_kernel<T><<<static_cast<unsigned>(ceil_div(d, kColumnThreads)),
-                                      kColumnThreads, 0, s>>>(partials, chunks, d,
-                                                              static_cast<T*>(dweight));
-    SSM_CUDA_CHECK_LAUNCH();
-    SSM_CUDA_CHECK(cudaFreeAsync(partials, s));
+  });
+}
+
+void add_rmsnorm_backward(DType dtype, const void* sum, const void* weight, const float* rstd, const void* dy,
+                          const void* dsum, int64_t rows, int64_t d, void* dx, void* dweight, cudaStream_t s) {
+  check_sizes("add_rmsnorm_backward", rows, d);
+  dispatch_f32_bf16(dtype, "add_rmsnorm_backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (d == 0) return;
+    constexpr int K = vector_items<T>();
+    const T* sum_t = static_cast<const T*>(sum);
+    const T* dy_t = static_cast<const T*>(dy);
+    if (rows > 0) {
+      const bool aligned = rows_aligned(d, sizeof(T), {sum, weight, dy, dsum, dx});
+      add_rmsnorm_dx_kernel<T><<<row_grid(rows), row_block_threads(ceil_div(d, K)), 0, s>>>(
+          sum_t, static_cast<const T*>(weight), rstd, dy_t, static_cast<const T*>(dsum), rows, d, aligned,
+          static_cast<T*>(dx));
+      SSM_CUDA_CHECK_LAUNCH();
+    }
+    launch_dweight<T>(sum_t, rstd, dy_t, rows, d, static_cast<T*>(dweight), s);
   });
 }
 

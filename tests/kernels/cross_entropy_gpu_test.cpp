@@ -1,6 +1,7 @@
 // GPU tests of kernels/cross_entropy.h: loss, count, lse and dlogits against the CPU reference
-// in f32 and bf16 with i32 and i64 targets, some rows ignored, vocab up to 256k; and bit-for-bit
-// repeatability of forward and backward.
+// in f32 and bf16 with i32 and i64 targets, some rows ignored, vocab up to 256k, on vector
+// (16-byte aligned rows) and element paths; bit-for-bit repeatability of forward and backward;
+// and the autograd op on bf16 logits: bf16 gradient, no f32 (n, vocab) buffer (peak memory).
 #include "kernels/cross_entropy.h"
 
 #include <gtest/gtest.h>
@@ -9,6 +10,9 @@
 #include <tuple>
 #include <vector>
 
+#include "autograd/allocator.h"
+#include "autograd/ops.h"
+#include "autograd/stream.h"
 #include "tests/support/compare.h"
 #include "tests/support/device_buffer.h"
 
@@ -89,6 +93,69 @@ TEST(CrossEntropyGpu, ForwardAndBackwardMatchCpu) {
       }
     }
   }
+}
+
+// Logits starting one element off a 16-byte boundary with an aligned vocab: the element path.
+TEST(CrossEntropyGpu, MisalignedLogitsMatchCpu) {
+  SSM_REQUIRE_GPU();
+  for (DType dtype : kDtypes) {
+    const int64_t n = 9, vocab = 32000, numel = n * vocab;
+    const size_t elem = size_t(dtype_size(dtype));
+    const std::vector<int64_t> targets = make_targets(n, vocab, 5);
+    DeviceBuffer targets_d = upload_raw(targets);
+    const std::vector<float> logits = round_to(dtype, random_vector(numel, 6, 2.0f));
+    std::vector<float> padded(1, 0.0f);
+    padded.insert(padded.end(), logits.begin(), logits.end());
+    DeviceBuffer logits_d = upload(padded, dtype), lse_d(n * 4), result_d(8), dlogits_d((numel + 1) * elem);
+    const void* logits_at = static_cast<char*>(logits_d.get()) + elem;
+    void* dlogits_at = static_cast<char*>(dlogits_d.get()) + elem;
+    std::vector<float> lse_ref(static_cast<size_t>(n)), result_ref(2), dlogits_ref(static_cast<size_t>(numel));
+    const std::vector<float> dloss = {1.0f};
+    cpu::cross_entropy_forward(logits.data(), DType::i64, targets.data(), n, vocab, kIgnore, lse_ref.data(),
+                               result_ref.data());
+    cpu::cross_entropy_backward(logits.data(), DType::i64, targets.data(), n, vocab, kIgnore, lse_ref.data(),
+                                dloss.data(), result_ref.data(), dlogits_ref.data());
+    DeviceBuffer dloss_d = upload(dloss, DType::f32);
+    cuda::cross_entropy_forward(dtype, logits_at, DType::i64, targets_d.get(), n, vocab, kIgnore, lse_d.as<float>(),
+                                result_d.as<float>(), nullptr);
+    cuda::cross_entropy_backward(dtype, logits_at, DType::i64, targets_d.get(), n, vocab, kIgnore, lse_d.as<float>(),
+                                 dloss_d.as<float>(), result_d.as<float>(), dlogits_at, nullptr);
+    EXPECT_TRUE(close(download(lse_d.get(), DType::f32, n), lse_ref, DType::f32, vocab)) << dtype_name(dtype);
+    EXPECT_TRUE(close(download(dlogits_at, dtype, numel), dlogits_ref, dtype, 1)) << dtype_name(dtype);
+  }
+}
+
+// The op on bf16 logits (n, vocab): f32 loss, a bf16 gradient, both matching the CPU op on the
+// same values in f32; and forward + backward allocate no more than the gradient twice over
+// (the node's dlogits and the leaf's .grad copy of it, 4 bytes per logit): an f32 (n, vocab)
+// buffer anywhere would add 4 more.
+TEST(CrossEntropyGpu, OpOnBf16LogitsKeepsBf16AndNoF32Copy) {
+  SSM_REQUIRE_GPU();
+  const int64_t n = 1024, vocab = 32000;
+  const std::vector<float> values = round_to(DType::bf16, random_vector(n * vocab, 7, 2.0f));
+  const std::vector<int64_t> targets = make_targets(n, vocab, 8);
+  Tensor logits_cpu = Tensor::from_vector(values, {n, vocab});
+  logits_cpu.set_requires_grad();
+  Tensor targets_cpu = Tensor::from_vector(targets, {n}, DType::i64);
+  Tensor loss_cpu = cross_entropy(logits_cpu, targets_cpu, kIgnore);
+  loss_cpu.backward();
+
+  Tensor logits = cast(to_device(Tensor::from_vector(values, {n, vocab}), Device::cuda(0)), DType::bf16);
+  logits.set_requires_grad();
+  const Tensor targets_gpu = to_device(targets_cpu, Device::cuda(0));
+  synchronize(0);
+  const int64_t before = cuda_memory_stats(0).allocated;
+  reset_peak_memory(0);
+  Tensor loss = cross_entropy(logits, targets_gpu, kIgnore);
+  loss.backward();
+  synchronize(0);
+  const int64_t extra = cuda_memory_stats(0).peak_allocated - before;
+  const int64_t grad_bytes = n * vocab * 2;
+  EXPECT_LE(extra, 2 * grad_bytes + grad_bytes / 4) << "peak above two bf16 gradients: " << extra << " bytes";
+  ASSERT_EQ(logits.grad().dtype(), DType::bf16);
+  EXPECT_EQ(loss.dtype(), DType::f32);
+  EXPECT_TRUE(close({float(loss.item())}, {float(loss_cpu.item())}, DType::f32, n * vocab));
+  EXPECT_TRUE(close(cast(logits.grad(), DType::f32).to_vector(), logits_cpu.grad().to_vector(), DType::bf16, 1));
 }
 
 TEST(CrossEntropyGpu, RepeatIsBitwiseIdentical) {
