@@ -50,7 +50,7 @@ void bench_step(bench::Report& report, bench::Timer& timer, int64_t batch, int64
   const std::string shape = fmt::format("b={} l={} d=768 layers=24 vocab=50280 ({:.1f}M params)", batch, seqlen,
                                         double(model.num_parameters()) / 1e6);
   report.measure("mamba1-130m fwd+bwd bf16", shape, bench::Bound::compute, 0,
-                 training_flops_per_token(o) * tokens_per_step, [&] { return timer.time(step); });
+                 training_flops_per_token(o, seqlen) * tokens_per_step, [&] { return timer.time(step); });
   const MemoryStats mem = cuda_memory_stats(0);
   fmt::print("peak memory {:.2f} GiB (reserved {:.2f} GiB)\n", double(mem.peak_allocated) / (1 << 30),
              double(mem.reserved) / (1 << 30));

@@ -7,12 +7,14 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "configs/errors.h"
@@ -143,7 +145,8 @@ const CLI::Validator kCorpusInput(
     "PATH|linux-doc");
 
 void add_recipe(CLI::App& app, std::string& recipe) {
-  app.add_option("recipe", recipe, "Recipe YAML file")->required()->check(CLI::ExistingFile);
+  // Not checked here: loading names a missing file in the one-line recipe error format.
+  app.add_option("recipe", recipe, "Recipe YAML file")->required();
 }
 
 void add_overrides(CLI::App& app, std::vector<std::string>& overrides) {
@@ -181,11 +184,25 @@ void config_show_options(CLI::App& app, ConfigShowArgs& a) {
   add_overrides(app, a.overrides);
 }
 
+// A recipe whose data directories were never prepared fails before any work, at its line.
+void check_data_directories(const ssmtrain::configs::Recipe& recipe) {
+  const ssmtrain::configs::DataConfig& data = recipe.config.data;
+  for (const auto& [key, dir] : {std::pair<std::string, std::string>{"data.train", data.train}, {"data.val", data.val}}) {
+    if (dir.empty() || std::filesystem::exists(std::filesystem::path(dir) / "manifest.json")) continue;
+    throw ssmtrain::configs::ConfigError(
+        recipe.locate(key), key,
+        fmt::format("no prepared corpus at '{}' ({} is missing); write it with `ssmtrain data prepare --out {}`", dir,
+                    std::filesystem::exists(dir) ? "its manifest.json" : "the directory", dir));
+  }
+}
+
 // Trains the recipe; resuming from checkpoints arrives with the checkpoint issue, so --resume
 // other than none is refused rather than ignored.
 int run_train(const TrainArgs& a) {
   try {
-    const ssmtrain::configs::Config config = ssmtrain::configs::load_config(a.recipe, a.overrides);
+    const ssmtrain::configs::Recipe recipe = ssmtrain::configs::load_recipe(a.recipe, a.overrides);
+    const ssmtrain::configs::Config& config = recipe.config;
+    check_data_directories(recipe);
     if (!a.resume.empty() && a.resume != "none" && a.resume != "auto") {
       fmt::print(stderr, "ssmtrain train: --resume {}: checkpoints are not built yet\n", a.resume);
       return 2;
@@ -193,7 +210,9 @@ int run_train(const TrainArgs& a) {
     const ssmtrain::TrainSummary summary = ssmtrain::train(config);
     fmt::print("run directory: {} (config.yaml, metrics.jsonl, loss_curve.svg)\n", summary.run_dir);
     fmt::print("loss {:.4f} -> {:.4f}", summary.first_loss, summary.final_loss);
-    if (summary.final_val_loss >= 0) fmt::print(", validation loss {:.4f}", summary.final_val_loss);
+    if (summary.final_val_loss >= 0) fmt::print(", validation loss {:.4f} nats", summary.final_val_loss);
+    if (summary.unigram_entropy > 0)
+      fmt::print(" (unigram entropy of the training tokens {:.4f} nats)", summary.unigram_entropy);
     fmt::print(", {:.0f} tokens/s\n", summary.tokens_per_second);
     return 0;
   } catch (const ssmtrain::configs::ConfigError& e) {
@@ -211,21 +230,22 @@ int run_train(const TrainArgs& a) {
   }
 }
 
-// The resolved config, the layout and, for models layers/ builds, the parameter count (from
-// the model itself, built on the CPU) and the training FLOPs per token.
+// The resolved config, the layout, the parameter count (from the model itself, built on the
+// CPU) and the training FLOPs per token.
 int run_config_show(const ConfigShowArgs& a) {
   try {
     const ssmtrain::configs::Config config = ssmtrain::configs::load_config(a.recipe, a.overrides);
-    std::optional<ssmtrain::configs::ModelCost> cost;
-    if (const std::optional<ssmtrain::ModelOptions> options = ssmtrain::model_options(config.model)) {
-      ssmtrain::LanguageModel model(*options, config.run.seed);
-      const int64_t parameters = model.num_parameters();
-      cost = ssmtrain::configs::ModelCost{parameters, parameters, ssmtrain::training_flops_per_token(*options)};
-    }
+    const ssmtrain::ModelOptions options = ssmtrain::model_options(config.model);
+    ssmtrain::LanguageModel model(options, config.run.seed);
+    const ssmtrain::configs::ModelCost cost{model.num_parameters(), model.active_parameters(),
+                                            ssmtrain::training_flops_per_token(options, config.training.seq_len)};
     fmt::print("{}", ssmtrain::configs::render_config_show(config, cost));
     return 0;
   } catch (const ssmtrain::configs::ConfigError& e) {
     fmt::print(stderr, "{}\n", e.what());
+    return 2;
+  } catch (const std::invalid_argument& e) {
+    fmt::print(stderr, "ssmtrain config show: {}: {}\n", a.recipe, e.what());
     return 2;
   }
 }
@@ -512,8 +532,11 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    // --help and --version exit 0 with their text on stdout; anything else is a usage error.
-    return app.exit(e) == 0 ? 0 : 2;
+    // --help and --version exit 0 with their text on stdout; anything else is a usage error,
+    // one line on stderr.
+    if (e.get_exit_code() == 0) return app.exit(e);
+    fmt::print(stderr, "ssmtrain: {} (see --help)\n", e.what());
+    return 2;
   }
 
   try {

@@ -3,45 +3,135 @@
 
 #include <string>
 
+#include "autograd/checkpoint.h"
+#include "autograd/fused_ops.h"
+#include "autograd/node.h"
 #include "autograd/ops.h"
 
 namespace ssmtrain {
 namespace {
-std::unique_ptr<Mixer> make_mixer(const ModelOptions& o, Generator& gen, DType dtype) {
-  if (o.mixer == MixerKind::mamba2) {
-    Mamba2Options m = o.mamba2;
-    m.d_model = o.d_model;
-    m.n_layers = o.n_layers;
-    return std::make_unique<Mamba2Mixer>(m, gen, dtype);
+std::unique_ptr<Mixer> make_mixer(const ModelOptions& o, MixerKind kind, Generator& gen, DType dtype) {
+  switch (kind) {
+    case MixerKind::mamba2: {
+      Mamba2Options m = o.mamba2;
+      m.d_model = o.d_model;
+      m.n_layers = o.n_layers;
+      return std::make_unique<Mamba2Mixer>(m, gen, dtype);
+    }
+    case MixerKind::attention: {
+      AttentionOptions a = o.attention;
+      a.d_model = o.d_model;
+      a.n_layers = o.n_layers;
+      return std::make_unique<AttentionMixer>(a, gen, dtype);
+    }
+    case MixerKind::mamba1:
+      break;
   }
   Mamba1Options m = o.mamba1;
   m.d_model = o.d_model;
   m.n_layers = o.n_layers;
   return std::make_unique<Mamba1Mixer>(m, gen, dtype);
 }
-}  // namespace
 
-double training_flops_per_token(const ModelOptions& o) {
-  const double d = double(o.d_model);
-  double per_layer = 0;
-  if (o.mixer == MixerKind::mamba1) {
-    const double e = double(o.mamba1.expand * o.d_model), n = double(o.mamba1.d_state);
-    const double r = double(o.mamba1.dt_rank > 0 ? o.mamba1.dt_rank : (o.d_model + 15) / 16);
-    per_layer = d * 2 * e + e * (r + 2 * n) + r * e + e * d;  // in, x, dt and out projections
-  } else {
-    const double e = double(o.mamba2.expand * o.d_model), gn = double(o.mamba2.ngroups * o.mamba2.d_state);
-    const double h = e / double(o.mamba2.headdim);
-    per_layer = d * (2 * e + 2 * gn + h) + e * d;  // in and out projections
+std::unique_ptr<FeedForward> make_ffn(const ModelOptions& o, FfnKind kind, Generator& gen, DType dtype) {
+  if (kind == FfnKind::mlp) {
+    MlpOptions m = o.mlp;
+    m.d_model = o.d_model;
+    m.n_layers = o.n_layers;
+    return std::make_unique<Mlp>(m, gen, dtype);
   }
-  return 6.0 * (double(o.n_layers) * per_layer + d * double(o.vocab_size));
+  MoeLayerOptions m = o.moe;
+  m.d_model = o.d_model;
+  m.n_layers = o.n_layers;
+  return std::make_unique<Moe>(m, gen, dtype);
 }
 
-Block::Block(const ModelOptions& o, Generator& gen, DType dtype)
-    : norm_(register_module("norm", std::make_unique<RMSNorm>(o.d_model, o.norm_eps, dtype))),
-      mixer_(register_module("mixer", make_mixer(o, gen, dtype))) {}
+// block->forward under activation checkpointing: the block's inputs are kept, its inside is
+// recomputed in the backward. The MoE losses leave as an extra output; the expert counts are
+// taken from the first (forward) run only.
+Block::Stream checkpointed(const Block* block, const Block::Stream& in, const Tensor& doc_index, AuxLosses* aux) {
+  const bool first_block = !in.residual.defined();
+  auto forward_done = std::make_shared<bool>(false);
+  auto fn = [block, doc_index, first_block, aux, forward_done](const std::vector<Tensor>& inputs) {
+    AuxLosses local;
+    const Block::Stream out = block->forward({inputs[0], first_block ? Tensor() : inputs[1]}, doc_index, &local);
+    if (!*forward_done && aux) {
+      for (const Tensor& counts : local.expert_counts) aux->expert_counts.push_back(counts);
+    }
+    *forward_done = true;
+    std::vector<Tensor> outputs{out.delta, out.residual};
+    if (local.total.defined()) outputs.push_back(local.total);
+    return outputs;
+  };
+  const std::vector<Tensor> outs = checkpoint(fn, first_block ? std::vector<Tensor>{in.delta}
+                                                              : std::vector<Tensor>{in.delta, in.residual});
+  if (outs.size() > 2 && aux) aux->add(outs[2]);
+  return {outs[0], outs[1]};
+}
 
-Tensor Block::forward(const Tensor& x, const Tensor& doc_index) const {
-  return add(x, mixer_.forward(norm_.forward(x), doc_index));
+// The fused residual add + RMSNorm with the norm's weight in x's dtype.
+AddRmsnormOutputs add_norm(const Tensor& delta, const Tensor& residual, const RMSNorm& norm) {
+  return add_rmsnorm(delta, residual, weight_for(norm.weight, delta), norm.eps);
+}
+}  // namespace
+
+LayerKind ModelOptions::layer(int64_t i) const {
+  return layers.empty() ? LayerKind{mixer, FfnKind::none} : layers.at(size_t(i));
+}
+
+std::string ModelOptions::layout_string() const {
+  std::string mixers, ffns;
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const LayerKind k = layer(i);
+    mixers += k.mixer == MixerKind::attention ? 'A' : 'M';
+    ffns += k.ffn == FfnKind::none ? '-' : k.ffn == FfnKind::mlp ? 'F' : 'E';
+  }
+  return mixers + " / " + ffns;
+}
+
+double training_flops_per_token(const ModelOptions& o, int64_t seq_len) {
+  const double d = double(o.d_model);
+  double per_token = d * double(o.vocab_size);  // LM head
+  for (int64_t i = 0; i < o.n_layers; ++i) {
+    const LayerKind k = o.layer(i);
+    if (k.mixer == MixerKind::mamba1) {
+      const double e = double(o.mamba1.expand * o.d_model), n = double(o.mamba1.d_state);
+      const double r = double(o.mamba1.dt_rank > 0 ? o.mamba1.dt_rank : (o.d_model + 15) / 16);
+      per_token += d * 2 * e + e * (r + 2 * n) + r * e + e * d;  // in, x, dt and out projections
+    } else if (k.mixer == MixerKind::mamba2) {
+      const double e = double(o.mamba2.expand * o.d_model), gn = double(o.mamba2.ngroups * o.mamba2.d_state);
+      const double h = e / double(o.mamba2.headdim);
+      per_token += d * (2 * e + 2 * gn + h) + e * d;  // in and out projections
+    } else {
+      AttentionOptions a = o.attention;
+      a.d_model = o.d_model;
+      const double q = double(a.n_heads * a.dim_per_head()), kv = double(a.kv_heads() * a.dim_per_head());
+      per_token += d * (2 * q + 2 * kv);  // q, k, v and o projections
+      per_token += double(seq_len) * q;   // causal: half of 2 l (h dh) multiply-adds (scores and values)
+    }
+    if (k.ffn == FfnKind::mlp) per_token += 3 * d * double(o.mlp.d_ff);
+    if (k.ffn == FfnKind::moe) per_token += d * double(o.moe.n_experts) + double(o.moe.top_k) * 3 * d * double(o.moe.d_ff);
+  }
+  return 6.0 * per_token;
+}
+
+Block::Block(const ModelOptions& o, LayerKind kind, Generator& gen, DType dtype)
+    : norm_(register_module("norm", std::make_unique<RMSNorm>(o.d_model, o.norm_eps, dtype))),
+      mixer_(register_module("mixer", make_mixer(o, kind.mixer, gen, dtype))) {
+  if (kind.ffn != FfnKind::none) {
+    ffn_norm_ = &register_module("ffn_norm", std::make_unique<RMSNorm>(o.d_model, o.norm_eps, dtype));
+    ffn_ = &register_module(kind.ffn == FfnKind::mlp ? "mlp" : "moe", make_ffn(o, kind.ffn, gen, dtype));
+  }
+}
+
+Block::Stream Block::forward(const Stream& in, const Tensor& doc_index, AuxLosses* aux) const {
+  AddRmsnormOutputs a = add_norm(in.delta, in.residual, norm_);  // (b, l, d)
+  Stream out{mixer_.forward(a.normed, doc_index), a.sum};
+  if (ffn_) {
+    a = add_norm(out.delta, out.residual, *ffn_norm_);
+    out = {ffn_->forward(a.normed, aux), a.sum};
+  }
+  return out;
 }
 
 LanguageModel::LanguageModel(const ModelOptions& o, uint64_t seed, DType dtype)
@@ -53,7 +143,7 @@ LanguageModel::LanguageModel(const ModelOptions& o, uint64_t seed, DType dtype)
   // does not change the ones before it.
   for (int64_t i = 0; i < o.n_layers; ++i) {
     Generator gen(seed + 1 + uint64_t(i));
-    blocks_.push_back(&register_module("blocks." + std::to_string(i), std::make_unique<Block>(o, gen, dtype)));
+    blocks_.push_back(&register_module("blocks." + std::to_string(i), std::make_unique<Block>(o, o.layer(i), gen, dtype)));
   }
   final_norm_ = &register_module("norm_f", std::make_unique<RMSNorm>(o.d_model, o.norm_eps, dtype));
   if (!o.tie_embeddings) {
@@ -62,18 +152,36 @@ LanguageModel::LanguageModel(const ModelOptions& o, uint64_t seed, DType dtype)
   }
 }
 
-Tensor LanguageModel::logits(const Tensor& ids, const Tensor& doc_index, std::optional<DType> compute_dtype) const {
-  Tensor h = embedding_.forward(ids);  // (b, l, d)
-  if (compute_dtype) h = cast(h, *compute_dtype);
-  for (const Block* block : blocks_) h = block->forward(h, doc_index);
-  h = final_norm_->forward(h);
-  h = reshape(h, {-1, options_.d_model});                   // (b l, d)
+Tensor LanguageModel::logits(const Tensor& ids, const Tensor& doc_index, std::optional<DType> compute_dtype,
+                             AuxLosses* aux) const {
+  Block::Stream stream{embedding_.forward(ids), Tensor()};  // (b, l, d)
+  if (compute_dtype) stream.delta = cast(stream.delta, *compute_dtype);
+  const bool recompute = options_.activation_checkpointing && grad_enabled();
+  for (const Block* block : blocks_)
+    stream = recompute ? checkpointed(block, stream, doc_index, aux) : block->forward(stream, doc_index, aux);
+  Tensor h = add_norm(stream.delta, stream.residual, *final_norm_).normed;
+  h = reshape(h, {-1, options_.d_model});  // (b l, d)
   return lm_head_ ? lm_head_->forward(h) : matmul(h, weight_for(embedding_.table, h), false, true);
+}
+
+LossTerms LanguageModel::losses(const Tensor& ids, const Tensor& targets, const Tensor& doc_index,
+                                std::optional<DType> compute_dtype) const {
+  LossTerms terms;
+  terms.lm = cross_entropy(logits(ids, doc_index, compute_dtype, &terms.aux), reshape(targets, {-1}));
+  terms.total = terms.aux.total.defined() ? add(terms.lm, cast(terms.aux.total, terms.lm.dtype())) : terms.lm;
+  return terms;
 }
 
 Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets, const Tensor& doc_index,
                            std::optional<DType> compute_dtype) const {
-  return cross_entropy(logits(ids, doc_index, compute_dtype), reshape(targets, {-1}));
+  return losses(ids, targets, doc_index, compute_dtype).total;
+}
+
+int64_t LanguageModel::active_parameters() {
+  int64_t inactive = 0;
+  for (const Block* block : blocks_)
+    if (const auto* moe = dynamic_cast<const Moe*>(block->ffn())) inactive += moe->inactive_parameters();
+  return num_parameters() - inactive;
 }
 
 }  // namespace ssmtrain

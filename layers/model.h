@@ -1,20 +1,30 @@
 // LanguageModel: embedding -> blocks -> final RMSNorm -> LM head (tied to the embedding by
-// default). A block is pre-norm residual, x = x + mixer(norm(x)). This first cut builds
-// stacks of one mixer kind (Mamba-1 or Mamba-2); the per-layer layout of DESIGN.md section 3
-// (attention, MoE, resolved from the recipe) extends Block.
+// default). A block is pre-norm residual (DESIGN.md section 3): x = x + mixer(norm(x)), then,
+// when the layer has a feed-forward, x = x + ffn(norm(x)). Each layer's mixer (Mamba-1,
+// Mamba-2, attention) and feed-forward (none, SwiGLU MLP, MoE) come from the resolved layout.
+// The residual add and the next norm run as one fused op (add_rmsnorm).
 #pragma once
 
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
+#include "layers/attention.h"
 #include "layers/basic.h"
 #include "layers/mamba1.h"
 #include "layers/mamba2.h"
+#include "layers/mlp.h"
 
 namespace ssmtrain {
 
-enum class MixerKind { mamba1, mamba2 };
+enum class MixerKind { mamba1, mamba2, attention };
+enum class FfnKind { none, mlp, moe };
+
+struct LayerKind {
+  MixerKind mixer = MixerKind::mamba2;
+  FfnKind ffn = FfnKind::none;
+};
 
 struct ModelOptions {
   int64_t vocab_size = 256;
@@ -22,38 +32,75 @@ struct ModelOptions {
   int64_t n_layers = 2;
   bool tie_embeddings = true;
   double norm_eps = 1e-5;
+  // One entry per layer; when empty, every layer is {mixer, none}.
+  std::vector<LayerKind> layers;
   MixerKind mixer = MixerKind::mamba1;
-  Mamba1Options mamba1;  // d_model and n_layers are taken from above
-  Mamba2Options mamba2;  // likewise
+  // Per-kind settings; d_model and n_layers are taken from above.
+  Mamba1Options mamba1;
+  Mamba2Options mamba2;
+  AttentionOptions attention;
+  MlpOptions mlp;
+  MoeLayerOptions moe;
+  // Keep only each block's inputs during the forward and recompute the block in the backward
+  // (autograd/checkpoint.h): less activation memory for about a third more compute.
+  bool activation_checkpointing = false;
+
+  LayerKind layer(int64_t i) const;
+  // The layout as DESIGN.md shows it: mixers ("MMMMAMMM") and feed-forwards ("-E-E-E-E").
+  std::string layout_string() const;
 };
 
-// Training (forward + backward) matrix FLOPs per token: 6 x the multiply-adds of every
-// projection and the LM head; the scans and convolutions are left out, as MFU usually does.
-double training_flops_per_token(const ModelOptions& options);
+// Training (forward + backward) FLOPs per token at sequence length seq_len: 6 x the
+// multiply-adds of every projection a token goes through (for MoE, the router and top_k
+// experts) and of the LM head, plus causal attention's scores and values (6 l h dh per
+// token); the scans and convolutions are left out, as MFU usually does.
+double training_flops_per_token(const ModelOptions& options, int64_t seq_len);
 
 class Block : public Module {
  public:
-  Block(const ModelOptions& options, Generator& gen, DType dtype);
-  Tensor forward(const Tensor& x, const Tensor& doc_index) const;  // (b, l, d) -> (b, l, d)
+  Block(const ModelOptions& options, LayerKind kind, Generator& gen, DType dtype);
+  // The residual stream arrives as (delta, residual) with x = residual + delta (residual
+  // undefined for the first block); returns the pair after this block, so the final add
+  // fuses with the next norm. (b, l, d) each.
+  struct Stream {
+    Tensor delta, residual;
+  };
+  Stream forward(const Stream& in, const Tensor& doc_index, AuxLosses* aux) const;
+  const Mixer& mixer() const { return mixer_; }
+  const FeedForward* ffn() const { return ffn_; }
 
  private:
   RMSNorm& norm_;
   Mixer& mixer_;
+  RMSNorm* ffn_norm_ = nullptr;
+  FeedForward* ffn_ = nullptr;
+};
+
+struct LossTerms {
+  Tensor total;  // {}: what backward() runs on, lm + aux
+  Tensor lm;     // {}: mean next-token cross-entropy
+  AuxLosses aux;  // MoE losses and expert counts (empty without MoE layers)
 };
 
 class LanguageModel : public Module {
  public:
-  // Parameters drawn from Generator(seed) on the CPU in `dtype` (f32; f64 for gradient
-  // checks), so every device and rank starts from the same bits.
+  // Parameters drawn on the CPU in `dtype` (f32; f64 for gradient checks) from Philox
+  // streams derived from `seed`, so every device and rank starts from the same bits.
   LanguageModel(const ModelOptions& options, uint64_t seed, DType dtype = DType::f32);
   // ids (b, l) -> logits (b * l, vocab), computed in `compute_dtype` (bf16 for mixed
   // precision on the GPU); by default in the parameters' dtype.
   Tensor logits(const Tensor& ids, const Tensor& doc_index = Tensor(),
-                std::optional<DType> compute_dtype = std::nullopt) const;
-  // Mean next-token cross-entropy of logits(ids) against targets (b, l); ignore_index -100.
+                std::optional<DType> compute_dtype = std::nullopt, AuxLosses* aux = nullptr) const;
+  // Next-token cross-entropy of logits(ids) against targets (b, l) (ignore_index -100), plus
+  // the MoE layers' auxiliary losses.
+  LossTerms losses(const Tensor& ids, const Tensor& targets, const Tensor& doc_index = Tensor(),
+                   std::optional<DType> compute_dtype = std::nullopt) const;
+  // losses(...).total.
   Tensor loss(const Tensor& ids, const Tensor& targets, const Tensor& doc_index = Tensor(),
               std::optional<DType> compute_dtype = std::nullopt) const;
   const ModelOptions& options() const { return options_; }
+  // Parameters one token uses (all but the experts a token is not routed to).
+  int64_t active_parameters();
 
  private:
   ModelOptions options_;

@@ -42,6 +42,8 @@ Tensor& Module::register_parameter(const std::string& name, Tensor value, bool w
   return parameters_.back().value;
 }
 
+void AuxLosses::add(const Tensor& loss) { total = total.defined() ? ssmtrain::add(total, loss) : loss; }
+
 Tensor weight_for(const Tensor& weight, const Tensor& x) {
   return weight.dtype() == x.dtype() ? weight : cast(weight, x.dtype());
 }

@@ -60,6 +60,21 @@ class Mixer : public Module {
   virtual Tensor forward(const Tensor& x, const Tensor& doc_index) const = 0;
 };
 
+// What MoE feed-forwards add to the training loss beyond next-token cross-entropy, summed over
+// the layers of one forward pass, and what they report for logging.
+struct AuxLosses {
+  Tensor total;                        // {} f32: sum of coef * loss over MoE layers (undefined: none)
+  std::vector<Tensor> expert_counts;   // per MoE layer, (e) i32: tokens routed to each expert
+  void add(const Tensor& loss);
+};
+
+// A block's feed-forward (SwiGLU MLP or MoE): x (b, l, d) -> (b, l, d). `aux` (may be null)
+// collects auxiliary losses.
+class FeedForward : public Module {
+ public:
+  virtual Tensor forward(const Tensor& x, AuxLosses* aux) const = 0;
+};
+
 // The activation dtype a module's weights are cast to for x: bf16 weights for bf16 inputs on
 // the GPU (the cast is differentiable, so gradients reach the f32 master copy).
 Tensor weight_for(const Tensor& weight, const Tensor& x);

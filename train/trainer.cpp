@@ -49,7 +49,7 @@ double validation_loss(const LanguageModel& model, data::TokenLoader& loader, in
   for (int64_t i = 0; i < batches; ++i) {
     data::Batch batch = loader.next();
     if (batch.ready) batch.ready->wait(current_stream(batch.inputs.device().index));
-    total += model.loss(batch.inputs, batch.targets, batch.doc_index, compute).item();
+    total += model.losses(batch.inputs, batch.targets, batch.doc_index, compute).lm.item();
   }
   return total / double(batches);
 }
@@ -57,10 +57,8 @@ double validation_loss(const LanguageModel& model, data::TokenLoader& loader, in
 }  // namespace
 
 TrainSummary train(const configs::Config& config) {
-  const std::optional<ModelOptions> options = model_options(config.model);
-  if (!options)
-    throw std::invalid_argument("train: layouts with attention or MoE layers are not built yet (model.layout of " +
-                                config.run.name + ")");
+  ModelOptions options = model_options(config.model);
+  options.activation_checkpointing = config.training.activation_checkpointing;
   const Device device = cuda_available() ? Device::cuda(0) : Device::cpu();
   const bool bf16 = device.is_cuda() && config.training.precision != configs::Precision::fp32;
   const std::optional<DType> compute = bf16 ? std::optional<DType>(DType::bf16) : std::nullopt;
@@ -71,7 +69,7 @@ TrainSummary train(const configs::Config& config) {
   summary.run_dir = run_dir.string();
   std::ofstream(run_dir / "config.yaml") << configs::dump_config(config);
 
-  LanguageModel model(*options, uint64_t(config.run.seed));
+  LanguageModel model(options, uint64_t(config.run.seed));
   model.to(device);
   const std::vector<NamedParameter> params = model.named_parameters();
   AdamW optimizer(params, {config.optim.betas[0], config.optim.betas[1], config.optim.eps, config.optim.weight_decay});
@@ -106,32 +104,45 @@ TrainSummary train(const configs::Config& config) {
   const int64_t total_steps = config.training.total_steps();
   const int64_t accum = config.training.grad_accum(1);
   const int64_t tokens_per_step = accum * config.training.micro_batch * config.training.seq_len;
-  const double flops_per_token = training_flops_per_token(*options);
+  const double flops_per_token = training_flops_per_token(options, config.training.seq_len);
   const double peak = device.is_cuda() ? peak_flops(cuda_device_name(device.index)) : 0;
   const bool tty = isatty(fileno(stdout));
   std::ofstream metrics;
   if (config.logging.jsonl) metrics.open(run_dir / "metrics.jsonl");
   std::vector<double> steps_x, losses, val_x, val_y;
 
-  fmt::print("train {}: {} on {}, {:.1f}M parameters, {} steps of {} tokens ({} x {} micro-batches)\n",
-             config.run.name, configs::to_string(config.model.family), device.str(),
-             double(model.num_parameters()) / 1e6, total_steps, tokens_per_step, accum, config.training.micro_batch);
+  const int64_t parameters = model.num_parameters(), active = model.active_parameters();
+  fmt::print("train {}: {} on {}, {:.1f}M parameters{}, {} steps of {} tokens ({} x {} micro-batches)\n",
+             config.run.name, configs::to_string(config.model.family), device.str(), double(parameters) / 1e6,
+             active < parameters ? fmt::format(" ({:.1f}M active)", double(active) / 1e6) : "", total_steps,
+             tokens_per_step, accum, config.training.micro_batch);
+  fmt::print("layout {} (M Mamba, A attention; - none, F MLP, E MoE), {} precision\n", options.layout_string(),
+             bf16 ? "bf16 mixed" : "fp32");
+  summary.unigram_entropy = loader.manifest().unigram_entropy.count("train") ? loader.manifest().unigram_entropy.at("train") : 0;
   const auto start = std::chrono::steady_clock::now();
   for (int64_t step = 0; step < total_steps; ++step) {
     const auto step_start = std::chrono::steady_clock::now();
     model.zero_grad();
-    double loss_sum = 0;
+    double loss_sum = 0, aux_sum = 0;
+    std::vector<Tensor> expert_counts;  // per MoE layer, summed over the step's micro-batches
     for (int64_t micro = 0; micro < accum; ++micro) {
       data::Batch batch = loader.next();
       if (batch.ready) batch.ready->wait(current_stream(device.index));
-      Tensor loss = model.loss(batch.inputs, batch.targets, batch.doc_index, compute);
-      mul(loss, 1.0 / double(accum)).backward();
-      loss_sum += loss.item();
+      const LossTerms terms = model.losses(batch.inputs, batch.targets, batch.doc_index, compute);
+      mul(terms.total, 1.0 / double(accum)).backward();
+      loss_sum += terms.lm.item();
+      if (terms.aux.total.defined()) aux_sum += terms.aux.total.item();
+      for (size_t i = 0; i < terms.aux.expert_counts.size(); ++i) {
+        const Tensor counts = cast(terms.aux.expert_counts[i], DType::f32);
+        if (expert_counts.size() <= i) expert_counts.push_back(counts);
+        else expert_counts[i] = add(expert_counts[i], counts);
+      }
     }
-    const double loss = loss_sum / double(accum);
-    const double grad_norm = clip_grad_norm(params, config.optim.grad_clip);
+    const double loss = loss_sum / double(accum);  // next-token cross-entropy, without the MoE losses
+    // Clipping is folded into the update: one pass over the gradients fewer.
+    const double grad_norm = global_grad_norm(params);
     const double lr = learning_rate(schedule, step);
-    optimizer.step(lr);
+    optimizer.step(lr, clip_scale(grad_norm, config.optim.grad_clip));
     if (device.is_cuda()) synchronize(device.index);
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - step_start).count();
@@ -142,13 +153,24 @@ TrainSummary train(const configs::Config& config) {
     summary.final_loss = loss;
     steps_x.push_back(double(step));
     losses.push_back(loss);
+    const bool log_line = step % std::max<int64_t>(1, config.logging.every) == 0 || step + 1 == total_steps;
+    if (metrics.is_open() && log_line && !expert_counts.empty()) {
+      // Tokens routed to each expert of each MoE layer in this step (the load balance).
+      std::string layers;
+      for (const Tensor& counts : expert_counts) {
+        std::string row;
+        for (float c : counts.to_vector()) row += (row.empty() ? "" : ", ") + fmt::format("{:.0f}", c);
+        layers += (layers.empty() ? "[" : ", [") + row + "]";
+      }
+      metrics << fmt::format("{{\"step\": {}, \"expert_counts\": [{}]}}\n", step, layers) << std::flush;
+    }
     if (metrics.is_open())
-      metrics << fmt::format("{{\"step\": {}, \"loss\": {:.6f}, \"grad_norm\": {:.6f}, \"lr\": {:.6g}, \"ms\": {:.3f}, "
-                             "\"tokens_per_s\": {:.1f}, \"mfu\": {:.4f}, \"mem_gib\": {:.3f}}}\n",
-                             step, loss, grad_norm, lr, ms, tok_s, mfu, mem_gib)
+      metrics << fmt::format("{{\"step\": {}, \"loss\": {:.6f}, \"aux_loss\": {:.6f}, \"grad_norm\": {:.6f}, "
+                             "\"lr\": {:.6g}, \"ms\": {:.3f}, \"tokens_per_s\": {:.1f}, \"mfu\": {:.4f}, \"mem_gib\": {:.3f}}}\n",
+                             step, loss, aux_sum / double(accum), grad_norm, lr, ms, tok_s, mfu, mem_gib)
               << std::flush;
     const bool last = step + 1 == total_steps;
-    if (step % std::max<int64_t>(1, config.logging.every) == 0 || last) {
+    if (log_line) {
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const double eta = elapsed / double(step + 1) * double(total_steps - step - 1);
       fmt::print("step {:>6} | loss {:.4f} | grad norm {:.3f} | lr {:.3g} | {:.0f} ms | {:.0f} tok/s | MFU {} | mem {} | ETA {:.0f} s\n",

@@ -18,6 +18,7 @@ struct TrainSummary {
   double final_loss = 0;       // training loss of the last step
   double final_val_loss = -1;  // validation loss at the end (-1: no validation data)
   double tokens_per_second = 0;
+  double unigram_entropy = 0;  // of the training tokens, from the data manifest (0: not recorded)
 };
 
 // Runs the whole job of a loaded config on the first GPU when one is visible, else the CPU.

@@ -1,6 +1,7 @@
-// The training loop end to end on the CPU: a tiny Mamba-1 recipe on a generated corpus. The
-// loss falls, metrics.jsonl has a line per step and the validation losses, config.yaml loads
-// back as the same config, loss_curve.svg is written, and the same seed gives the same bits.
+// The training loop end to end on the CPU: tiny Mamba-1 and Jamba recipes on a generated
+// corpus. The loss falls, metrics.jsonl has a line per step, the validation losses and the
+// experts' token counts, config.yaml loads back as the same config, loss_curve.svg is
+// written, and the same seed gives the same bits.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -65,6 +66,47 @@ TEST_F(TrainerTest, LossFallsAndTheRunDirectoryHasItsFiles) {
   std::stringstream svg;
   svg << std::ifstream(run / "loss_curve.svg").rdbuf();
   EXPECT_NE(svg.str().find("<polyline"), std::string::npos);
+}
+
+// The tiny Jamba recipe (Mamba-1 with dt/B/C norms, attention, MLP and MoE layers), shrunk:
+// its loss falls too, and metrics.jsonl reports the experts' token counts, which add up to
+// tokens x top_k per MoE layer.
+TEST_F(TrainerTest, HybridWithAttentionAndMoeTrains) {
+  const configs::Config cfg = configs::load_config(
+      std::string(SSMTRAIN_SOURCE_DIR) + "/recipes/tiny/jamba.yaml",
+      {"data.train=" + (*dir_ / "data"), "run.output_dir=" + (*dir_ / "runs"), "run.name=jamba",
+       "model.d_model=32", "model.vocab_size=512", "model.attention.n_heads=4", "model.mlp.d_ff=64",
+       "model.moe.n_experts=4", "model.moe.d_ff_expert=32", "training.seq_len=32",
+       "training.global_batch_tokens=256", "training.micro_batch=4", "training.max_steps=20",
+       "training.eval_every=0", "schedule.warmup_steps=3", "optim.lr=0.01", "eval.perplexity_tokens=1024",
+       "logging.every=5"});
+  const TrainSummary s = train(cfg);
+  EXPECT_LT(s.final_loss, s.first_loss - 1.0) << s.first_loss << " -> " << s.final_loss;
+  std::ifstream metrics(std::filesystem::path(s.run_dir) / "metrics.jsonl");
+  std::string line;
+  int count_lines = 0;
+  while (std::getline(metrics, line)) {
+    if (line.find("\"expert_counts\"") == std::string::npos) continue;
+    ++count_lines;
+    // Four MoE layers of four experts; 256 tokens per step, two experts each.
+    const std::string counts = line.substr(line.find("[["));
+    int layers = 0;
+    size_t at = 0;
+    while ((at = counts.find('[', at + 1)) != std::string::npos) {
+      const std::string row = counts.substr(at + 1, counts.find(']', at) - at - 1);
+      std::stringstream values(row);
+      double total = 0, value = 0;
+      char comma = 0;
+      while (values >> value) {
+        total += value;
+        values >> comma;
+      }
+      EXPECT_EQ(total, 256 * 2) << line;
+      ++layers;
+    }
+    EXPECT_EQ(layers, 4) << line;
+  }
+  EXPECT_EQ(count_lines, 5);  // steps 0, 5, 10, 15 and the last
 }
 
 TEST_F(TrainerTest, SameSeedSameBits) {

@@ -1,0 +1,45 @@
+// Causal self-attention as a block's mixer (DESIGN.md section 3): multi-head or grouped-query
+// (n_kv_heads < n_heads), optional rotary position embedding, no biases (as in Jamba).
+// q/k/v/o projections feed the fused attention op of autograd/attention_ops.h.
+//
+// Glossary: b batch, l sequence length, d d_model, h query heads, kv key/value heads, dh head dim.
+#pragma once
+
+#include "layers/basic.h"
+
+namespace ssmtrain {
+
+struct AttentionOptions {
+  int64_t d_model = 256;
+  int64_t n_heads = 4;
+  int64_t n_kv_heads = 0;  // 0: n_heads (multi-head); fewer: grouped-query, dividing n_heads
+  int64_t head_dim = 0;    // 0: d_model / n_heads
+  bool rope = false;       // rotary embedding on q and k (hybrids usually rely on Mamba for position)
+  double rope_theta = 10000.0;
+  int64_t n_layers = 1;    // o_proj is scaled by 1 / sqrt(n_layers) at init, as Mamba's out_proj
+  int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
+  int64_t dim_per_head() const { return head_dim > 0 ? head_dim : d_model / n_heads; }
+};
+
+class AttentionMixer : public Mixer {
+ public:
+  // Throws std::invalid_argument when kv heads do not divide the heads, or the head dim is
+  // not given and n_heads does not divide d_model, or rope is asked with an odd head dim.
+  AttentionMixer(const AttentionOptions& options, Generator& gen, DType dtype = DType::f32);
+  // x (b, l, d) -> (b, l, d); with doc_index a token attends only within its own document.
+  Tensor forward(const Tensor& x, const Tensor& doc_index) const override;
+
+ private:
+  AttentionOptions options_;
+  Linear& q_proj_;  // d -> h dh
+  Linear& k_proj_;  // d -> kv dh
+  Linear& v_proj_;  // d -> kv dh
+  Linear& o_proj_;  // h dh -> d
+};
+
+// Rotary position embedding over the last dimension of x (b, l, heads, dh), positions 0..l-1:
+// the pairs (x[i], x[i + dh/2]) are rotated by angle position * theta^(-2i/dh) (the
+// "rotate_half" convention of GPT-NeoX and HuggingFace Llama).
+Tensor rotary_embedding(const Tensor& x, double theta);
+
+}  // namespace ssmtrain
