@@ -194,6 +194,10 @@ TrainSummary train(const configs::Config& config) {
   if (config.logging.svg) {
     std::vector<Series> series{{"train loss", "#1f77b4", steps_x, losses}};
     if (!val_x.empty()) series.push_back({"validation loss", "#d62728", val_x, val_y});
+    // The bar a model must beat: the loss of predicting tokens by their frequency alone.
+    if (summary.unigram_entropy > 0 && !steps_x.empty())
+      series.push_back({"unigram entropy", "#7f7f7f", {steps_x.front(), steps_x.back()},
+                        {summary.unigram_entropy, summary.unigram_entropy}});
     std::ofstream(run_dir / "loss_curve.svg") << line_chart_svg(config.run.name + ": loss", "step", "loss (nats)", series);
   }
   return summary;
