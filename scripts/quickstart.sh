@@ -11,32 +11,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 recipe=recipes/tiny/mamba2.yaml
 corpus=corpus/linux-doc
-timings=()
 
-# Runs "$@" as the named phase and records how long it took.
-phase() {
-  local name="$1"
-  shift
-  echo "== quickstart: ${name}"
-  local start="${SECONDS}"
-  "$@"
-  local elapsed=$((SECONDS - start))
-  timings+=("$(printf '%-12s %5ds' "${name}" "${elapsed}")")
-  echo "== quickstart: ${name} done in ${elapsed}s"
-}
-
-report() {
-  local status=$?
-  echo "== quickstart: elapsed per phase"
-  local line
-  for line in "${timings[@]}"; do
-    echo "   ${line}"
-  done
-  if [ "${status}" -ne 0 ]; then
-    echo "== quickstart: FAILED (exit ${status})" >&2
-  fi
-}
-trap report EXIT
+phase_tag=quickstart
+# shellcheck source=scripts/lib/phases.sh
+source scripts/lib/phases.sh
 
 build() {
   if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then

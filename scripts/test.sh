@@ -8,33 +8,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cores="$(nproc)"
 build_dir=build
-timings=()
 
-# Runs "$@" as the named phase and records how long it took.
-phase() {
-  local name="$1"
-  shift
-  echo "== test.sh: ${name}"
-  local start="${SECONDS}"
-  "$@"
-  local elapsed=$((SECONDS - start))
-  timings+=("$(printf '%-10s %5ds' "${name}" "${elapsed}")")
-  echo "== test.sh: ${name} done in ${elapsed}s"
-}
-
-# Printed on every exit, so a failing phase still shows where the time went.
-report() {
-  local status=$?
-  echo "== test.sh: elapsed per phase"
-  local line
-  for line in "${timings[@]}"; do
-    echo "   ${line}"
-  done
-  if [ "${status}" -ne 0 ]; then
-    echo "== test.sh: FAILED (exit ${status})" >&2
-  fi
-}
-trap report EXIT
+phase_tag=test.sh
+# shellcheck source=scripts/lib/phases.sh
+source scripts/lib/phases.sh
 
 phase install-deps scripts/install-deps.sh
 

@@ -12,6 +12,7 @@
 #include "autograd/node.h"
 #include "autograd/ops.h"
 #include "layers/model.h"
+#include "tests/layers/model_gradcheck.h"
 
 namespace ssmtrain {
 namespace {
@@ -98,28 +99,7 @@ TEST(HybridModel, FiniteDifferenceGradientsOfEveryParameter) {
   const std::vector<float> counts = cast(terms.aux.expert_counts[0], DType::f32).to_vector();
   EXPECT_EQ(std::accumulate(counts.begin(), counts.end(), 0.0f), 12.0f * 2);  // t * top_k
 
-  model.zero_grad();
-  model.loss(x, y, doc).backward();
-  NoGradGuard no_grad;
-  const double eps = 1e-6;
-  int checked = 0;
-  for (const NamedParameter& p : model.named_parameters()) {
-    const std::vector<double> analytic = p.value->grad().values<double>();
-    double* data = p.value->data_ptr<double>();
-    const int64_t count = p.value->numel();
-    for (int64_t j = 0; j < count; j += std::max<int64_t>(1, count / 5)) {
-      const double saved = data[j];
-      data[j] = saved + eps;
-      const double plus = model.loss(x, y, doc).item();
-      data[j] = saved - eps;
-      const double minus = model.loss(x, y, doc).item();
-      data[j] = saved;
-      const double numeric = (plus - minus) / (2 * eps);
-      EXPECT_NEAR(analytic[j], numeric, 1e-7 + 1e-5 * std::fabs(numeric)) << p.name << "[" << j << "]";
-      ++checked;
-    }
-  }
-  EXPECT_GT(checked, 100);
+  EXPECT_GT(testing::expect_model_gradients_match_finite_differences(model, x, y, doc, 5), 100);
 }
 
 // Recomputing each block in the backward gives the same bits: loss, MoE terms, expert counts

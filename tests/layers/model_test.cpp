@@ -9,6 +9,7 @@
 #include "autograd/node.h"
 #include "autograd/ops.h"
 #include "layers/model.h"
+#include "tests/layers/model_gradcheck.h"
 
 namespace ssmtrain {
 namespace {
@@ -56,39 +57,11 @@ TEST(Mamba1Model, SameSeedSameModelAndLoss) {
   EXPECT_NE(a.loss(x, y).item(), c.loss(x, y).item());
 }
 
-// Central differences of the (f64) loss against its gradient, for up to ~8 elements of every
-// parameter tensor; returns how many elements were checked.
-int expect_gradients_match_finite_differences(LanguageModel& model, const Tensor& x, const Tensor& y,
-                                              const Tensor& doc) {
-  model.zero_grad();
-  model.loss(x, y, doc).backward();
-  NoGradGuard no_grad;
-  const double eps = 1e-6;
-  int checked = 0;
-  for (const NamedParameter& p : model.named_parameters()) {
-    const std::vector<double> analytic = p.value->grad().values<double>();
-    double* data = p.value->data_ptr<double>();
-    const int64_t count = p.value->numel();
-    for (int64_t j = 0; j < count; j += std::max<int64_t>(1, count / 7)) {
-      const double saved = data[j];
-      data[j] = saved + eps;
-      const double plus = model.loss(x, y, doc).item();
-      data[j] = saved - eps;
-      const double minus = model.loss(x, y, doc).item();
-      data[j] = saved;
-      const double numeric = (plus - minus) / (2 * eps);
-      EXPECT_NEAR(analytic[j], numeric, 1e-7 + 1e-5 * std::fabs(numeric)) << p.name << "[" << j << "]";
-      ++checked;
-    }
-  }
-  return checked;
-}
-
 TEST(Mamba1Model, FiniteDifferenceGradientsOfEveryParameter) {
   LanguageModel model(tiny(), 3, DType::f64);
   const Tensor x = ids({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, {2, 5}), y = ids({2, 3, 4, 5, 6, 7, 8, 9, 10, 0}, {2, 5});
   Tensor doc = Tensor::from_vector(std::vector<int64_t>{0, 0, 1, 1, 1, 0, 0, 0, 2, 2}, {2, 5}, DType::i32);
-  EXPECT_GT(expect_gradients_match_finite_differences(model, x, y, doc), 50);
+  EXPECT_GT(testing::expect_model_gradients_match_finite_differences(model, x, y, doc), 50);
 }
 
 ModelOptions tiny_mamba2() {
@@ -109,7 +82,7 @@ TEST(Mamba2Model, FiniteDifferenceGradientsOfEveryParameter) {
   LanguageModel model(tiny_mamba2(), 4, DType::f64);
   const Tensor x = ids({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, {2, 5}), y = ids({2, 3, 4, 5, 6, 7, 8, 9, 10, 0}, {2, 5});
   Tensor doc = Tensor::from_vector(std::vector<int64_t>{0, 0, 1, 1, 1, 0, 0, 0, 2, 2}, {2, 5}, DType::i32);
-  EXPECT_GT(expect_gradients_match_finite_differences(model, x, y, doc), 50);
+  EXPECT_GT(testing::expect_model_gradients_match_finite_differences(model, x, y, doc), 50);
 }
 
 TEST(Mamba2Model, InconsistentDimensionsAreClearErrors) {
