@@ -2,26 +2,34 @@
 // Forward: (1) chunk_state: each chunk's own state (p, n) = x^T diag(decay-to-end * dt) B;
 // (2) pass_states: the state entering each chunk, sequential over chunks, saved to
 // chunk_states; (3) chunk_scan: per 64-token tile, y = (C B^T ∘ L ∘ dt) x + e_t C S_in + D x,
-// times silu(z). C B^T is the same for every head of a group, so one block computes it once
-// and loops over the group's heads.
+// times silu(z).
 // Backward: (1) the chunk-local part of the state gradient, sum_t e_t dy_t ⊗ C_t; (2) the
 // reverse state passing (state gradient leaving each chunk, dinitial_states); (3a) per
 // output tile t: dz, dC, dD and the row part of d cum; (3b) per input tile s: dx, dB, the
 // explicit part of ddt and the column part of d cum; (4) per chunk: the reverse cumsum of
-// d cum into ddt and dA. dB and dC add the heads of a group inside one block in head order;
-// dA, dD and ddt_bias are per-block partials summed in a fixed order (no float atomics).
-// Matrix products run on f32 CUDA cores from shared memory (both dtypes).
+// d cum into ddt and dA. dA, dD and ddt_bias are per-block partials summed in a fixed order
+// (no float atomics).
+// Two implementations of (1), (3a), (3b) and forward (3):
+// - bf16 with 16-byte aligned pointers (and n in {64, 128} for the backward): tensor cores,
+//   mma.sync m16n8k16 bf16 with f32 accumulation (kernels/cuda/ssd_mma.cuh), 4-warp blocks;
+//   the forward scan runs one block per (64-token tile, chunk, head) and recomputes C B^T per
+//   head; the backward blocks loop over a slice of a group's heads, summing dB / dC over the
+//   slice in registers and over slices in order (sum_slices_kernel).
+// - otherwise (f32, and the remaining bf16 shapes): f32 CUDA cores from shared memory, one
+//   block per (tile, chunk, group) looping over the group's heads (C B^T computed once).
 // Glossary: b batch, l length, h heads, p head dim, n state size, g groups, Q chunk length.
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <type_traits>
 
 #include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
+#include "kernels/cuda/ssd_mma.cuh"
 #include "kernels/ssd.h"
 
 namespace ssmtrain::kernels {
@@ -267,28 +275,446 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Dims d, SsdArgs<T
 // Backward (2): states hold each chunk's gradient part on entry and the gradient of the state
 // leaving each chunk on exit; dinit gets the gradient of the initial state. dot_partial
 // (b, h, nc, gridDim.x) gets this block's share of <dS_out, S_in> per chunk.
-// Grid (p n / 256, h, b), one element per thread.
+// Grid (p n / (4 kPassThreads), h, b); each thread owns 4 consecutive elements (float4 when
+// every pointer is 16-byte aligned) and loads the next chunk's values before it stores the
+// current one, so the sequential walk over chunks keeps two loads in flight.
+constexpr int kPassThreads = 128;
+constexpr int kPassElems = 4 * kPassThreads;  // state elements per block; divides p * n
+
+__device__ __forceinline__ float4 load4(const float* p, bool vec) {
+  if (vec) return *reinterpret_cast<const float4*>(p);
+  return make_float4(p[0], p[1], p[2], p[3]);
+}
+__device__ __forceinline__ void store4(float* p, float4 v, bool vec) {
+  if (vec) {
+    *reinterpret_cast<float4*>(p) = v;
+    return;
+  }
+  p[0] = v.x;
+  p[1] = v.y;
+  p[2] = v.z;
+  p[3] = v.w;
+}
+
 template <bool kGrad>
-__global__ void __launch_bounds__(kThreads) pass_states_kernel(Dims d, float* states, const float* decay,
-                                                               const float* init, float* last,
-                                                               const float* chunk_states, float* dot_partial) {
+__global__ void __launch_bounds__(kPassThreads) pass_states_kernel(Dims d, float* states, const float* decay,
+                                                                   const float* init, float* last,
+                                                                   const float* chunk_states, float* dot_partial,
+                                                                   bool vec) {
   const int64_t hh = blockIdx.y, bi = blockIdx.z;
-  const int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x;  // element of (p, n)
+  const int64_t e = (blockIdx.x * int64_t(kPassThreads) + threadIdx.x) * 4;  // element of (p, n)
   const int64_t pn = d.p * d.n;
-  float running = init ? init[(bi * d.h + hh) * pn + e] : 0.0f;
+  float4 running = init ? load4(init + (bi * d.h + hh) * pn + e, vec) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  auto chunk_of = [&](int64_t i) { return kGrad ? d.nc - 1 - i : i; };
+  float4 own_next = load4(states + d.st(bi, chunk_of(0), hh) + e, vec);
+  float4 in_next = kGrad ? load4(chunk_states + d.st(bi, chunk_of(0), hh) + e, vec) : own_next;
   for (int64_t i = 0; i < d.nc; ++i) {
-    const int64_t c = kGrad ? d.nc - 1 - i : i;
-    float* slot = states + d.st(bi, c, hh) + e;
-    const float own = *slot;
-    *slot = running;
+    const int64_t c = chunk_of(i);
+    const float4 own = own_next, in = in_next;
+    if (i + 1 < d.nc) {
+      own_next = load4(states + d.st(bi, chunk_of(i + 1), hh) + e, vec);
+      if (kGrad) in_next = load4(chunk_states + d.st(bi, chunk_of(i + 1), hh) + e, vec);
+    }
+    const float dc = decay[(bi * d.nc + c) * d.h + hh];
+    store4(states + d.st(bi, c, hh) + e, running, vec);
     if (kGrad) {
-      const float prod = running * chunk_states[d.st(bi, c, hh) + e];
+      const float prod = running.x * in.x + running.y * in.y + running.z * in.z + running.w * in.w;
       const float sum = cuda_detail::block_sum(prod);
       if (threadIdx.x == 0) dot_partial[((bi * d.h + hh) * d.nc + c) * gridDim.x + blockIdx.x] = sum;
     }
-    running = fmaf(decay[(bi * d.nc + c) * d.h + hh], running, own);
+    running = make_float4(fmaf(dc, running.x, own.x), fmaf(dc, running.y, own.y), fmaf(dc, running.z, own.z),
+                          fmaf(dc, running.w, own.w));
   }
-  if (last) last[(bi * d.h + hh) * pn + e] = running;
+  if (last) store4(last + (bi * d.h + hh) * pn + e, running, vec);
+}
+
+// ---------------------------------------------------------------------------------------
+// Tensor-core path (bf16 activations): the products run as mma.sync m16n8k16 bf16 with f32
+// accumulation (kernels/cuda/ssd_mma.cuh). Operand tiles are bf16 in shared memory with rows
+// padded by 8 elements (16 bytes), so ldmatrix reads are free of bank conflicts. The
+// per-token quantities of every chunk are computed once by tokens_kernel.
+using bf16 = __nv_bfloat16;
+constexpr int kTcThreads = 128;  // 4 warps
+constexpr int kTcPad = 8;        // bf16 elements of row padding
+
+// Per-token scratch (b, h, nc * Q), filled by tokens_kernel from ChunkTokens.
+struct TokenInfo {
+  float* dt;     // dt after bias, softplus and clamp; 0 past the chunk's end
+  float* grad;   // d dt / d raw dt
+  double* cum;   // inclusive sum of dt * A from the chunk start
+  int* first;    // first token of the token's document in the chunk, | kCarries when the entering state reaches it
+  // (cum - cum at the start of the token's 64-token tile) * log2(e) in f32: exp(cum_t - cum_s)
+  // = exp2(tr - crel_s) with tr = (cum_t - cum at the start of s's tile) * log2(e) from f64.
+  float* crel;
+};
+constexpr double kLog2e = 1.4426950408889634;
+constexpr int kCarries = 1 << 16;
+
+// Grid (h, nc, b): the per-token quantities of one chunk of one head, and the chunk decay.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) tokens_kernel(Dims d, SsdArgs<T, float> a, TokenInfo ti, float* decay) {
+  __shared__ ChunkTokens tk;
+  const int64_t hh = blockIdx.x, c = blockIdx.y, bi = blockIdx.z;
+  prep_chunk(d, a, bi, c, hh, tk);
+  const int tid = threadIdx.x;
+  if (tid < d.Q) {
+    const int64_t at = d.tok(bi, hh, c) + tid;
+    ti.dt[at] = tk.dt[tid];
+    ti.grad[at] = tk.grad[tid];
+    ti.cum[at] = tk.cum[tid];
+    ti.first[at] = tk.first[tid] | (carries(tk, tid) ? kCarries : 0);
+    ti.crel[at] = static_cast<float>((tk.cum[tid] - tk.cum[tid - tid % kTile]) * kLog2e);
+  }
+  if (tid == 0) decay[(bi * d.nc + c) * d.h + hh] = chunk_decay(tk);
+}
+
+// rows x cols bf16 from global rows (src + r * stride, 16-byte aligned) into dst (row stride
+// ld), zeros from row valid on. cols is a multiple of 8. Asynchronous (cp.async): the tile is
+// there after tile_sync().
+__device__ __forceinline__ void load_rows(bf16* dst, int ld, const bf16* src, int64_t stride, int rows, int valid,
+                                          int cols) {
+  const int vec = cols / 8;
+  for (int i = threadIdx.x; i < rows * vec; i += blockDim.x) {
+    const int r = i / vec, cc = (i % vec) * 8;
+    ssd_mma::cp_async16(dst + r * ld + cc, r < valid ? src + r * stride + cc : src, r < valid);
+  }
+}
+
+// Waits for this thread's asynchronous copies, then for the block.
+__device__ __forceinline__ void tile_sync() {
+  ssd_mma::cp_async_wait_all();
+  __syncthreads();
+}
+
+// Loaders that pass through registers issue kBatch loads per thread before their stores, so
+// several are in flight at once.
+constexpr int kBatch = 4;
+
+// A (rows, n) f32 state (rows = p) into dst (row stride ld) as bf16.
+__device__ __forceinline__ void load_state_bf16(bf16* dst, int ld, const float* S, int rows, int n) {
+  const int total = rows * n / 4;
+  for (int i0 = threadIdx.x; i0 < total; i0 += kBatch * blockDim.x) {
+    float4 v[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = i0 + u * blockDim.x;
+      if (i < total) v[u] = *reinterpret_cast<const float4*>(S + 4 * i);
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = i0 + u * blockDim.x;
+      if (i >= total) continue;
+      const int row = (4 * i) / n, k = (4 * i) % n;
+      uint2 pk;
+      pk.x = ssd_mma::pack(v[u].x, v[u].y);
+      pk.y = ssd_mma::pack(v[u].z, v[u].w);
+      *reinterpret_cast<uint2*>(dst + row * ld + k) = pk;
+    }
+  }
+}
+
+// The same with each row scaled by w[r] and, when z is given, each element by silu(z); the
+// f32 products go out as NS bf16 tiles whose sum is the product: part 0 = bf16(v), part 1 =
+// bf16(v - part 0), ... (a product with part 0 alone would round every term to 8 bits; two
+// parts keep about 16, three about 24).
+// Part k goes to parts + k * part_stride.
+template <int NS>
+__device__ __forceinline__ void load_rows_split(bf16* parts, int part_stride, int ld, const bf16* src, const bf16* z,
+                                                int64_t stride, int rows, int valid, int cols, const float* w) {
+  const int vec = cols / 8, total = rows * vec;
+  for (int i0 = threadIdx.x; i0 < total; i0 += kBatch * blockDim.x) {
+    uint4 raw[kBatch], zr[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = i0 + u * blockDim.x;
+      const int r = i / vec, cc = (i % vec) * 8;
+      raw[u] = make_uint4(0, 0, 0, 0);
+      zr[u] = raw[u];
+      if (i < total && r < valid) {
+        raw[u] = *reinterpret_cast<const uint4*>(src + r * stride + cc);
+        if (z) zr[u] = *reinterpret_cast<const uint4*>(z + r * stride + cc);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = i0 + u * blockDim.x;
+      if (i >= total) continue;
+      const int r = i / vec, cc = (i % vec) * 8;
+      uint4 out[NS];
+#pragma unroll
+      for (int k = 0; k < NS; ++k) out[k] = make_uint4(0, 0, 0, 0);
+      if (r < valid) {
+        const bf16* xv = reinterpret_cast<const bf16*>(&raw[u]);
+        const bf16* zv = reinterpret_cast<const bf16*>(&zr[u]);
+        const float wr = w[r];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          float e = wr * to_f32(xv[j]);
+          if (z) e *= siluf_(to_f32(zv[j]));
+#pragma unroll
+          for (int k = 0; k < NS; ++k) {
+            const bf16 part = from_f32<bf16>(e);
+            reinterpret_cast<bf16*>(&out[k])[j] = part;
+            e -= to_f32(part);
+          }
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < NS; ++k) *reinterpret_cast<uint4*>(parts + k * part_stride + r * ld + cc) = out[k];
+    }
+  }
+}
+
+// Forward (1) and backward (1) on tensor cores: out (p, n) = sum_t (w_t v_t) ⊗ k_t as
+// (W V)^T K, with V and K the chunk's (64-token) tiles. Forward: v = x, k = B,
+// w = exp(cum_last - cum_t) dt_t; backward: v = dout silu(z), k = C, w = e_t. W V is split
+// into bf16 parts (three in the forward, whose final state is held to f32 accuracy; two in
+// the backward), one product each.
+// Grid (h * (p / PB) * (n / NB), nc, b); the block owns a (PB, NB) tile of the state, its
+// 4 warps a (16, NTW * 8) tile each (PB / 16 warp rows).
+template <int PB, int NTW, bool kGrad>
+__global__ void __launch_bounds__(kTcThreads) chunk_state_tc_kernel(Dims d, SsdArgs<bf16, float> a, const bf16* dout,
+                                                                    TokenInfo ti, float* out) {
+  using namespace ssd_mma;
+  constexpr int WR = PB / 16, WC = 4 / WR, NB = NTW * 8 * WC;
+  constexpr int ldv = PB + kTcPad, ldk = NB + kTcPad;
+  __shared__ float w[kMaxChunk];
+  constexpr int NS = kGrad ? 2 : 3;
+  __shared__ __align__(16) bf16 vparts[NS][kTile * ldv];  // (64 tokens, PB) w_t v_t in NS bf16 parts
+  __shared__ __align__(16) bf16 kt[kTile * ldk];  // (64 tokens, NB) k_t
+  const int nblocks = static_cast<int>(d.n / NB), pblocks = static_cast<int>(d.p / PB);
+  const int nb = blockIdx.x % nblocks, pb = (blockIdx.x / nblocks) % pblocks;
+  const int64_t hh = blockIdx.x / (nblocks * pblocks), c = blockIdx.y, bi = blockIdx.z, gg = hh / d.hpg;
+  const int64_t c0 = c * d.Q;
+  const int len = static_cast<int>(min(d.Q, d.l - c0));
+  const int64_t tok0 = d.tok(bi, hh, c);
+  {
+    const double cum_last = ti.cum[tok0 + len - 1];
+    const int first_last = ti.first[tok0 + len - 1] & (kCarries - 1);
+    for (int s = threadIdx.x; s < len; s += kTcThreads) {
+      const int fs = ti.first[tok0 + s];
+      if (kGrad) w[s] = (fs & kCarries) ? expf(static_cast<float>(ti.cum[tok0 + s])) : 0.0f;
+      else w[s] = s >= first_last ? expf(static_cast<float>(cum_last - ti.cum[tok0 + s])) * ti.dt[tok0 + s] : 0.0f;
+    }
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int wr = warp % WR, wc = warp / WR;
+  float acc[NTW][4] = {};
+  const int64_t vstride = d.h * d.p, kstride = d.g * d.n;
+  for (int s0 = 0; s0 < len; s0 += kTile) {
+    tile_sync();  // w is written; the previous tiles are read
+    const int valid = min(kTile, len - s0);
+    const int64_t xoff = d.x(bi, c0 + s0, hh) + pb * PB;
+    load_rows_split<NS>(&vparts[0][0], kTile * ldv, ldv, (kGrad ? dout : a.x) + xoff,
+                        kGrad && a.z ? a.z + xoff : nullptr, vstride, kTile, valid, PB, w + s0);
+    load_rows(kt, ldk, (kGrad ? a.C : a.B) + d.bc(bi, c0 + s0, gg) + nb * NB, kstride, kTile, valid, NB);
+    tile_sync();
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      // Smallest part first, so the large terms are added last.
+#pragma unroll
+      for (int part = NS - 1; part >= 0; --part) {
+        uint32_t af[4];
+        ldsm_x4_t(af, frag_cols16(vparts[part], ldv, kk * 16, wr * 16));
+        if constexpr (NTW == 1) {
+          uint32_t bfr[2];
+          ldsm_x2_t(bfr, frag_rows16(kt, ldk, kk * 16, wc * 8));
+          mma(acc[0], af, bfr[0], bfr[1]);
+        } else {
+#pragma unroll
+          for (int j = 0; j < NTW / 2; ++j) {
+            uint32_t bfr[4];
+            ldsm_x4_t(bfr, frag_rows16(kt, ldk, kk * 16, wc * NTW * 8 + j * 16));
+            mma(acc[2 * j], af, bfr[0], bfr[1]);
+            mma(acc[2 * j + 1], af, bfr[2], bfr[3]);
+          }
+        }
+      }
+    }
+  }
+  float* dst = out + d.st(bi, c, hh) + (pb * PB + wr * 16 + (lane >> 2)) * d.n + nb * NB + wc * NTW * 8 + 2 * (lane & 3);
+#pragma unroll
+  for (int j = 0; j < NTW; ++j) {
+    *reinterpret_cast<float2*>(dst + 8 * j) = make_float2(acc[j][0], acc[j][1]);
+    *reinterpret_cast<float2*>(dst + 8 * j + 8 * d.n) = make_float2(acc[j][2], acc[j][3]);
+  }
+}
+
+// Shared memory of chunk_scan_tc_kernel, in bytes: token quantities, then bf16 tiles. One
+// buffer each for B_s and x_s: double-buffering them (measured) cost more through the lower
+// occupancy (3 blocks per SM instead of 4) than it gained.
+struct ScanTcSmem {
+  int cum, dt, first, crel, ct, bs, xs, total;
+};
+__host__ __device__ inline ScanTcSmem scan_tc_smem(int64_t n, int p) {
+  ScanTcSmem s;
+  const int ldn = static_cast<int>(n) + kTcPad, ldx = p + kTcPad;
+  s.cum = 0;
+  s.dt = s.cum + 8 * kMaxChunk;
+  s.first = s.dt + 4 * kMaxChunk;
+  s.crel = s.first + 4 * kMaxChunk;
+  s.ct = s.crel + 4 * kMaxChunk;                   // (64, n) C_t of the block's tile
+  s.bs = s.ct + 2 * kTile * ldn;                   // (64, n) B_s, or first (p, n) S_in
+  s.xs = s.bs + 2 * (kTile > p ? kTile : p) * ldn;  // (64, p) x_s
+  s.total = s.xs + 2 * kTile * ldx;
+  return s;
+}
+
+// The token quantities of chunk tokens [0, count) into shared memory.
+__device__ __forceinline__ void load_tokens(const TokenInfo& ti, int64_t tok0, int count, double* cum, float* dts,
+                                            int* first, float* crel) {
+  for (int i = threadIdx.x; i < count; i += blockDim.x) {
+    cum[i] = ti.cum[tok0 + i];
+    dts[i] = ti.dt[tok0 + i];
+    first[i] = ti.first[tok0 + i];
+    crel[i] = ti.crel[tok0 + i];
+  }
+}
+
+// Masked, scaled and rounded scores of one warp: g (16 rows, 64 columns s from s0) holds
+// C_t B_s^T (or dy_t x_s^T); out gets the A fragments of g ∘ exp(cum_t - cum_s) dt_s where
+// first_t <= s <= t, else 0. tr_a / tr_b: the rows' (cum_t - cum_s0) log2(e); f_a / f_b the
+// rows' first tokens (past the end: kMaxChunk, so no column reaches them).
+__device__ __forceinline__ void mask_scores(const float (&g)[8][4], uint32_t (&out)[4][4], int s0, int ta, int tb,
+                                            int fa, int fb, float tra, float trb, const float* crel,
+                                            const float* dts) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    float m[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int s = s0 + 8 * j + 2 * (lane & 3) + (e & 1);
+      const int t = e < 2 ? ta : tb;
+      const int f = e < 2 ? fa : fb;
+      const float tr = e < 2 ? tra : trb;
+      m[e] = (s <= t && s >= f) ? g[j][e] * exp2f(tr - crel[s]) * dts[s] : 0.0f;
+    }
+    out[j / 2][(j & 1) * 2] = ssd_mma::pack(m[0], m[1]);
+    out[j / 2][(j & 1) * 2 + 1] = ssd_mma::pack(m[2], m[3]);
+  }
+}
+
+// Forward (3) on tensor cores. Grid (ntt * h, nc, b): the block owns a 64-token tile t of
+// one chunk of one head, warp w its rows 16 w .. 16 w + 15. Y = e_t (C_t S_in^T) first, then
+// per input tile s <= t: G = C_t B_s^T (f32 accumulators), masked and scaled to
+// G ∘ exp(cum_t - cum_s) dt_s in registers, rounded to bf16 as the A operand of Y += G X_s.
+// C B^T is recomputed per head: heads spread over blocks instead of looping inside one.
+template <int P>
+__global__ void __launch_bounds__(kTcThreads) chunk_scan_tc_kernel(Dims d, SsdArgs<bf16, float> a, TokenInfo ti,
+                                                                   const float* chunk_states, bf16* out) {
+  using namespace ssd_mma;
+  constexpr int NP = P / 8, ldx = P + kTcPad;
+  extern __shared__ __align__(16) unsigned char smem_tc[];
+  const ScanTcSmem L = scan_tc_smem(d.n, P);
+  double* cum = reinterpret_cast<double*>(smem_tc + L.cum);
+  float* dts = reinterpret_cast<float*>(smem_tc + L.dt);
+  int* first = reinterpret_cast<int*>(smem_tc + L.first);
+  float* crel = reinterpret_cast<float*>(smem_tc + L.crel);
+  bf16* ct = reinterpret_cast<bf16*>(smem_tc + L.ct);  // (64, n)
+  bf16* sb = reinterpret_cast<bf16*>(smem_tc + L.bs);  // (64, n) B_s, or first (p, n) S_in
+  bf16* xs = reinterpret_cast<bf16*>(smem_tc + L.xs);  // (64, p) x_s
+  const int ntt = static_cast<int>(d.ntt);
+  const int tile = blockIdx.x % ntt;
+  const int64_t hh = blockIdx.x / ntt, c = blockIdx.y, bi = blockIdx.z, gg = hh / d.hpg, c0 = c * d.Q;
+  const int len = static_cast<int>(min(d.Q, d.l - c0));
+  const int t0 = tile * kTile;
+  if (t0 >= len) return;
+  const int n = static_cast<int>(d.n), ldn = n + kTcPad;
+  const int tvalid = min(kTile, len - t0);
+  const int64_t tok0 = d.tok(bi, hh, c);
+  const int64_t bcstride = d.g * d.n, xstride = d.h * d.p;
+  load_rows(ct, ldn, a.C + d.bc(bi, c0 + t0, gg), bcstride, kTile, tvalid, n);
+  load_tokens(ti, tok0, t0 + tvalid, cum, dts, first, crel);
+  const bool carry = (ti.first[tok0 + t0] & kCarries) != 0;  // the entering state reaches the tile
+  if (carry) load_state_bf16(sb, ldn, chunk_states + d.st(bi, c, hh), P, n);  // S_in (p, n) as bf16
+  tile_sync();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int rw = warp * 16;                 // the warp's first row in the tile
+  const int ta = t0 + rw + (lane >> 2);     // this lane's rows in the chunk: ta, ta + 8
+  const int tb = ta + 8;
+  float y[NP][4] = {};
+  if (carry) {
+    for (int k0 = 0; k0 < n; k0 += 16) {
+      uint32_t af[4];
+      ldsm_x4(af, frag_rows16(ct, ldn, rw, k0));
+#pragma unroll
+      for (int j = 0; j < NP / 2; ++j) {
+        uint32_t bfr[4];
+        ldsm_x4(bfr, frag_cols16(sb, ldn, 16 * j, k0));
+        mma(y[2 * j], af, bfr[0], bfr[1]);
+        mma(y[2 * j + 1], af, bfr[2], bfr[3]);
+      }
+    }
+    const float ea = ta < len && (first[ta] & kCarries) ? expf(static_cast<float>(cum[ta])) : 0.0f;
+    const float eb = tb < len && (first[tb] & kCarries) ? expf(static_cast<float>(cum[tb])) : 0.0f;
+#pragma unroll
+    for (int j = 0; j < NP; ++j) {
+      y[j][0] *= ea;
+      y[j][1] *= ea;
+      y[j][2] *= eb;
+      y[j][3] *= eb;
+    }
+  }
+  const double cuma = ta < len ? cum[ta] : 0.0, cumb = tb < len ? cum[tb] : 0.0;
+  const int fa = ta < len ? first[ta] & (kCarries - 1) : kMaxChunk;  // no column reaches a row past the end
+  const int fb = tb < len ? first[tb] & (kCarries - 1) : kMaxChunk;
+  for (int st = 0; st <= tile; ++st) {
+    const int s0 = st * kTile, valid = min(kTile, len - s0);
+    __syncthreads();  // sb (S_in or the last B_s) and xs are read
+    load_rows(sb, ldn, a.B + d.bc(bi, c0 + s0, gg), bcstride, kTile, valid, n);
+    load_rows(xs, ldx, a.x + d.x(bi, c0 + s0, hh), xstride, kTile, valid, P);
+    tile_sync();
+    float g[8][4] = {};  // (16 rows, 64 columns s) of C_t B_s^T
+    for (int k0 = 0; k0 < n; k0 += 16) {
+      uint32_t af[4];
+      ldsm_x4(af, frag_rows16(ct, ldn, rw, k0));
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        uint32_t bfr[4];
+        ldsm_x4(bfr, frag_cols16(sb, ldn, 16 * j, k0));
+        mma(g[2 * j], af, bfr[0], bfr[1]);
+        mma(g[2 * j + 1], af, bfr[2], bfr[3]);
+      }
+    }
+    const float tra = static_cast<float>((cuma - cum[s0]) * kLog2e), trb = static_cast<float>((cumb - cum[s0]) * kLog2e);
+    uint32_t pa[4][4];
+    mask_scores(g, pa, s0, ta, tb, fa, fb, tra, trb, crel, dts);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+      for (int j = 0; j < NP / 2; ++j) {
+        uint32_t bfr[4];
+        ldsm_x4_t(bfr, frag_rows16(xs, ldx, 16 * kk, 16 * j));
+        mma(y[2 * j], pa[kk], bfr[0], bfr[1]);
+        mma(y[2 * j + 1], pa[kk], bfr[2], bfr[3]);
+      }
+    }
+  }
+  // xs holds the block's own tile (the last s tile): y + D x, times silu(z).
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = half ? tb : ta;
+    if (t >= len) continue;
+    const int64_t off = d.x(bi, c0 + t, hh);
+    const bf16* xrow = xs + (t - t0) * ldx;
+#pragma unroll
+    for (int j = 0; j < NP; ++j) {
+      const int pi = 8 * j + 2 * (lane & 3);
+      float v0 = y[j][2 * half], v1 = y[j][2 * half + 1];
+      if (a.D) {
+        const float D0 = d.D_hp ? a.D[hh * P + pi] : a.D[hh], D1 = d.D_hp ? a.D[hh * P + pi + 1] : a.D[hh];
+        v0 = fmaf(D0, to_f32(xrow[pi]), v0);
+        v1 = fmaf(D1, to_f32(xrow[pi + 1]), v1);
+      }
+      if (a.z) {
+        const __nv_bfloat162 zv = *reinterpret_cast<const __nv_bfloat162*>(a.z + off + pi);
+        v0 *= siluf_(__low2float(zv));
+        v1 *= siluf_(__high2float(zv));
+      }
+      *reinterpret_cast<__nv_bfloat162*>(out + off + pi) = __floats2bfloat162_rn(v0, v1);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -427,6 +853,7 @@ struct BwdScratch {
   float* dA_part;      // (b, nc, h)
   float* dbias_part;   // (b, nc, h)
   float* dD_part;      // (b, nc, ntt, h, p)
+  float* dD_hp;        // (h, p): dD_part summed over (b, nc, ntt)
   int splits;
 };
 
@@ -668,6 +1095,546 @@ __global__ void __launch_bounds__(kThreads) bwd_cols_kernel(Dims d, SsdArgs<T, f
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// Backward (3a, 3b) on tensor cores. Heads are split into slices of hslice heads; a block
+// loops over its slice and accumulates dC (rows) or dB (cols) over those heads in registers.
+// With several slices, each writes an f32 partial (slices, b, l, g, n) that sum_slices_kernel
+// adds in slice order. N is the state size (64 or 128 here: dC and dB live in registers).
+
+// Shared memory of the backward tensor-core kernels, in bytes. Rows kernel: big0 / big1 the
+// double-buffered B_s (big1 first holds S_in), tile_n C_t, xa / xb the double-buffered x_s
+// (xb first holds e_t dy_t), xc dy_t. Cols kernel: big0 / big1 the double-buffered C_t (big1
+// first holds dS_out), tile_n B_s, xa / xb the double-buffered dy_t (xb first holds
+// f_s dt_s x_s), xc x_s.
+struct BwdTcSmem {
+  int cum, dt, first, crel, big0, big1, tile_n, xa, xb, xc, red, total;
+};
+__host__ __device__ inline BwdTcSmem bwd_tc_smem(int n, int p) {
+  BwdTcSmem s;
+  const int ldn = n + kTcPad, ldx = p + kTcPad;
+  s.cum = 0;
+  s.dt = s.cum + 8 * kMaxChunk;
+  s.first = s.dt + 4 * kMaxChunk;
+  s.crel = s.first + 4 * kMaxChunk;
+  s.big0 = s.crel + 4 * kMaxChunk;                      // (64, n)
+  s.big1 = s.big0 + 2 * kTile * ldn;                    // (max(64, p), n)
+  s.tile_n = s.big1 + 2 * (kTile > p ? kTile : p) * ldn;  // (64, n)
+  s.xa = s.tile_n + 2 * kTile * ldn;                    // (64, p) each
+  s.xb = s.xa + 2 * kTile * ldx;
+  s.xc = s.xb + 2 * kTile * ldx;
+  s.red = s.xc + 2 * kTile * ldx;                       // (4 warps, p) f32
+  s.total = s.red + 4 * 4 * p;
+  return s;
+}
+
+// dy = dout silu(z), (b, l, h, p) bf16, 8 elements per thread.
+__global__ void dy_kernel(const bf16* dout, const bf16* z, int64_t count8, bf16* dy) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= count8) return;
+  uint4 v = reinterpret_cast<const uint4*>(dout)[i];
+  const uint4 zr = reinterpret_cast<const uint4*>(z)[i];
+  bf16* o = reinterpret_cast<bf16*>(&v);
+  const bf16* zv = reinterpret_cast<const bf16*>(&zr);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) o[j] = from_f32<bf16>(to_f32(o[j]) * siluf_(to_f32(zv[j])));
+  reinterpret_cast<uint4*>(dy)[i] = v;
+}
+
+// Sum over the 4 lanes of an accumulator row (lane / 4).
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  v += __shfl_xor_sync(0xffffffffu, v, 2);
+  return v;
+}
+
+// Writes a (16, N) warp tile of dC or dB (rows ra, ra + 8 of the chunk): bf16 when there is
+// one slice, else the slice's f32 partial.
+template <int NJ>
+__device__ __forceinline__ void store_group_rows(const Dims& d, const float (&acc)[NJ][4], int64_t bi, int64_t c0,
+                                                 int64_t gg, int ra, int len, int slice, int nslices, bf16* dst,
+                                                 float* part) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = ra + 8 * half;
+    if (t >= len) continue;
+    const int64_t off = d.bc(bi, c0 + t, gg);
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+      const int k = 8 * j + 2 * (lane & 3);
+      if (nslices == 1)
+        *reinterpret_cast<__nv_bfloat162*>(dst + off + k) = __floats2bfloat162_rn(acc[j][2 * half], acc[j][2 * half + 1]);
+      else
+        *reinterpret_cast<float2*>(part + slice * d.b * d.l * d.g * d.n + off + k) =
+            make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
+    }
+  }
+}
+
+// (16 rows, 64 columns) += the warp's rows of A (row-major, ld lda, from row ra) times the
+// rows of B (64 rows of length K, ld ldb) transposed: A B^T over K.
+template <int K>
+__device__ __forceinline__ void warp_abt(float (&acc)[8][4], const bf16* A, int lda, int ra, const bf16* B, int ldb) {
+  using namespace ssd_mma;
+#pragma unroll
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    uint32_t af[4];
+    ldsm_x4(af, frag_rows16(A, lda, ra, k0));
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      uint32_t bfr[4];
+      ldsm_x4(bfr, frag_cols16(B, ldb, 16 * j, k0));
+      mma(acc[2 * j], af, bfr[0], bfr[1]);
+      mma(acc[2 * j + 1], af, bfr[2], bfr[3]);
+    }
+  }
+}
+
+// acc (16 rows, NT * 8 columns) += frags (the warp's 16 x 64 A operand) times B (64 rows of
+// NT * 8 columns, row-major, ld ldb).
+template <int NT>
+__device__ __forceinline__ void warp_frag_b(float (&acc)[NT][4], const uint32_t (&frags)[4][4], const bf16* B,
+                                            int ldb) {
+  using namespace ssd_mma;
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int j = 0; j < NT / 2; ++j) {
+      uint32_t bfr[4];
+      ldsm_x4_t(bfr, frag_rows16(B, ldb, 16 * kk, 16 * j));
+      mma(acc[2 * j], frags[kk], bfr[0], bfr[1]);
+      mma(acc[2 * j + 1], frags[kk], bfr[2], bfr[3]);
+    }
+}
+
+// Backward (3a) on tensor cores: grid (ntt * nslices, nc * g, b), rows are output tokens t
+// of the block's tile, warp w its rows 16 w ..; per head of the slice:
+//   Y = e_t C_t S_in^T + sum_s (CB ∘ L dt_s) X_s (the forward's pre-gate output, for dz),
+//   W = L ∘ dt_s (dy_t . x_s), d cum_t = sum_s W ∘ CB + dy_t . (e_t C_t S_in^T),
+//   dC_t += W B_s + e_t dy_t S_in, and dD's partial sum_t dy_t x_t.
+// dy is dout silu(z) (or dout), (b, l, h, p) bf16.
+template <int P, int N>
+__global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs<bf16, float> a,
+                                                                 SsdGrads<bf16, float> gr, const bf16* dy,
+                                                                 TokenInfo ti, const float* chunk_states,
+                                                                 BwdScratch sc, int hslice, float* dC_part) {
+  using namespace ssd_mma;
+  constexpr int NP = P / 8, NJ = N / 8, ldx = P + kTcPad, ldn = N + kTcPad;
+  extern __shared__ __align__(16) unsigned char smem_tc[];
+  const BwdTcSmem L = bwd_tc_smem(N, P);
+  double* cum = reinterpret_cast<double*>(smem_tc + L.cum);
+  float* dts = reinterpret_cast<float*>(smem_tc + L.dt);
+  int* first = reinterpret_cast<int*>(smem_tc + L.first);
+  float* crel = reinterpret_cast<float*>(smem_tc + L.crel);
+  bf16* const bb[2] = {reinterpret_cast<bf16*>(smem_tc + L.big0), reinterpret_cast<bf16*>(smem_tc + L.big1)};
+  bf16* const xb[2] = {reinterpret_cast<bf16*>(smem_tc + L.xa), reinterpret_cast<bf16*>(smem_tc + L.xb)};
+  bf16* ct = reinterpret_cast<bf16*>(smem_tc + L.tile_n);  // (64, N) C_t
+  bf16* dyt = reinterpret_cast<bf16*>(smem_tc + L.xc);     // (64, p) dy_t
+  float* red = reinterpret_cast<float*>(smem_tc + L.red);  // (4, p)
+  const int ntt = static_cast<int>(d.ntt), nslices = static_cast<int>(d.hpg / hslice);
+  const int tile = blockIdx.x % ntt, slice = blockIdx.x / ntt;
+  const int64_t c = blockIdx.y / d.g, gg = blockIdx.y % d.g, bi = blockIdx.z, c0 = c * d.Q;
+  const int len = static_cast<int>(min(d.Q, d.l - c0));
+  const int t0 = tile * kTile;
+  if (t0 >= len) return;
+  const int tvalid = min(kTile, len - t0);
+  const int64_t bcstride = d.g * d.n, xstride = d.h * d.p;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int rw = warp * 16, ta = t0 + rw + (lane >> 2), tb = ta + 8;
+  load_rows(ct, ldn, a.C + d.bc(bi, c0 + t0, gg), bcstride, kTile, tvalid, N);
+  float dC[NJ][4] = {};
+  const int64_t h0 = gg * d.hpg + slice * hslice;
+  for (int64_t hh = h0; hh < h0 + hslice; ++hh) {
+    const int64_t tok0 = d.tok(bi, hh, c);
+    const bool carry = (ti.first[tok0 + t0] & kCarries) != 0;
+    auto prefetch = [&](int st) {  // B_s and x_s of input tile st into buffer st % 2
+      const int s0 = st * kTile, valid = min(kTile, len - s0);
+      load_rows(bb[st & 1], ldn, a.B + d.bc(bi, c0 + s0, gg), bcstride, kTile, valid, N);
+      load_rows(xb[st & 1], ldx, a.x + d.x(bi, c0 + s0, hh), xstride, kTile, valid, P);
+      cp_async_commit();
+    };
+    tile_sync();  // the previous head's tiles are read
+    load_rows(dyt, ldx, dy + d.x(bi, c0 + t0, hh), xstride, kTile, tvalid, P);
+    cp_async_commit();
+    prefetch(0);
+    load_tokens(ti, tok0, t0 + tvalid, cum, dts, first, crel);
+    if (carry) load_state_bf16(bb[1], ldn, chunk_states + d.st(bi, c, hh), P, N);
+    cp_async_wait<1>();  // C_t and dy_t are here
+    __syncthreads();
+    float y[NP][4] = {};
+    float dcum_a = 0.0f, dcum_b = 0.0f;
+    if (carry) {
+      const bf16* S = bb[1];  // (p, N)
+#pragma unroll
+      for (int k0 = 0; k0 < N; k0 += 16) {
+        uint32_t af[4];
+        ldsm_x4(af, frag_rows16(ct, ldn, rw, k0));
+#pragma unroll
+        for (int j = 0; j < NP / 2; ++j) {
+          uint32_t bfr[4];
+          ldsm_x4(bfr, frag_cols16(S, ldn, 16 * j, k0));
+          mma(y[2 * j], af, bfr[0], bfr[1]);
+          mma(y[2 * j + 1], af, bfr[2], bfr[3]);
+        }
+      }
+      const float ea = ta < len && (first[ta] & kCarries) ? expf(static_cast<float>(cum[ta])) : 0.0f;
+      const float eb = tb < len && (first[tb] & kCarries) ? expf(static_cast<float>(cum[tb])) : 0.0f;
+      const bf16* dya = dyt + (ta - t0) * ldx;
+      const bf16* dyb = dyt + (tb - t0) * ldx;
+#pragma unroll
+      for (int j = 0; j < NP; ++j) {
+        const int pi = 8 * j + 2 * (lane & 3);
+        y[j][0] *= ea;
+        y[j][1] *= ea;
+        y[j][2] *= eb;
+        y[j][3] *= eb;
+        dcum_a = fmaf(to_f32(dya[pi]), y[j][0], fmaf(to_f32(dya[pi + 1]), y[j][1], dcum_a));
+        dcum_b = fmaf(to_f32(dyb[pi]), y[j][2], fmaf(to_f32(dyb[pi + 1]), y[j][3], dcum_b));
+      }
+      // e_t dy_t into the warp's own rows of xb[1], then dC += (e dy) S_in.
+      bf16* edy = xb[1];
+      for (int i = lane; i < 16 * P; i += 32) {
+        const int rr = rw + i / P, pi = i % P;
+        const int t = t0 + rr;
+        const float e = t < len && (first[t] & kCarries) ? expf(static_cast<float>(cum[t])) : 0.0f;
+        edy[rr * ldx + pi] = from_f32<bf16>(e * to_f32(dyt[rr * ldx + pi]));
+      }
+      __syncwarp();
+#pragma unroll
+      for (int k0 = 0; k0 < P; k0 += 16) {
+        uint32_t af[4];
+        ldsm_x4(af, frag_rows16(edy, ldx, rw, k0));
+#pragma unroll
+        for (int j = 0; j < NJ / 2; ++j) {
+          uint32_t bfr[4];
+          ldsm_x4_t(bfr, frag_rows16(S, ldn, k0, 16 * j));
+          mma(dC[2 * j], af, bfr[0], bfr[1]);
+          mma(dC[2 * j + 1], af, bfr[2], bfr[3]);
+        }
+      }
+    }
+    __syncthreads();  // S_in and e dy are read: their buffers take the next tiles
+    const double cuma = ta < len ? cum[ta] : 0.0, cumb = tb < len ? cum[tb] : 0.0;
+    const int fa = ta < len ? first[ta] & (kCarries - 1) : kMaxChunk;
+    const int fb = tb < len ? first[tb] & (kCarries - 1) : kMaxChunk;
+    float rowz_a = 0.0f, rowz_b = 0.0f;
+    for (int st = 0; st <= tile; ++st) {
+      const int s0 = st * kTile;
+      if (st < tile) {
+        prefetch(st + 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      const bf16* sbuf = bb[st & 1];
+      const bf16* xs = xb[st & 1];
+      float g[8][4] = {}, dx[8][4] = {};  // C_t B_s^T and dy_t x_s^T, (16 rows, 64 columns s)
+      warp_abt<N>(g, ct, ldn, rw, sbuf, ldn);
+      warp_abt<P>(dx, dyt, ldx, rw, xs, ldx);
+      const float tra = static_cast<float>((cuma - cum[s0]) * kLog2e);
+      const float trb = static_cast<float>((cumb - cum[s0]) * kLog2e);
+      uint32_t pa[4][4], wa[4][4];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float pm[4], wm[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int s = s0 + 8 * j + 2 * (lane & 3) + (e & 1);
+          const int t = e < 2 ? ta : tb;
+          const int f = e < 2 ? fa : fb;
+          const float tr = e < 2 ? tra : trb;
+          const float l = (s <= t && s >= f) ? exp2f(tr - crel[s]) * dts[s] : 0.0f;
+          pm[e] = g[j][e] * l;
+          wm[e] = dx[j][e] * l;
+        }
+        rowz_a = fmaf(wm[0], g[j][0], fmaf(wm[1], g[j][1], rowz_a));
+        rowz_b = fmaf(wm[2], g[j][2], fmaf(wm[3], g[j][3], rowz_b));
+        pa[j / 2][(j & 1) * 2] = pack(pm[0], pm[1]);
+        pa[j / 2][(j & 1) * 2 + 1] = pack(pm[2], pm[3]);
+        wa[j / 2][(j & 1) * 2] = pack(wm[0], wm[1]);
+        wa[j / 2][(j & 1) * 2 + 1] = pack(wm[2], wm[3]);
+      }
+      warp_frag_b<NP>(y, pa, xs, ldx);
+      warp_frag_b<NJ>(dC, wa, sbuf, ldn);
+      __syncthreads();  // this buffer is read before the next prefetch refills it
+    }
+    const float dcta = quad_sum(rowz_a) + quad_sum(dcum_a), dctb = quad_sum(rowz_b) + quad_sum(dcum_b);
+    if ((lane & 3) == 0) {
+      if (ta < len) sc.dcum_t[tok0 + ta] = dcta;
+      if (tb < len) sc.dcum_t[tok0 + tb] = dctb;
+    }
+    // dz = dout (y + D x) silu'(z); dD's partial sums dy x over the tile's rows, dy in f32.
+    const bf16* xs = xb[tile & 1];  // the block's own x tile (the last s tile)
+    float dd[NP][2] = {};
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int t = half ? tb : ta;
+      if (t >= len) continue;
+      const int64_t off = d.x(bi, c0 + t, hh);
+      const bf16* xrow = xs + (t - t0) * ldx;
+#pragma unroll
+      for (int j = 0; j < NP; ++j) {
+        const int pi = 8 * j + 2 * (lane & 3);
+        const __nv_bfloat162 dov = *reinterpret_cast<const __nv_bfloat162*>(gr.dout + off + pi);
+        const float x0 = to_f32(xrow[pi]), x1 = to_f32(xrow[pi + 1]);
+        float dy0 = __low2float(dov), dy1 = __high2float(dov);
+        if (a.z) {
+          const __nv_bfloat162 zv = *reinterpret_cast<const __nv_bfloat162*>(a.z + off + pi);
+          const float z0 = __low2float(zv), z1 = __high2float(zv);
+          float v0 = y[j][2 * half], v1 = y[j][2 * half + 1];
+          if (a.D) {
+            v0 = fmaf(d.D_hp ? a.D[hh * P + pi] : a.D[hh], x0, v0);
+            v1 = fmaf(d.D_hp ? a.D[hh * P + pi + 1] : a.D[hh], x1, v1);
+          }
+          *reinterpret_cast<__nv_bfloat162*>(gr.dz + off + pi) =
+              __floats2bfloat162_rn(dy0 * v0 * silu_gradf_(z0), dy1 * v1 * silu_gradf_(z1));
+          dy0 *= siluf_(z0);
+          dy1 *= siluf_(z1);
+        }
+        dd[j][0] = fmaf(dy0, x0, dd[j][0]);
+        dd[j][1] = fmaf(dy1, x1, dd[j][1]);
+      }
+    }
+    if (a.D) {
+#pragma unroll
+      for (int j = 0; j < NP; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float v = dd[j][e];
+          v += __shfl_xor_sync(0xffffffffu, v, 4);
+          v += __shfl_xor_sync(0xffffffffu, v, 8);
+          v += __shfl_xor_sync(0xffffffffu, v, 16);
+          if (lane < 4) red[warp * P + 8 * j + 2 * lane + e] = v;
+        }
+      __syncthreads();
+      for (int pi = threadIdx.x; pi < P; pi += kTcThreads)
+        sc.dD_part[(((bi * d.nc + c) * d.ntt + tile) * d.h + hh) * P + pi] =
+            red[pi] + red[P + pi] + red[2 * P + pi] + red[3 * P + pi];
+    }
+  }
+  store_group_rows(d, dC, bi, c0, gg, ta, len, slice, nslices, gr.dC, dC_part);
+}
+
+// Backward (3b) on tensor cores: grid (ntt * nslices, nc * g, b), rows are input tokens s
+// of the block's tile; per head of the slice, with M = L^T ∘ (B_s C_t^T) and
+// W^T = L^T ∘ dt_s (x_s . dy_t):
+//   q_s = f_s dS_out B_s + sum_t M dy_t, dx_s = dt_s q_s + D dy_s, ddt_expl_s = x_s . q_s,
+//   v_s = f_s dt_s x_s . (dS_out B_s), d cum_s = -(column sums of M dt_s DX) - v_s,
+//   dB_s += sum_t W^T C_t + (f_s dt_s x_s) dS_out.
+template <int P, int N>
+__global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs<bf16, float> a,
+                                                                 SsdGrads<bf16, float> gr, const bf16* dy,
+                                                                 TokenInfo ti, BwdScratch sc, int hslice,
+                                                                 float* dB_part) {
+  using namespace ssd_mma;
+  constexpr int NP = P / 8, NJ = N / 8, ldx = P + kTcPad, ldn = N + kTcPad;
+  extern __shared__ __align__(16) unsigned char smem_tc[];
+  const BwdTcSmem L = bwd_tc_smem(N, P);
+  double* cum = reinterpret_cast<double*>(smem_tc + L.cum);
+  float* dts = reinterpret_cast<float*>(smem_tc + L.dt);
+  int* first = reinterpret_cast<int*>(smem_tc + L.first);
+  float* crel = reinterpret_cast<float*>(smem_tc + L.crel);
+  bf16* const cb[2] = {reinterpret_cast<bf16*>(smem_tc + L.big0), reinterpret_cast<bf16*>(smem_tc + L.big1)};
+  bf16* const yb[2] = {reinterpret_cast<bf16*>(smem_tc + L.xa), reinterpret_cast<bf16*>(smem_tc + L.xb)};
+  bf16* bs = reinterpret_cast<bf16*>(smem_tc + L.tile_n);  // (64, N) B_s
+  bf16* xs = reinterpret_cast<bf16*>(smem_tc + L.xc);      // (64, p) x_s
+  const int ntt = static_cast<int>(d.ntt), nslices = static_cast<int>(d.hpg / hslice);
+  const int tile = blockIdx.x % ntt, slice = blockIdx.x / ntt;
+  const int64_t c = blockIdx.y / d.g, gg = blockIdx.y % d.g, bi = blockIdx.z, c0 = c * d.Q;
+  const int len = static_cast<int>(min(d.Q, d.l - c0));
+  const int s0 = tile * kTile;
+  if (s0 >= len) return;
+  const int svalid = min(kTile, len - s0), ntiles = (len + kTile - 1) / kTile;
+  const int64_t bcstride = d.g * d.n, xstride = d.h * d.p;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int rw = warp * 16, sa = s0 + rw + (lane >> 2), sb = sa + 8;
+  load_rows(bs, ldn, a.B + d.bc(bi, c0 + s0, gg), bcstride, kTile, svalid, N);
+  float dB[NJ][4] = {};
+  const int64_t h0 = gg * d.hpg + slice * hslice;
+  for (int64_t hh = h0; hh < h0 + hslice; ++hh) {
+    const int64_t tok0 = d.tok(bi, hh, c);
+    auto prefetch = [&](int tt) {  // C_t and dy_t of output tile tt into buffer (tt - tile) % 2
+      const int t0 = tt * kTile, valid = min(kTile, len - t0), buf = (tt - tile) & 1;
+      load_rows(cb[buf], ldn, a.C + d.bc(bi, c0 + t0, gg), bcstride, kTile, valid, N);
+      load_rows(yb[buf], ldx, dy + d.x(bi, c0 + t0, hh), xstride, kTile, valid, P);
+      cp_async_commit();
+    };
+    tile_sync();  // the previous head's tiles are read
+    load_rows(xs, ldx, a.x + d.x(bi, c0 + s0, hh), xstride, kTile, svalid, P);
+    cp_async_commit();
+    prefetch(tile);
+    load_tokens(ti, tok0, len, cum, dts, first, crel);
+    load_state_bf16(cb[1], ldn, sc.dstates + d.st(bi, c, hh), P, N);
+    cp_async_wait<1>();  // B_s and x_s are here
+    __syncthreads();
+    const double cum_last = cum[len - 1];
+    const int first_last = first[len - 1] & (kCarries - 1);
+    const bool va = sa < len, vb = sb < len;
+    const double cuma = va ? cum[sa] : 0.0, cumb = vb ? cum[sb] : 0.0;
+    const float dta = va ? dts[sa] : 0.0f, dtb = vb ? dts[sb] : 0.0f;
+    const float fa = va && sa >= first_last ? expf(static_cast<float>(cum_last - cuma)) : 0.0f;
+    const float fb = vb && sb >= first_last ? expf(static_cast<float>(cum_last - cumb)) : 0.0f;
+    // q = f_s (B_s dS_out^T); v_s = dt_s x_s . q.
+    const bf16* dS = cb[1];  // (p, N)
+    float q[NP][4] = {};
+#pragma unroll
+    for (int k0 = 0; k0 < N; k0 += 16) {
+      uint32_t af[4];
+      ldsm_x4(af, frag_rows16(bs, ldn, rw, k0));
+#pragma unroll
+      for (int j = 0; j < NP / 2; ++j) {
+        uint32_t bfr[4];
+        ldsm_x4(bfr, frag_cols16(dS, ldn, 16 * j, k0));
+        mma(q[2 * j], af, bfr[0], bfr[1]);
+        mma(q[2 * j + 1], af, bfr[2], bfr[3]);
+      }
+    }
+    float xdsb_a = 0.0f, xdsb_b = 0.0f;
+    {
+      const bf16* xa = xs + (sa - s0) * ldx;
+      const bf16* xb = xs + (sb - s0) * ldx;
+#pragma unroll
+      for (int j = 0; j < NP; ++j) {
+        const int pi = 8 * j + 2 * (lane & 3);
+        q[j][0] *= fa;
+        q[j][1] *= fa;
+        q[j][2] *= fb;
+        q[j][3] *= fb;
+        xdsb_a = fmaf(to_f32(xa[pi]), q[j][0], fmaf(to_f32(xa[pi + 1]), q[j][1], xdsb_a));
+        xdsb_b = fmaf(to_f32(xb[pi]), q[j][2], fmaf(to_f32(xb[pi + 1]), q[j][3], xdsb_b));
+      }
+    }
+    // f_s dt_s x_s into the warp's own rows of yb[1], then dB += (f dt x) dS_out.
+    bf16* fx = yb[1];
+    for (int i = lane; i < 16 * P; i += 32) {
+      const int rr = rw + i / P, pi = i % P;
+      const int s = s0 + rr;
+      float w = 0.0f;
+      if (s < len && s >= first_last) w = expf(static_cast<float>(cum_last - cum[s])) * dts[s];
+      fx[rr * ldx + pi] = from_f32<bf16>(w * to_f32(xs[rr * ldx + pi]));
+    }
+    __syncwarp();
+#pragma unroll
+    for (int k0 = 0; k0 < P; k0 += 16) {
+      uint32_t af[4];
+      ldsm_x4(af, frag_rows16(fx, ldx, rw, k0));
+#pragma unroll
+      for (int j = 0; j < NJ / 2; ++j) {
+        uint32_t bfr[4];
+        ldsm_x4_t(bfr, frag_rows16(dS, ldn, k0, 16 * j));
+        mma(dB[2 * j], af, bfr[0], bfr[1]);
+        mma(dB[2 * j + 1], af, bfr[2], bfr[3]);
+      }
+    }
+    __syncthreads();  // dS_out and f dt x are read: their buffers take the next tiles
+    float colz_a = 0.0f, colz_b = 0.0f;
+    for (int tt = tile; tt < ntiles; ++tt) {
+      const int t0 = tt * kTile;
+      if (tt + 1 < ntiles) {
+        prefetch(tt + 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      const bf16* ct = cb[(tt - tile) & 1];
+      const bf16* dyt = yb[(tt - tile) & 1];
+      float g[8][4] = {}, dx[8][4] = {};  // B_s C_t^T and x_s dy_t^T, (16 rows s, 64 columns t)
+      warp_abt<N>(g, bs, ldn, rw, ct, ldn);
+      warp_abt<P>(dx, xs, ldx, rw, dyt, ldx);
+      // exp(cum_t - cum_s) = exp2(crel_t - (cum_s - cum_t0) log2(e)).
+      const float sra = static_cast<float>((cuma - cum[t0]) * kLog2e);
+      const float srb = static_cast<float>((cumb - cum[t0]) * kLog2e);
+      uint32_t ma[4][4], wa[4][4];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float mm[4], wm[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int t = t0 + 8 * j + 2 * (lane & 3) + (e & 1);
+          const int s = e < 2 ? sa : sb;
+          const bool ok = (e < 2 ? va : vb) && t < len && s <= t && s >= (first[t] & (kCarries - 1));
+          const float l = ok ? exp2f(crel[t] - (e < 2 ? sra : srb)) : 0.0f;
+          mm[e] = l * g[j][e];
+          wm[e] = l * (e < 2 ? dta : dtb) * dx[j][e];
+        }
+        colz_a = fmaf(wm[0], g[j][0], fmaf(wm[1], g[j][1], colz_a));
+        colz_b = fmaf(wm[2], g[j][2], fmaf(wm[3], g[j][3], colz_b));
+        ma[j / 2][(j & 1) * 2] = pack(mm[0], mm[1]);
+        ma[j / 2][(j & 1) * 2 + 1] = pack(mm[2], mm[3]);
+        wa[j / 2][(j & 1) * 2] = pack(wm[0], wm[1]);
+        wa[j / 2][(j & 1) * 2 + 1] = pack(wm[2], wm[3]);
+      }
+      warp_frag_b<NP>(q, ma, dyt, ldx);
+      warp_frag_b<NJ>(dB, wa, ct, ldn);
+      __syncthreads();  // this buffer is read before the next prefetch refills it
+    }
+    // dx_s = dt_s q_s + D dy_s; ddt_expl_s = x_s . q_s.
+    float xq_a = 0.0f, xq_b = 0.0f;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int s = half ? sb : sa;
+      if (s >= len) continue;
+      const float dts_ = half ? dtb : dta;
+      const int64_t off = d.x(bi, c0 + s, hh);
+      const bf16* xrow = xs + (s - s0) * ldx;
+      float xq = 0.0f;
+#pragma unroll
+      for (int j = 0; j < NP; ++j) {
+        const int pi = 8 * j + 2 * (lane & 3);
+        const float q0 = q[j][2 * half], q1 = q[j][2 * half + 1];
+        xq = fmaf(to_f32(xrow[pi]), q0, fmaf(to_f32(xrow[pi + 1]), q1, xq));
+        float v0 = dts_ * q0, v1 = dts_ * q1;
+        if (a.D) {
+          const __nv_bfloat162 dov = *reinterpret_cast<const __nv_bfloat162*>(gr.dout + off + pi);
+          float dy0 = __low2float(dov), dy1 = __high2float(dov);
+          if (a.z) {
+            const __nv_bfloat162 zv = *reinterpret_cast<const __nv_bfloat162*>(a.z + off + pi);
+            dy0 *= siluf_(__low2float(zv));
+            dy1 *= siluf_(__high2float(zv));
+          }
+          v0 = fmaf(d.D_hp ? a.D[hh * P + pi] : a.D[hh], dy0, v0);
+          v1 = fmaf(d.D_hp ? a.D[hh * P + pi + 1] : a.D[hh], dy1, v1);
+        }
+        *reinterpret_cast<__nv_bfloat162*>(gr.dx + off + pi) = __floats2bfloat162_rn(v0, v1);
+      }
+      if (half) xq_b = xq;
+      else xq_a = xq;
+    }
+    xq_a = quad_sum(xq_a);
+    xq_b = quad_sum(xq_b);
+    xdsb_a = quad_sum(xdsb_a);
+    xdsb_b = quad_sum(xdsb_b);
+    colz_a = quad_sum(colz_a);
+    colz_b = quad_sum(colz_b);
+    if ((lane & 3) == 0) {
+      if (va) {
+        const float v = dta * xdsb_a;
+        sc.ddt_expl[tok0 + sa] = xq_a;
+        sc.vend[tok0 + sa] = v;
+        sc.dcum_s[tok0 + sa] = -colz_a - v;
+      }
+      if (vb) {
+        const float v = dtb * xdsb_b;
+        sc.ddt_expl[tok0 + sb] = xq_b;
+        sc.vend[tok0 + sb] = v;
+        sc.dcum_s[tok0 + sb] = -colz_b - v;
+      }
+    }
+  }
+  store_group_rows(d, dB, bi, c0, gg, sa, len, slice, nslices, gr.dB, dB_part);
+}
+
+// out (count) = sum over slices in order of part (slices, count), as bf16.
+__global__ void sum_slices_kernel(const float* part, int64_t slices, int64_t count, bf16* out) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= count) return;
+  float sum = 0.0f;
+  for (int64_t s = 0; s < slices; ++s) sum += part[s * count + i];
+  out[i] = from_f32<bf16>(sum);
+}
+
 // Backward (4): grid (h, nc, b), one thread per token of the chunk. d cum_t from both sides,
 // plus at the chunk's last token sum_s v_s and the chunk decay's term d_c <dS_out, S_in>; its
 // reverse cumsum r_u = sum_{t >= u} d cum_t gives ddt_u = ddt_expl_u + A r_u and dA's share
@@ -716,15 +1683,16 @@ __global__ void __launch_bounds__(kThreads) bwd_dt_kernel(Dims d, SsdArgs<T, flo
   }
 }
 
-// out[i] = sum over `outer` partials in order: part[o * inner + i]. With fold > 1, output i
-// also sums the `fold` consecutive inputs i * fold ... (D of shape (h) from (h, p) partials).
-__global__ void sum_partials_kernel(const float* part, int64_t outer, int64_t inner, int64_t fold, float* out) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i * fold >= inner) return;
+// out[i] = the sum of the partials part[o * inner + i * fold + f] over o < outer and
+// f < fold (fold > 1: D of shape (h) from (h, p) partials). One block per output: each thread
+// adds a fixed strided share in order, then a fixed-order block sum (no float atomics).
+__global__ void __launch_bounds__(kThreads) sum_partials_kernel(const float* part, int64_t outer, int64_t inner,
+                                                                int64_t fold, float* out) {
+  const int64_t i = blockIdx.x;
   float sum = 0.0f;
-  for (int64_t o = 0; o < outer; ++o)
-    for (int64_t f = 0; f < fold; ++f) sum += part[o * inner + i * fold + f];
-  out[i] = sum;
+  for (int64_t j = threadIdx.x; j < outer * fold; j += kThreads) sum += part[(j / fold) * inner + i * fold + j % fold];
+  sum = cuda_detail::block_sum(sum);
+  if (threadIdx.x == 0) out[i] = sum;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -814,6 +1782,90 @@ template <typename K> void allow_smem(K kernel, size_t bytes) {
 
 size_t state_smem(const Dims& d) { return sizeof(ChunkTokens) + sizeof(float) * (32 * 33 + 32 * (d.n + 1)); }
 
+// Pieces of one device allocation, each 16-byte aligned. Run a carving once with base null to
+// size the allocation, then again over the allocation.
+struct Carver {
+  char* base = nullptr;
+  int64_t bytes = 0;
+  template <typename E> E* take(int64_t count) {
+    E* p = base ? reinterpret_cast<E*>(base + bytes) : nullptr;
+    bytes += (static_cast<int64_t>(sizeof(E)) * count + 15) / 16 * 16;
+    return p;
+  }
+};
+
+// (b, h, nc * Q) per-token scratch of the tensor-core path.
+TokenInfo token_info(Carver& cv, const Dims& d) {
+  const int64_t tok = d.b * d.h * d.nc * d.Q;
+  TokenInfo ti;
+  ti.cum = cv.take<double>(tok);
+  ti.dt = cv.take<float>(tok);
+  ti.grad = cv.take<float>(tok);
+  ti.first = cv.take<int>(tok);
+  ti.crel = cv.take<float>(tok);
+  return ti;
+}
+
+bool aligned16(std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
+// The tensor-core kernels take bf16 activations whose pointers are 16-byte aligned (they load
+// 8 elements at a time); other calls take the SIMT kernels.
+bool use_tensor_cores(DType dtype, const SsdArgs<void, float>& a, std::initializer_list<const void*> more) {
+  if (dtype != DType::bf16) return false;
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  for (const void* p : {static_cast<const void*>(a.x), a.B, a.C, a.z, static_cast<const void*>(a.initial_states)})
+    if (!aligned(p)) return false;
+  for (const void* p : more)
+    if (!aligned(p)) return false;
+  return true;
+}
+
+// Forward (1) or backward (1) on tensor cores: the block tile (PB, NB) of the (p, n) state
+// and the warps' share NTW of it, from p and n.
+template <bool kGrad>
+void launch_chunk_state_tc(const Dims& d, const SsdArgs<bf16, float>& a, const bf16* dout, const TokenInfo& ti,
+                           float* out, cudaStream_t stream) {
+  const int pb = d.p < 64 ? 32 : 64, nb = d.n < 128 ? static_cast<int>(d.n) : 128;
+  const int wc = 4 / (pb / 16), ntw = nb / (8 * wc);
+  const dim3 grid(static_cast<unsigned>(d.h * (d.p / pb) * (d.n / nb)), static_cast<unsigned>(d.nc),
+                  static_cast<unsigned>(d.b));
+  auto go = [&](auto kernel) {
+    kernel<<<grid, kTcThreads, 0, stream>>>(d, a, dout, ti, out);
+    SSM_CUDA_CHECK_LAUNCH();
+  };
+  if (pb == 64) {
+    switch (ntw) {
+      case 2: go(chunk_state_tc_kernel<64, 2, kGrad>); break;
+      case 4: go(chunk_state_tc_kernel<64, 4, kGrad>); break;
+      case 8: go(chunk_state_tc_kernel<64, 8, kGrad>); break;
+      default: go(chunk_state_tc_kernel<64, 16, kGrad>); break;
+    }
+  } else {
+    switch (ntw) {
+      case 1: go(chunk_state_tc_kernel<32, 1, kGrad>); break;
+      case 2: go(chunk_state_tc_kernel<32, 2, kGrad>); break;
+      case 4: go(chunk_state_tc_kernel<32, 4, kGrad>); break;
+      default: go(chunk_state_tc_kernel<32, 8, kGrad>); break;
+    }
+  }
+}
+
+// Heads per slice of the backward tensor-core kernels: the fewest slices (a divisor of the
+// heads per group) that give about 4 blocks per multiprocessor.
+int head_slice(const Dims& d) {
+  int device = 0, sms = 132;
+  if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const int64_t base = d.ntt * d.nc * d.g * d.b;
+  const int64_t wanted = (4 * sms + base - 1) / base;
+  for (int64_t ns = 1; ns <= d.hpg; ++ns)
+    if (d.hpg % ns == 0 && ns >= wanted) return static_cast<int>(d.hpg / ns);
+  return 1;
+}
+
 }  // namespace
 
 namespace cuda {
@@ -831,16 +1883,45 @@ void ssd_forward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>&
                                       : cudaMemsetAsync(final_states, 0, 4 * state_elems, stream));
     return;
   }
-  float* pool = nullptr;
-  const int64_t cs_elems = d.nc * state_elems;
-  const int64_t decay_elems = d.b * d.nc * d.h;
-  SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&pool),
-                                 4 * (decay_elems + (chunk_states ? 0 : cs_elems)), stream));
-  float* decay = pool;
-  float* states = chunk_states ? chunk_states : pool + decay_elems;
+  const bool tc = use_tensor_cores(dtype, a, {out, chunk_states});
+  float* states = chunk_states;
+  float* decay = nullptr;
+  const bool vec = aligned16({chunk_states, a.initial_states, final_states});
+  TokenInfo ti{};
+  auto carve = [&](Carver& cv) {
+    if (!chunk_states) states = cv.take<float>(d.nc * state_elems);
+    decay = cv.take<float>(d.b * d.nc * d.h);
+    if (tc) ti = token_info(cv, d);
+  };
+  Carver sizing;
+  carve(sizing);
+  void* pool = nullptr;
+  SSM_CUDA_CHECK(cudaMallocAsync(&pool, sizing.bytes, stream));
+  Carver cv{static_cast<char*>(pool)};
+  carve(cv);
   cuda_detail::dispatch_f32_bf16(dtype, "ssd_forward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const SsdArgs<T, float> args = typed<T>(a);
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (tc) {
+        tokens_kernel<T><<<dim3(d.h, d.nc, d.b), kThreads, 0, stream>>>(d, args, ti, decay);
+        SSM_CUDA_CHECK_LAUNCH();
+        launch_chunk_state_tc<false>(d, args, nullptr, ti, states, stream);
+        pass_states_kernel<false><<<dim3(d.p * d.n / kPassElems, d.h, d.b), kPassThreads, 0, stream>>>(
+            d, states, decay, a.initial_states, final_states, nullptr, nullptr, vec);
+        SSM_CUDA_CHECK_LAUNCH();
+        dispatch_p(d.p, [&](auto pc) {
+          constexpr int P = decltype(pc)::value;
+          auto kernel = chunk_scan_tc_kernel<P>;
+          const size_t smem = scan_tc_smem(d.n, P).total;
+          allow_smem(kernel, smem);
+          kernel<<<dim3(d.ntt * d.h, d.nc, d.b), kTcThreads, smem, stream>>>(d, args, ti, states,
+                                                                             static_cast<T*>(out));
+          SSM_CUDA_CHECK_LAUNCH();
+        });
+        return;
+      }
+    }
     {
       auto kernel = chunk_state_kernel<T, false>;
       const size_t smem = state_smem(d);
@@ -848,8 +1929,8 @@ void ssd_forward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>&
       kernel<<<dim3(d.h * d.p / 32, d.nc, d.b), kThreads, smem, stream>>>(d, args, nullptr, states, decay);
       SSM_CUDA_CHECK_LAUNCH();
     }
-    pass_states_kernel<false><<<dim3(d.p * d.n / kThreads, d.h, d.b), kThreads, 0, stream>>>(
-        d, states, decay, a.initial_states, final_states, nullptr, nullptr);
+    pass_states_kernel<false><<<dim3(d.p * d.n / kPassElems, d.h, d.b), kPassThreads, 0, stream>>>(
+        d, states, decay, a.initial_states, final_states, nullptr, nullptr, vec);
     SSM_CUDA_CHECK_LAUNCH();
     dispatch_p(d.p, [&](auto pc) {
       constexpr int P = decltype(pc)::value;
@@ -881,28 +1962,98 @@ void ssd_backward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>
     return;
   }
   if (!chunk_states) throw KernelError("cuda::ssd_backward: chunk_states from the forward are required");
+  const bool tc = use_tensor_cores(dtype, a, {chunk_states, g.dout, g.dx, g.dB, g.dC, g.dz, g.dinitial_states}) &&
+                  (d.n == 64 || d.n == 128);
+  const int hslice = tc ? head_slice(d) : 0;
+  const int64_t nslices = tc ? d.hpg / hslice : 0;
   BwdScratch sc{};
-  sc.splits = static_cast<int>(d.p * d.n / kThreads);
-  const int64_t tok = d.b * d.h * d.nc * d.Q;
-  const int64_t per_chunk = d.b * d.nc * d.h;
-  const int64_t sizes[] = {d.nc * state_elems, per_chunk, per_chunk * sc.splits, tok, tok, tok, tok,
-                           per_chunk, per_chunk, per_chunk * d.ntt * d.p};
-  int64_t total = 0;
-  for (int64_t s : sizes) total += s;
-  float* pool = nullptr;
-  SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&pool), 4 * total, stream));
-  float* cursor = pool;
-  float** slots[] = {&sc.dstates, &sc.decay, &sc.dot_partial, &sc.dcum_t, &sc.dcum_s, &sc.ddt_expl, &sc.vend,
-                     &sc.dA_part, &sc.dbias_part, &sc.dD_part};
-  for (int i = 0; i < 10; ++i) {
-    *slots[i] = cursor;
-    cursor += sizes[i];
-  }
-  if (a.D) SSM_CUDA_CHECK(cudaMemsetAsync(sc.dD_part, 0, 4 * sizes[9], stream));  // tiles past the end stay 0
+  sc.splits = static_cast<int>(d.p * d.n / kPassElems);
+  const bool vec = aligned16({chunk_states, g.dfinal_states, g.dinitial_states});
+  TokenInfo ti{};
+  float* dB_part = nullptr;
+  float* dC_part = nullptr;
+  bf16* dy_buf = nullptr;  // dout silu(z) when z is given
+  auto carve = [&](Carver& cv) {
+    const int64_t tok = d.b * d.h * d.nc * d.Q;
+    const int64_t per_chunk = d.b * d.nc * d.h;
+    sc.dstates = cv.take<float>(d.nc * state_elems);
+    sc.decay = cv.take<float>(per_chunk);
+    sc.dot_partial = cv.take<float>(per_chunk * sc.splits);
+    sc.dcum_t = cv.take<float>(tok);
+    sc.dcum_s = cv.take<float>(tok);
+    sc.ddt_expl = cv.take<float>(tok);
+    sc.vend = cv.take<float>(tok);
+    sc.dA_part = cv.take<float>(per_chunk);
+    sc.dbias_part = cv.take<float>(per_chunk);
+    sc.dD_part = cv.take<float>(per_chunk * d.ntt * d.p);
+    sc.dD_hp = cv.take<float>(d.h * d.p);
+    if (tc) {
+      ti = token_info(cv, d);
+      if (a.z) dy_buf = cv.take<bf16>(d.b * d.l * d.h * d.p);
+      if (nslices > 1) {
+        dB_part = cv.take<float>(nslices * d.b * d.l * d.g * d.n);
+        dC_part = cv.take<float>(nslices * d.b * d.l * d.g * d.n);
+      }
+    }
+  };
+  Carver sizing;
+  carve(sizing);
+  void* pool = nullptr;
+  SSM_CUDA_CHECK(cudaMallocAsync(&pool, sizing.bytes, stream));
+  Carver cv{static_cast<char*>(pool)};
+  carve(cv);
+  // tiles past the end stay 0
+  if (a.D) SSM_CUDA_CHECK(cudaMemsetAsync(sc.dD_part, 0, 4 * d.b * d.nc * d.h * d.ntt * d.p, stream));
   cuda_detail::dispatch_f32_bf16(dtype, "ssd_backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const SsdArgs<T, float> args = typed<T>(a);
     const SsdGrads<T, float> grads = typed<T>(g);
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (tc) {
+        tokens_kernel<T><<<dim3(d.h, d.nc, d.b), kThreads, 0, stream>>>(d, args, ti, sc.decay);
+        SSM_CUDA_CHECK_LAUNCH();
+        launch_chunk_state_tc<true>(d, args, grads.dout, ti, sc.dstates, stream);
+        const bf16* dy = grads.dout;
+        if (a.z) {
+          const int64_t count8 = d.b * d.l * d.h * d.p / 8;
+          dy_kernel<<<cuda_detail::grid_for(count8, 256), 256, 0, stream>>>(grads.dout, args.z, count8, dy_buf);
+          SSM_CUDA_CHECK_LAUNCH();
+          dy = dy_buf;
+        }
+        pass_states_kernel<true><<<dim3(d.p * d.n / kPassElems, d.h, d.b), kPassThreads, 0, stream>>>(
+            d, sc.dstates, sc.decay, g.dfinal_states, g.dinitial_states, chunk_states, sc.dot_partial, vec);
+        SSM_CUDA_CHECK_LAUNCH();
+        const dim3 grid(static_cast<unsigned>(d.ntt * nslices), static_cast<unsigned>(d.nc * d.g),
+                        static_cast<unsigned>(d.b));
+        dispatch_p(d.p, [&](auto pc) {
+          constexpr int P = decltype(pc)::value;
+          auto go = [&](auto nc_) {
+            constexpr int N = decltype(nc_)::value;
+            const size_t smem = bwd_tc_smem(N, P).total;
+            auto rows = bwd_rows_tc_kernel<P, N>;
+            allow_smem(rows, smem);
+            rows<<<grid, kTcThreads, smem, stream>>>(d, args, grads, dy, ti, chunk_states, sc, hslice, dC_part);
+            SSM_CUDA_CHECK_LAUNCH();
+            auto cols = bwd_cols_tc_kernel<P, N>;
+            allow_smem(cols, smem);
+            cols<<<grid, kTcThreads, smem, stream>>>(d, args, grads, dy, ti, sc, hslice, dB_part);
+            SSM_CUDA_CHECK_LAUNCH();
+          };
+          if (d.n == 64) go(std::integral_constant<int, 64>{});
+          else go(std::integral_constant<int, 128>{});
+        });
+        if (nslices > 1) {
+          const int64_t count = d.b * d.l * d.g * d.n;
+          sum_slices_kernel<<<cuda_detail::grid_for(count, 256), 256, 0, stream>>>(dB_part, nslices, count, grads.dB);
+          SSM_CUDA_CHECK_LAUNCH();
+          sum_slices_kernel<<<cuda_detail::grid_for(count, 256), 256, 0, stream>>>(dC_part, nslices, count, grads.dC);
+          SSM_CUDA_CHECK_LAUNCH();
+        }
+        bwd_dt_kernel<T><<<dim3(d.h, d.nc, d.b), kThreads, 0, stream>>>(d, args, grads, sc);
+        SSM_CUDA_CHECK_LAUNCH();
+        return;
+      }
+    }
     {
       auto kernel = chunk_state_kernel<T, true>;
       const size_t smem = state_smem(d);
@@ -910,8 +2061,8 @@ void ssd_backward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>
       kernel<<<dim3(d.h * d.p / 32, d.nc, d.b), kThreads, smem, stream>>>(d, args, grads.dout, sc.dstates, sc.decay);
       SSM_CUDA_CHECK_LAUNCH();
     }
-    pass_states_kernel<true><<<dim3(d.p * d.n / kThreads, d.h, d.b), kThreads, 0, stream>>>(
-        d, sc.dstates, sc.decay, g.dfinal_states, g.dinitial_states, chunk_states, sc.dot_partial);
+    pass_states_kernel<true><<<dim3(d.p * d.n / kPassElems, d.h, d.b), kPassThreads, 0, stream>>>(
+        d, sc.dstates, sc.decay, g.dfinal_states, g.dinitial_states, chunk_states, sc.dot_partial, vec);
     SSM_CUDA_CHECK_LAUNCH();
     dispatch_p(d.p, [&](auto pc) {
       constexpr int P = decltype(pc)::value;
@@ -932,15 +2083,19 @@ void ssd_backward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>
     SSM_CUDA_CHECK_LAUNCH();
   });
   const int64_t outer = d.b * d.nc;
-  sum_partials_kernel<<<cuda_detail::grid_for(d.h, 128), 128, 0, stream>>>(sc.dA_part, outer, d.h, 1, g.dA);
+  sum_partials_kernel<<<static_cast<unsigned>(d.h), kThreads, 0, stream>>>(sc.dA_part, outer, d.h, 1, g.dA);
   SSM_CUDA_CHECK_LAUNCH();
   if (g.ddt_bias) {
-    sum_partials_kernel<<<cuda_detail::grid_for(d.h, 128), 128, 0, stream>>>(sc.dbias_part, outer, d.h, 1, g.ddt_bias);
+    sum_partials_kernel<<<static_cast<unsigned>(d.h), kThreads, 0, stream>>>(sc.dbias_part, outer, d.h, 1, g.ddt_bias);
     SSM_CUDA_CHECK_LAUNCH();
   }
   if (g.dD) {
-    sum_partials_kernel<<<cuda_detail::grid_for(d_size, 128), 128, 0, stream>>>(
-        sc.dD_part, outer * d.ntt, d.h * d.p, d.D_hp ? 1 : d.p, g.dD);
+    // Over (b, nc, tile) per element of (h, p), then over p for D of shape (h).
+    float* dD_hp = d.D_hp ? g.dD : sc.dD_hp;
+    sum_partials_kernel<<<static_cast<unsigned>(d.h * d.p), kThreads, 0, stream>>>(sc.dD_part, outer * d.ntt,
+                                                                                   d.h * d.p, 1, dD_hp);
+    SSM_CUDA_CHECK_LAUNCH();
+    if (!d.D_hp) sum_partials_kernel<<<static_cast<unsigned>(d.h), kThreads, 0, stream>>>(dD_hp, 1, d.h * d.p, d.p, g.dD);
     SSM_CUDA_CHECK_LAUNCH();
   }
   SSM_CUDA_CHECK(cudaFreeAsync(pool, stream));

@@ -159,6 +159,15 @@ TEST_P(SsdGpu, HeadDimsStateSizesGroups) {
   check_case({1, 150, 2, 128, 256, 1, 64, true, true, true, false, dt});
 }
 
+TEST_P(SsdGpu, TensorCoreShapes) {
+  const DType dt = GetParam();
+  // Shapes of the bf16 tensor-core kernels' backward (n 64 or 128): p 128, several heads
+  // per group (split into slices whose dB and dC partials are summed), no optional inputs.
+  check_case({2, 300, 4, 128, 128, 1, 128, true, true, true, false, dt});
+  check_case({1, 520, 6, 32, 128, 2, 256, true, false, true, true, dt});
+  check_case({2, 192, 4, 64, 64, 2, 64, false, false, false, false, dt});
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, SsdGpu, ::testing::Values(DType::f32, DType::bf16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
