@@ -3,7 +3,8 @@
 # its sequence length (2048) and reports tokens/s, MFU and peak memory, the medians over the
 # steps after the first two (warm-up), as JSON in $OUT/recipes.json. The step keeps each
 # recipe's micro-batch; the global batch is cut to 4 micro-batches so a step takes seconds.
-#   OUT=dir bench/recipes.sh [DATA_DIR]   (default corpus/linux-doc, from `ssmtrain data prepare`)
+#   OUT=dir [STEPS=8] [RECIPE_TIMEOUT=900] bench/recipes.sh [DATA_DIR]
+#   (DATA_DIR defaults to corpus/linux-doc, from `ssmtrain data prepare`)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/out}
@@ -16,7 +17,7 @@ for recipe in recipes/mamba1-130m.yaml recipes/mamba2-130m.yaml recipes/hybrid-m
   micro=$(sed -n 's/^ *micro_batch: *\([0-9]*\).*/\1/p' "$recipe")
   seq=$(sed -n 's/^ *seq_len: *\([0-9]*\).*/\1/p' "$recipe")
   log="$OUT/train-$name.log"
-  build/ssmtrain train "$recipe" --resume none --set data.train="$data" --set run.output_dir="$OUT/runs" \
+  timeout "${RECIPE_TIMEOUT:-900}" build/ssmtrain train "$recipe" --resume none --set data.train="$data" --set run.output_dir="$OUT/runs" \
     --set training.global_batch_tokens=$((4 * micro * seq)) --set training.max_steps="$steps" \
     --set training.token_budget=0 --set schedule.warmup_steps=1 --set training.eval_every=0 \
     --set eval.perplexity_tokens=$((micro * seq)) --set logging.every=1 > "$log" 2>&1
