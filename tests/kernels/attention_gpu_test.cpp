@@ -109,31 +109,6 @@ Outputs run_cpu(const Problem& p) {
   return r;
 }
 
-// Gradients against the reference. Where a query sees a single key (the first token of a
-// sequence or a document, and every token when l = 1) its dq and the key's dk cancel to exactly
-// zero in the reference (dp - delta = 0), while the GPU gets the rounding of two differently
-// ordered sums; elementwise errors are therefore measured against 5% of rms(ref) (the scale
-// of the cancelling terms) instead of 0.1%, and an all-zero reference must come out below the
-// dtype's bound. The normalised-error bound is close()'s.
-::testing::AssertionResult close_grad(const std::vector<float>& got, const std::vector<float>& ref, DType dtype,
-                                      int64_t reduction_len) {
-  const double bound = testing::tolerance(dtype, reduction_len);
-  double max_ref = 0, max_got = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    max_ref = std::max(max_ref, double(std::fabs(ref[i])));
-    max_got = std::max(max_got, double(std::fabs(got[i])));
-  }
-  if (max_ref == 0) {
-    if (max_got <= bound) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << "reference is zero, got max |x| " << max_got << " (bound " << bound << ")";
-  }
-  const testing::Error e = testing::compare(got, ref, 0.05);
-  if (e.nonfinite == 0 && e.normalized <= bound && e.max_rel <= 50 * bound) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "normalized error " << e.normalized << " (bound " << bound << "), max relative "
-                                       << e.max_rel << " at " << e.worst << " (got " << got[size_t(e.worst)] << ", ref "
-                                       << ref[size_t(e.worst)] << "), " << e.nonfinite << " non-finite";
-}
-
 class AttentionGpu : public ::testing::TestWithParam<Case> {};
 
 TEST_P(AttentionGpu, MatchesCpuAndRepeatsBitwise) {
@@ -146,9 +121,9 @@ TEST_P(AttentionGpu, MatchesCpuAndRepeatsBitwise) {
   const int64_t reduction = c.l * (c.h / c.hk);
   EXPECT_TRUE(close(gpu.out, ref.out, c.dtype, c.l)) << name(c) << " out";
   EXPECT_TRUE(close(gpu.lse, ref.lse, c.dtype, c.l)) << name(c) << " lse";
-  EXPECT_TRUE(close_grad(gpu.dq, ref.dq, c.dtype, reduction)) << name(c) << " dq";
-  EXPECT_TRUE(close_grad(gpu.dk, ref.dk, c.dtype, reduction)) << name(c) << " dk";
-  EXPECT_TRUE(close_grad(gpu.dv, ref.dv, c.dtype, reduction)) << name(c) << " dv";
+  EXPECT_TRUE(testing::close_cancelling(gpu.dq, ref.dq, c.dtype, reduction)) << name(c) << " dq";
+  EXPECT_TRUE(testing::close_cancelling(gpu.dk, ref.dk, c.dtype, reduction)) << name(c) << " dk";
+  EXPECT_TRUE(testing::close_cancelling(gpu.dv, ref.dv, c.dtype, reduction)) << name(c) << " dv";
   const Outputs again = run_gpu(p);
   EXPECT_TRUE(gpu.bits == again.bits) << name(c) << ": a repeated run gave different bits";
 }

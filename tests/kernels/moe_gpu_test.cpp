@@ -51,25 +51,6 @@ template <typename T> std::vector<T> host(const Tensor& t) {
 }
 cudaStream_t stream() { return current_stream(0); }
 
-// For f32 results that end in a cancelling difference (dlogits = p (dp - <p, dp>), sums of
-// products of opposite sign): the normalised error within the f32 bound and every element
-// within 10x that bound of the largest |ref|. testing::close's elementwise check measures
-// against |ref| + 1e-3 rms(ref), which such tiny cancelled entries fail at f32 rounding.
-::testing::AssertionResult close_cancelling(const std::vector<float>& got, const std::vector<float>& ref,
-                                            DType dtype, int64_t reduction_len) {
-  if (dtype != DType::f32) return testing::close(got, ref, dtype, reduction_len);
-  const testing::Error err = testing::compare(got, ref);
-  const double bound = testing::tolerance(dtype, reduction_len);
-  double max_ref = 0, max_diff = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    max_ref = std::max(max_ref, double(std::fabs(ref[i])));
-    max_diff = std::max(max_diff, double(std::fabs(got[i] - ref[i])));
-  }
-  if (err.nonfinite == 0 && err.normalized <= bound && max_diff <= 10 * bound * max_ref)
-    return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "normalized error " << err.normalized << " (bound " << bound
-                                       << "), max |diff| " << max_diff << " vs max |ref| " << max_ref;
-}
 
 struct RouterCase {
   int64_t t, e, k;
@@ -135,8 +116,8 @@ TEST(MoeGpu, RouterDispatchLossesMatchCpu) {
       EXPECT_TRUE(testing::close(host<float>(g_weight), weight, DType::f32, c.e));
       EXPECT_TRUE(testing::close(host<float>(g_mean), mean_probs, DType::f32, c.t));
       EXPECT_TRUE(testing::close({host<float>(g_aux)[0], host<float>(g_z)[0]}, {aux, z}, DType::f32, c.t));
-      EXPECT_TRUE(close_cancelling(host<float>(g_dlogits), dlogits, DType::f32, c.e));
-      EXPECT_TRUE(close_cancelling(host<float>(g_dlogits_loss), dlogits_loss, DType::f32, c.e));
+      EXPECT_TRUE(testing::close_cancelling(host<float>(g_dlogits), dlogits, DType::f32, c.e));
+      EXPECT_TRUE(testing::close_cancelling(host<float>(g_dlogits_loss), dlogits_loss, DType::f32, c.e));
       std::vector<std::vector<float>> bits;
       for (const Tensor* t : {&g_probs, &g_weight, &g_mean, &g_aux, &g_z, &g_dlogits, &g_dlogits_loss})
         bits.push_back(host<float>(*t));
@@ -236,11 +217,11 @@ TEST(MoeGpu, PermuteCombineAndExpertsMatchCpu) {
         kernels::cuda::moe_permute_backward(s, d, dtype, g_dxp.data(), rows, g_dx.data(), stream());
         EXPECT_EQ(g_xp.to_vector(), xp);  // a copy: exact
         EXPECT_TRUE(testing::close(g_gate_up.to_vector(), gate_up, dtype, d));
-        EXPECT_TRUE(testing::close(g_yp.to_vector(), yp, dtype, f));
-        EXPECT_TRUE(testing::close(g_out.to_vector(), out, dtype, f * k));
+        EXPECT_TRUE(testing::close_cancelling(g_yp.to_vector(), yp, dtype, f));
+        EXPECT_TRUE(testing::close_cancelling(g_out.to_vector(), out, dtype, f * k));
         EXPECT_TRUE(testing::close(g_dweight.to_vector(), dweight, dtype, d));
-        EXPECT_TRUE(close_cancelling(g_dxp.to_vector(), dxp, dtype, f + d));
-        EXPECT_TRUE(close_cancelling(g_dx.to_vector(), dx, dtype, (f + d) * k));
+        EXPECT_TRUE(testing::close_cancelling(g_dxp.to_vector(), dxp, dtype, f + d));
+        EXPECT_TRUE(testing::close_cancelling(g_dx.to_vector(), dx, dtype, (f + d) * k));
         EXPECT_TRUE(testing::close(g_dwd.to_vector(), dwd, dtype, a));
         EXPECT_TRUE(testing::close(g_dwg.to_vector(), dwg, dtype, a * d));
         EXPECT_TRUE(testing::close(g_dwu.to_vector(), dwu, dtype, a * d));

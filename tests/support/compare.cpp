@@ -60,6 +60,30 @@ double tolerance(DType dtype, int64_t reduction_len) {
   return ::testing::AssertionSuccess() << msg.str();
 }
 
+::testing::AssertionResult close_cancelling(const std::vector<float>& got, const std::vector<float>& ref,
+                                            DType dtype, int64_t reduction_len) {
+  if (got.size() != ref.size())
+    return ::testing::AssertionFailure() << "size mismatch: got " << got.size() << " elements, reference " << ref.size();
+  const double bound = tolerance(dtype, reduction_len);
+  double max_ref = 0, max_got = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    max_ref = std::max(max_ref, double(std::fabs(ref[i])));
+    max_got = std::max(max_got, double(std::fabs(got[i])));
+  }
+  if (max_ref == 0) {
+    if (max_got <= bound) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << "reference is zero, got max |x| " << max_got << " (bound " << bound << ")";
+  }
+  const Error e = compare(got, ref, 0.05);
+  std::ostringstream msg;
+  msg << dtype_name(dtype) << " reduction " << reduction_len << ": normalized error " << e.normalized << " (bound "
+      << bound << "), max relative " << e.max_rel << " against |ref| + 5% rms";
+  if (e.worst >= 0) msg << " at " << e.worst << " (got " << got[size_t(e.worst)] << ", ref " << ref[size_t(e.worst)] << ")";
+  if (e.nonfinite > 0) return ::testing::AssertionFailure() << e.nonfinite << " non-finite; " << msg.str();
+  if (e.normalized > bound || e.max_rel > 50 * bound) return ::testing::AssertionFailure() << msg.str();
+  return ::testing::AssertionSuccess() << msg.str();
+}
+
 std::vector<float> round_to(DType dtype, std::vector<float> v) {
   for (float& x : v) {
     if (dtype == DType::bf16) x = kernels::bf16_bits_to_float(kernels::float_to_bf16_bits(x));

@@ -32,6 +32,14 @@ double tolerance(DType dtype, int64_t reduction_len);
 ::testing::AssertionResult close(const std::vector<float>& got, const std::vector<float>& ref,
                                  DType dtype, int64_t reduction_len);
 
+// For results that end in sums of terms of both signs (gradients through a softmax, expert
+// outputs, sums of products of opposite sign), whose small entries carry the rounding of the
+// large terms: the normalised error within tolerance(dtype, reduction_len), and every element
+// within 50x that bound relative to |ref| + 5% of rms(ref). An all-zero reference (a query that
+// sees one key has zero dq) passes when max |got| is within the bound.
+::testing::AssertionResult close_cancelling(const std::vector<float>& got, const std::vector<float>& ref,
+                                            DType dtype, int64_t reduction_len);
+
 // Values rounded to bf16 / f16 and back, so a CPU reference sees exactly the GPU's inputs.
 std::vector<float> round_to(DType dtype, std::vector<float> v);
 // Deterministic pseudo-random test data (Philox normal), scaled.
