@@ -1,14 +1,17 @@
 // CUDA attention (kernels/attention.h): the dispatcher between cuDNN's fused SDPA
-// (attention_cudnn.cu) and the flash-style fallback here, which covers what cuDNN does not
-// (document masking, f32, head dims other than 64 / 128), and the single-token decode kernel.
+// (attention_cudnn.cu) and the fallback, which covers what cuDNN does not (document masking, f32,
+// head dims other than 64 / 128), and the single-token decode kernel. The fallback runs the
+// tensor-core flash kernels (attention_flash.cu) for bf16 with head dims 64 and 128, and the
+// scalar kernels here for everything else (f32, other head dims, unaligned pointers).
 //
-// Fallback layout: a block owns 16 rows (queries, or keys in the dk/dv kernel) of one head;
+// Scalar fallback layout: a block owns 16 rows (queries, or keys in the dk/dv kernel) of one head;
 // each row is spread over 8 consecutive lanes, lane `sub` holding elements sub, sub + 8, ...
 // of the head dim (EPT = elements per thread, dh <= 8 * EPT), and dot products are finished
 // with 3 shuffles. Keys (or queries) stream through shared memory in tiles of 32 rows as f32.
 // The forward keeps an online softmax per row (one rescale per tile). The backward is two
 // kernels, dk/dv looping over query tiles and the heads of a group, dq looping over key
-// tiles, so every sum has a fixed order and no atomics are needed.
+// tiles, so every sum has a fixed order and no atomics are needed; both backward paths share
+// the delta kernel.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -17,6 +20,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/cuda/attention_cudnn.cuh"
+#include "kernels/cuda/attention_flash.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
 
@@ -355,6 +359,10 @@ dim3 row_grid(const AttentionShape& s, int64_t heads) {
 void fallback_forward(const AttentionShape& s, DType dtype, const void* q, const void* k, const void* v,
                       const int32_t* doc, void* out, float* lse, cudaStream_t stream) {
   check_fallback(s, "attention_forward");
+  if (flash_attention_applies(s, dtype, {q, k, v, out})) {
+    flash_attention_forward(s, q, k, v, doc, out, lse, stream);
+    return;
+  }
   const Dims d = dims_of(s);
   dispatch_f32_bf16(dtype, "attention_forward", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -380,6 +388,10 @@ void fallback_backward(const AttentionShape& s, DType dtype, const void* q, cons
     delta_kernel<T><<<grid_for(rows * 32, 256), 256, 0, stream>>>(d, static_cast<const T*>(out),
                                                                    static_cast<const T*>(dout), delta);
     SSM_CUDA_CHECK_LAUNCH();
+    if (flash_attention_applies(s, dtype, {q, k, v, out, dout, dq, dk, dv})) {
+      flash_attention_backward(s, q, k, v, doc, lse, delta, dout, dq, dk, dv, stream);
+      return;
+    }
     dispatch_ept(s.head_dim, [&](auto ept) {
       constexpr int E = decltype(ept)::value;
       fallback_dkdv_kernel<T, E><<<row_grid(s, s.kv_heads), kThreads, 0, stream>>>(
