@@ -3,7 +3,7 @@
 # its sequence length (2048) and reports tokens/s, MFU and peak memory, the medians over the
 # steps after the first two (warm-up), as JSON in $OUT/recipes.json. The step keeps each
 # recipe's micro-batch; the global batch is cut to 4 micro-batches so a step takes seconds.
-#   OUT=dir [STEPS=8] [RECIPE_TIMEOUT=900] bench/recipes.sh [DATA_DIR]
+#   OUT=dir [STEPS=8] [RECIPE_TIMEOUT=900] [RECIPES="a.yaml b.yaml"] bench/recipes.sh [DATA_DIR]
 #   (DATA_DIR defaults to corpus/linux-doc, from `ssmtrain data prepare`)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,8 @@ data=${1:-corpus/linux-doc}
 mkdir -p "$OUT"
 steps=${STEPS:-8}
 results=()
-for recipe in recipes/mamba1-130m.yaml recipes/mamba2-130m.yaml recipes/hybrid-mamba2-130m.yaml recipes/jamba-small.yaml; do
+recipes=${RECIPES:-recipes/mamba1-130m.yaml recipes/mamba2-130m.yaml recipes/hybrid-mamba2-130m.yaml recipes/jamba-small.yaml}
+for recipe in $recipes; do
   name=$(basename "$recipe" .yaml)
   micro=$(sed -n 's/^ *micro_batch: *\([0-9]*\).*/\1/p' "$recipe")
   seq=$(sed -n 's/^ *seq_len: *\([0-9]*\).*/\1/p' "$recipe")
