@@ -24,8 +24,8 @@ const AttentionOptions& checked(const AttentionOptions& o) {
 }
 }  // namespace
 
-Tensor rotary_embedding(const Tensor& x, double theta) {
-  const int64_t l = x.shape()[1], dh = x.shape()[3], half = dh / 2;
+RotaryTables rotary_tables(int64_t l, int64_t dh, double theta, DType dtype, Device device) {
+  const int64_t half = dh / 2;
   std::vector<float> cos_table(size_t(l * half)), sin_table(size_t(l * half));
   for (int64_t t = 0; t < l; ++t)
     for (int64_t i = 0; i < half; ++i) {
@@ -34,12 +34,16 @@ Tensor rotary_embedding(const Tensor& x, double theta) {
       sin_table[size_t(t * half + i)] = float(std::sin(angle));
     }
   // (l, 1, half), broadcast over batch and heads
-  const Tensor cos_t = cast(to_device(Tensor::from_vector(cos_table, {l, 1, half}), x.device()), x.dtype());
-  const Tensor sin_t = cast(to_device(Tensor::from_vector(sin_table, {l, 1, half}), x.device()), x.dtype());
+  return {cast(to_device(Tensor::from_vector(cos_table, {l, 1, half}), device), dtype),
+          cast(to_device(Tensor::from_vector(sin_table, {l, 1, half}), device), dtype)};
+}
+
+Tensor rotary_embedding(const Tensor& x, const RotaryTables& tables) {
+  const int64_t half = x.shape()[3] / 2;
   const std::vector<Tensor> halves = split(x, {half, half}, -1);  // 2 x (b, l, heads, half)
   const Tensor& x1 = halves[0];
   const Tensor& x2 = halves[1];
-  return concat({sub(mul(x1, cos_t), mul(x2, sin_t)), add(mul(x2, cos_t), mul(x1, sin_t))}, -1);
+  return concat({sub(mul(x1, tables.cos), mul(x2, tables.sin)), add(mul(x2, tables.cos), mul(x1, tables.sin))}, -1);
 }
 
 AttentionMixer::AttentionMixer(const AttentionOptions& o, Generator& gen, DType dtype)
@@ -57,8 +61,9 @@ Tensor AttentionMixer::forward(const Tensor& x, const Tensor& doc_index) const {
   Tensor k = reshape(k_proj_.forward(x), {b, l, options_.kv_heads(), dh});  // (b, l, kv, dh)
   const Tensor v = reshape(v_proj_.forward(x), {b, l, options_.kv_heads(), dh});
   if (options_.rope) {
-    q = rotary_embedding(q, options_.rope_theta);
-    k = rotary_embedding(k, options_.rope_theta);
+    const RotaryTables tables = rotary_tables(l, dh, options_.rope_theta, q.dtype(), q.device());
+    q = rotary_embedding(q, tables);
+    k = rotary_embedding(k, tables);
   }
   const Tensor y = attention(q, k, v, doc_index);                             // (b, l, h, dh)
   return o_proj_.forward(reshape(y, {b, l, options_.n_heads * dh}));          // (b, l, d)

@@ -39,7 +39,12 @@ class AttentionMixer : public Mixer {
 
 // Rotary position embedding over the last dimension of x (b, l, heads, dh), positions 0..l-1:
 // the pairs (x[i], x[i + dh/2]) are rotated by angle position * theta^(-2i/dh) (the
-// "rotate_half" convention of GPT-NeoX and HuggingFace Llama).
-Tensor rotary_embedding(const Tensor& x, double theta);
+// "rotate_half" convention of GPT-NeoX and HuggingFace Llama). The angle tables, built once per
+// forward for q and k alike, are (l, 1, dh/2) in x's dtype on x's device.
+struct RotaryTables {
+  Tensor cos, sin;
+};
+RotaryTables rotary_tables(int64_t seqlen, int64_t head_dim, double theta, DType dtype, Device device);
+Tensor rotary_embedding(const Tensor& x, const RotaryTables& tables);
 
 }  // namespace ssmtrain

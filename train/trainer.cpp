@@ -123,16 +123,22 @@ TrainSummary train(const configs::Config& config) {
   for (int64_t step = 0; step < total_steps; ++step) {
     const auto step_start = std::chrono::steady_clock::now();
     model.zero_grad();
-    double loss_sum = 0, aux_sum = 0;
-    std::vector<Tensor> expert_counts;  // per MoE layer, summed over the step's micro-batches
+    const bool last = step + 1 == total_steps;
+    const bool log_line = step % std::max<int64_t>(1, config.logging.every) == 0 || last;
+    double loss_sum = 0;
+    Tensor aux_sum;                     // {}, the MoE losses summed on the device: read once a step
+    std::vector<Tensor> expert_counts;  // per MoE layer, summed over the step's micro-batches (log steps)
     for (int64_t micro = 0; micro < accum; ++micro) {
       data::Batch batch = loader.next();
       if (batch.ready) batch.ready->wait(current_stream(device.index));
       const LossTerms terms = model.losses(batch.inputs, batch.targets, batch.doc_index, compute);
       mul(terms.total, 1.0 / double(accum)).backward();
       loss_sum += terms.lm.item();
-      if (terms.aux.total.defined()) aux_sum += terms.aux.total.item();
-      for (size_t i = 0; i < terms.aux.expert_counts.size(); ++i) {
+      if (terms.aux.total.defined()) {
+        const Tensor aux = terms.aux.total.detach();
+        aux_sum = aux_sum.defined() ? add(aux_sum, aux) : aux;
+      }
+      for (size_t i = 0; log_line && metrics.is_open() && i < terms.aux.expert_counts.size(); ++i) {
         const Tensor counts = cast(terms.aux.expert_counts[i], DType::f32);
         if (expert_counts.size() <= i) expert_counts.push_back(counts);
         else expert_counts[i] = add(expert_counts[i], counts);
@@ -153,8 +159,7 @@ TrainSummary train(const configs::Config& config) {
     summary.final_loss = loss;
     steps_x.push_back(double(step));
     losses.push_back(loss);
-    const bool log_line = step % std::max<int64_t>(1, config.logging.every) == 0 || step + 1 == total_steps;
-    if (metrics.is_open() && log_line && !expert_counts.empty()) {
+    if (!expert_counts.empty()) {
       // Tokens routed to each expert of each MoE layer in this step (the load balance).
       std::string layers;
       for (const Tensor& counts : expert_counts) {
@@ -167,9 +172,9 @@ TrainSummary train(const configs::Config& config) {
     if (metrics.is_open())
       metrics << fmt::format("{{\"step\": {}, \"loss\": {:.6f}, \"aux_loss\": {:.6f}, \"grad_norm\": {:.6f}, "
                              "\"lr\": {:.6g}, \"ms\": {:.3f}, \"tokens_per_s\": {:.1f}, \"mfu\": {:.4f}, \"mem_gib\": {:.3f}}}\n",
-                             step, loss, aux_sum / double(accum), grad_norm, lr, ms, tok_s, mfu, mem_gib)
+                             step, loss, aux_sum.defined() ? aux_sum.item() / double(accum) : 0.0, grad_norm, lr, ms,
+                             tok_s, mfu, mem_gib)
               << std::flush;
-    const bool last = step + 1 == total_steps;
     if (log_line) {
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const double eta = elapsed / double(step + 1) * double(total_steps - step - 1);

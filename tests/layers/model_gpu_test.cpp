@@ -55,16 +55,14 @@ Outcome run(Family family, Device device, DType compute) {
   model.to(device);
   std::vector<int64_t> tok;
   for (int i = 0; i < 2 * 65; ++i) tok.push_back((i * 7 + i / 5) % 97);
-  std::vector<int64_t> x, y;
-  std::vector<int32_t> doc;
+  std::vector<int64_t> x, y, doc;
   for (int b = 0; b < 2; ++b)
     for (int t = 0; t < 64; ++t) {
       x.push_back(tok[b * 65 + t]);
       y.push_back(tok[b * 65 + t + 1]);
       doc.push_back(t < 23 + 9 * b ? 0 : 1);  // a document boundary inside each row
     }
-  std::vector<int64_t> doc64(doc.begin(), doc.end());
-  const Tensor doc_index = Tensor::from_vector(doc64, {2, 64}, DType::i32).to(device);
+  const Tensor doc_index = Tensor::from_vector(doc, {2, 64}, DType::i32).to(device);
   Tensor loss = model.loss(Tensor::from_vector(x, {2, 64}).to(device), Tensor::from_vector(y, {2, 64}).to(device),
                            doc_index, compute);
   loss.backward();
