@@ -237,158 +237,240 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(Dims s, ScanArgs
 
 // ---------------------------------------------------------------------------------------
 // Sequential forward, the fast path for n = 16 with channels in whole groups of 8: each lane
-// owns one channel and S = n / 4 states and runs the recurrence through time; the sum over
-// states is two shuffles among the channel's four lanes. A warp holds 8 channels. When
-// batch x channels fill the GPU, one pass over the whole sequence does it all; otherwise the
-// sequence is cut into segments of the backward's chunk length, scanned in parallel:
+// owns one channel and 4 of its states and runs the recurrence through time. A warp holds 8
+// channels. When batch x channels fill the GPU, one pass over the whole sequence does it all;
+// otherwise the sequence is cut into segments of the backward's chunk length, scanned in
+// parallel:
 //   1. scan_segments_kernel<false>: every segment from a zero state; its local final state
 //      and its decay (0 when a document starts inside it).
 //   2. pass_states_kernel: the state entering every segment, in order (a short loop).
 //   3. scan_segments_kernel<true>: every segment again from its true entering state, with
 //      the outputs.
-// Per (token, state) that is about a dozen instructions, against ~50 for a block scan.
-constexpr int kTile = 32;      // tokens staged in shared memory at a time
-
-constexpr int kSegWarps = 4;   // warps per block (32 channels)
+// The work is the exponential of every (token, state): 4 special-function results per lane
+// and token, against about 20 other instructions, so the kernel keeps the special-function
+// unit fed. Tiles of kTile tokens go global -> registers one tile ahead (their latency hides
+// behind the current tile), registers -> shared memory, and the token loop is unrolled over
+// the whole tile: the exponentials do not depend on the state, so those of later tokens
+// overlap the recurrence of earlier ones. Tokens past the end of the sequence are identity
+// steps (dt = 0, B = C = 0), so every tile runs all kTile steps. Each lane leaves its
+// 4-state part of y in shared memory and the channel's 4 parts are added once per tile when
+// the outputs are written, instead of shuffles in every step.
+constexpr int kTile = 32;          // tokens staged in shared memory at a time
+constexpr int kSegWarps = 4;       // warps per block (32 channels)
+constexpr int kLaneStates = 4;     // states per lane; a channel's 16 states over 4 lanes
+constexpr int kChannelLanes = 16 / kLaneStates;
+constexpr int kWarpChannels = 32 / kChannelLanes;  // 8
+constexpr int kLaneTokens = kTile / kChannelLanes; // tokens of one channel a lane stages: 8
+constexpr int kRow = kTile + 4;    // padded row of per-token values: float4 reads without bank conflicts
 
 struct SegmentScratch {
   float* local_state;  // (b, d, segments, n)
   float* decay;        // (b, d, segments, n)
 };
 
-// Stages one warp's tile of kTile tokens of B and C (the 16 states of its group, transposed
-// to (token, state) so a lane reads its states as one vector) and the document-start flags.
-// Lane i loads half a row (16 tokens) of state i / 2; tokens at or past `end` read zero.
+// One warp's tile of B and C in registers: lane i holds half a row (16 tokens) of state
+// i / 2; and whether the tile's token `lane` starts a document.
+struct BcTile {
+  float B[16], C[16];
+  bool reset;
+};
+
+template <typename T>
+__device__ __forceinline__ void fetch_bc_tile(const Dims& s, const ScanArgs<T, float>& a, int64_t b, const T* Bg,
+                                              const T* Cg, int64_t t0, int64_t end, int lane, BcTile& tile) {
+  const int state = lane / 2, half = lane % 2;
+  load_items<16>(Bg + state * s.seqlen, t0 + half * 16, end, s.aligned, tile.B);
+  load_items<16>(Cg + state * s.seqlen, t0 + half * 16, end, s.aligned, tile.C);
+  const int64_t t = t0 + lane;
+  tile.reset = a.doc_index && t > 0 && t < end && a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
+}
+
+// Writes a fetched tile transposed to (token, state), so a lane reads its states as one vector.
+__device__ __forceinline__ void commit_bc_tile(const BcTile& tile, int lane, float (*B)[16], float (*C)[16],
+                                               bool* reset) {
+  const int state = lane / 2, half = lane % 2;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    B[half * 16 + i][state] = tile.B[i];
+    C[half * 16 + i][state] = tile.C[i];
+  }
+  reset[lane] = tile.reset;
+}
+
+// Stages one warp's tile of kTile tokens of B and C and the document-start flags at once.
 template <typename T>
 __device__ __forceinline__ void stage_bc_tile(const Dims& s, const ScanArgs<T, float>& a, int64_t b, const T* Bg,
                                               const T* Cg, int64_t t0, int64_t end, int lane, float (*B)[16],
                                               float (*C)[16], bool* reset) {
-  const int state = lane / 2, half = lane % 2;
-  float b16[16], c16[16];
-  load_items<16>(Bg + state * s.seqlen, t0 + half * 16, end, s.aligned, b16);
-  load_items<16>(Cg + state * s.seqlen, t0 + half * 16, end, s.aligned, c16);
+  BcTile tile;
+  fetch_bc_tile(s, a, b, Bg, Cg, t0, end, lane, tile);
+  commit_bc_tile(tile, lane, B, C, reset);
+}
+
+// A lane's share of one tile's per-channel inputs: kLaneTokens tokens of u, delta and z.
+struct ChannelTile {
+  float u[kLaneTokens], delta[kLaneTokens], z[kLaneTokens];
+};
+
+struct SegmentSmem {
+  alignas(16) float dt[kSegWarps][kWarpChannels][kRow];
+  alignas(16) float dtu[kSegWarps][kWarpChannels][kRow];
+  alignas(16) float y[kSegWarps][kWarpChannels][kChannelLanes][kRow];  // each lane's part of y
+  alignas(16) float B[kSegWarps][kTile][16];
+  alignas(16) float C[kSegWarps][kTile][16];
+  bool reset[kSegWarps][kTile];
+};
+
+// kTile steps of the recurrence for one lane's 4 states, from the staged tile. kReset: the
+// tile holds a document start (the decay is zero there).
+template <bool kOutput, bool kReset>
+__device__ __forceinline__ void run_tile(SegmentSmem& sh, int warp, int ch, int q, const float (&A2)[kLaneStates],
+                                         float (&x)[kLaneStates], float& dt_sum) {
 #pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    B[half * 16 + i][state] = b16[i];
-    C[half * 16 + i][state] = c16[i];
+  for (int i0 = 0; i0 < kTile; i0 += 4) {
+    const float4 dt4 = *reinterpret_cast<const float4*>(&sh.dt[warp][ch][i0]);
+    const float4 dtu4 = *reinterpret_cast<const float4*>(&sh.dtu[warp][ch][i0]);
+    const float dts[4] = {dt4.x, dt4.y, dt4.z, dt4.w}, dtus[4] = {dtu4.x, dtu4.y, dtu4.z, dtu4.w};
+    float y4[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int i = i0 + k;
+      const float4 Bv = *reinterpret_cast<const float4*>(&sh.B[warp][i][q * kLaneStates]);
+      const float Bs[4] = {Bv.x, Bv.y, Bv.z, Bv.w};
+      const bool reset = kReset && sh.reset[warp][i];
+#pragma unroll
+      for (int j = 0; j < kLaneStates; ++j) {
+        float decay = fast_exp2(dts[k] * A2[j]);
+        if constexpr (kReset) decay = reset ? 0.0f : decay;
+        x[j] = fmaf(decay, x[j], Bs[j] * dtus[k]);
+      }
+      if constexpr (kOutput) {
+        const float4 Cv = *reinterpret_cast<const float4*>(&sh.C[warp][i][q * kLaneStates]);
+        y4[k] = fmaf(Cv.x, x[0], fmaf(Cv.y, x[1], fmaf(Cv.z, x[2], Cv.w * x[3])));
+      } else {
+        dt_sum += dts[k];
+      }
+    }
+    if constexpr (kOutput)
+      *reinterpret_cast<float4*>(&sh.y[warp][ch][q][i0]) = make_float4(y4[0], y4[1], y4[2], y4[3]);
   }
-  const int64_t t = t0 + lane;
-  reset[lane] = a.doc_index && t > 0 && t < end && a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
 }
 
 // With one segment (gridDim.y == 1) the output pass alone is the whole forward: it starts
 // from `entering` = the initial state (or zero when null), saves the state entering every
 // backward chunk into `save_states` and writes `final_state`.
-template <bool kOutput, int S, typename T>
+template <bool kOutput, typename T>
 __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, int64_t seg_len, ScanArgs<T, float> a,
                                                                        SegmentScratch scratch, const float* entering,
                                                                        T* out, float* save_states, float* final_state) {
-  constexpr int kStates = 16;                    // n (this path)
-  constexpr int kLanes = kStates / S;            // lanes per channel
-  constexpr int kCh = 32 / kLanes;               // channels per warp
-  constexpr int kTokens = kTile / kLanes;        // tokens each lane stages per tile
-  __shared__ float dt_sh[kSegWarps][kCh][kTile + 1], dtu_sh[kSegWarps][kCh][kTile + 1];
-  __shared__ float y_sh[kSegWarps][kCh][kTile + 1];
-  __shared__ __align__(16) float B_sh[kSegWarps][kTile][kStates], C_sh[kSegWarps][kTile][kStates];
-  __shared__ bool reset_sh[kSegWarps][kTile];
+  __shared__ SegmentSmem sh;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int ch = lane / kLanes, q = lane % kLanes;  // channel within the warp, its state slice
-  const int64_t d0 = (int64_t(blockIdx.x) * kSegWarps + warp) * kCh;  // first channel of the warp
+  const int ch = lane / kChannelLanes, q = lane % kChannelLanes;  // channel within the warp, its state slice
+  const int64_t d0 = (int64_t(blockIdx.x) * kSegWarps + warp) * kWarpChannels;  // first channel of the warp
   const int64_t seg = blockIdx.y, b = blockIdx.z;
   const int64_t nsegs = gridDim.y;
-  if (d0 >= s.dim) return;  // whole warps only: d is a multiple of kCh on this path
+  if (d0 >= s.dim) return;  // whole warps only: d is a multiple of kWarpChannels on this path
   const int64_t d = d0 + ch;
   const int64_t g = d0 / s.per_group;
   const T* Bg = a.B + (b * s.ngroups + g) * s.dstate * s.seqlen;
   const T* Cg = a.C + (b * s.ngroups + g) * s.dstate * s.seqlen;
   const int64_t begin = seg * seg_len, end = std::min<int64_t>(s.seqlen, begin + seg_len);
   const float bias = a.delta_bias ? a.delta_bias[d] : 0.0f;
+  const float Dd = a.D ? a.D[d] : 0.0f;
+  const int64_t row = (b * s.dim + d) * s.seqlen;  // this lane's channel
+  const int state0 = q * kLaneStates;
 
-  float A2[S], x[S];
+  float A2[kLaneStates], x[kLaneStates];
 #pragma unroll
-  for (int j = 0; j < S; ++j) {
-    A2[j] = a.A[d * s.dstate + q * S + j] * kLog2e;
-    x[j] = kOutput && entering ? entering[((b * s.dim + d) * nsegs + seg) * s.dstate + q * S + j] : 0.0f;
+  for (int j = 0; j < kLaneStates; ++j) {
+    A2[j] = a.A[d * s.dstate + state0 + j] * kLog2e;
+    x[j] = kOutput && entering ? entering[((b * s.dim + d) * nsegs + seg) * s.dstate + state0 + j] : 0.0f;
   }
   float dt_sum = 0.0f;
   bool any_reset = false;
+
+  // Lane (c, q) fetches tokens q * 8 .. q * 8 + 7 of channel c; it also writes their outputs.
+  auto fetch = [&](int64_t t0, ChannelTile& ct, BcTile& bc) {
+    const int64_t tt = t0 + q * kLaneTokens;
+    load_items<kLaneTokens>(a.u + row, tt, end, s.aligned, ct.u);
+    load_items<kLaneTokens>(a.delta + row, tt, end, s.aligned, ct.delta);
+    if (kOutput && a.z) load_items<kLaneTokens>(a.z + row, tt, end, s.aligned, ct.z);
+    fetch_bc_tile(s, a, b, Bg, Cg, t0, end, lane, bc);
+  };
+  ChannelTile next;
+  BcTile next_bc;
+  fetch(begin, next, next_bc);
 
   for (int64_t t0 = begin; t0 < end; t0 += kTile) {
     if (save_states && t0 % s.chunk_len == 0) {
       const int64_t chunk = t0 / s.chunk_len;
 #pragma unroll
-      for (int j = 0; j < S; ++j) save_states[((b * s.dim + d) * s.nchunks + chunk) * s.dstate + q * S + j] = x[j];
+      for (int j = 0; j < kLaneStates; ++j)
+        save_states[((b * s.dim + d) * s.nchunks + chunk) * s.dstate + state0 + j] = x[j];
     }
-    // Stage the tile: lane (c, q) loads kTokens tokens of channel c for u and delta; lane i
-    // loads half a row (16 tokens) of state i / 2 for B and C.
+    // Commit the fetched tile to shared memory (dt, dt * u; B, C transposed); keep u and z.
+    float uv[kLaneTokens], zv[kLaneTokens];
     {
-      const int64_t row = (b * s.dim + d0 + ch) * s.seqlen;
-      const int64_t tt = t0 + q * kTokens;
-      float uv[kTokens], deltav[kTokens];
-      load_items<kTokens>(a.u + row, tt, end, s.aligned, uv);
-      load_items<kTokens>(a.delta + row, tt, end, s.aligned, deltav);
+      float dtv[kLaneTokens], dtuv[kLaneTokens];
+      const int64_t tt = t0 + q * kLaneTokens;
 #pragma unroll
-      for (int i = 0; i < kTokens; ++i) {
-        float v = deltav[i] + bias;
+      for (int i = 0; i < kLaneTokens; ++i) {
+        uv[i] = next.u[i];
+        zv[i] = next.z[i];
+        float v = next.delta[i] + bias;
         if (s.softplus) v = fast_softplus(v);
         const bool inside = tt + i < end;
-        dt_sh[warp][ch][q * kTokens + i] = inside ? v : 0.0f;  // past the end: the identity step
-        dtu_sh[warp][ch][q * kTokens + i] = inside ? v * uv[i] : 0.0f;
+        dtv[i] = inside ? v : 0.0f;  // past the end: the identity step
+        dtuv[i] = inside ? v * uv[i] : 0.0f;
       }
-      stage_bc_tile(s, a, b, Bg, Cg, t0, end, lane, B_sh[warp], C_sh[warp], reset_sh[warp]);
+#pragma unroll
+      for (int i = 0; i < kLaneTokens; i += 4) {
+        *reinterpret_cast<float4*>(&sh.dt[warp][ch][q * kLaneTokens + i]) =
+            make_float4(dtv[i], dtv[i + 1], dtv[i + 2], dtv[i + 3]);
+        *reinterpret_cast<float4*>(&sh.dtu[warp][ch][q * kLaneTokens + i]) =
+            make_float4(dtuv[i], dtuv[i + 1], dtuv[i + 2], dtuv[i + 3]);
+      }
+      commit_bc_tile(next_bc, lane, sh.B[warp], sh.C[warp], sh.reset[warp]);
     }
+    const bool tile_reset = __any_sync(0xffffffffu, next_bc.reset);
+    any_reset |= tile_reset;
     __syncwarp();
-    const int steps = static_cast<int>(std::min<int64_t>(kTile, end - t0));
-    for (int i = 0; i < steps; ++i) {
-      const float dt = dt_sh[warp][ch][i], dtu = dtu_sh[warp][ch][i];
-      const bool reset = reset_sh[warp][i];
-      any_reset |= reset;
-      dt_sum += dt;
-      float Bv[S], Cv[S];
-#pragma unroll
-      for (int j = 0; j < S; ++j) {
-        Bv[j] = B_sh[warp][i][q * S + j];
-        if constexpr (kOutput) Cv[j] = C_sh[warp][i][q * S + j];
-      }
-      float y = 0.0f;
-#pragma unroll
-      for (int j = 0; j < S; ++j) {
-        const float decay = reset ? 0.0f : fast_exp2(dt * A2[j]);
-        x[j] = fmaf(decay, x[j], Bv[j] * dtu);
-        if constexpr (kOutput) y = fmaf(Cv[j], x[j], y);
-      }
-      if constexpr (kOutput) {
-#pragma unroll
-        for (int mask = 1; mask < kLanes; mask *= 2) y += __shfl_xor_sync(0xffffffffu, y, mask);
-        if (q == 0) y_sh[warp][ch][i] = y;
-      }
-    }
+    if (t0 + kTile < end) fetch(t0 + kTile, next, next_bc);  // in flight during this tile
+    if (tile_reset)
+      run_tile<kOutput, true>(sh, warp, ch, q, A2, x, dt_sum);
+    else
+      run_tile<kOutput, false>(sh, warp, ch, q, A2, x, dt_sum);
     if constexpr (kOutput) {
       __syncwarp();
-      const int64_t row = (b * s.dim + d0 + ch) * s.seqlen;
-      const int64_t tt = t0 + q * kTokens;
-      float yv[kTokens], uv[kTokens], zv[kTokens];
-      load_items<kTokens>(a.u + row, tt, end, s.aligned, uv);
-      if (a.z) load_items<kTokens>(a.z + row, tt, end, s.aligned, zv);
-      const float Dd = a.D ? a.D[d0 + ch] : 0.0f;
+      float yv[kLaneTokens];
 #pragma unroll
-      for (int i = 0; i < kTokens; ++i) {
-        float v = fmaf(Dd, uv[i], y_sh[warp][ch][q * kTokens + i]);
+      for (int i = 0; i < kLaneTokens; i += 4) {
+        float4 sum = *reinterpret_cast<const float4*>(&sh.y[warp][ch][0][q * kLaneTokens + i]);
+#pragma unroll
+        for (int p = 1; p < kChannelLanes; ++p) {
+          const float4 part = *reinterpret_cast<const float4*>(&sh.y[warp][ch][p][q * kLaneTokens + i]);
+          sum.x += part.x, sum.y += part.y, sum.z += part.z, sum.w += part.w;
+        }
+        yv[i] = sum.x, yv[i + 1] = sum.y, yv[i + 2] = sum.z, yv[i + 3] = sum.w;
+      }
+#pragma unroll
+      for (int i = 0; i < kLaneTokens; ++i) {
+        float v = fmaf(Dd, uv[i], yv[i]);
         if (a.z) v *= zv[i] * fast_sigmoid(zv[i]);
         yv[i] = v;
       }
-      store_items<kTokens>(out + row, tt, end, s.aligned, yv);
+      store_items<kLaneTokens>(out + row, t0 + q * kLaneTokens, end, s.aligned, yv);
     }
     __syncwarp();  // the next tile overwrites the staging buffers
   }
   if (final_state) {
 #pragma unroll
-    for (int j = 0; j < S; ++j) final_state[(b * s.dim + d) * s.dstate + q * S + j] = x[j];
+    for (int j = 0; j < kLaneStates; ++j) final_state[(b * s.dim + d) * s.dstate + state0 + j] = x[j];
   }
   if constexpr (!kOutput) {
 #pragma unroll
-    for (int j = 0; j < S; ++j) {
-      const int64_t at = ((b * s.dim + d) * nsegs + seg) * s.dstate + q * S + j;
+    for (int j = 0; j < kLaneStates; ++j) {
+      const int64_t at = ((b * s.dim + d) * nsegs + seg) * s.dstate + state0 + j;
       scratch.local_state[at] = x[j];
       scratch.decay[at] = any_reset ? 0.0f : fast_exp2(dt_sum * A2[j]);
     }
@@ -425,11 +507,11 @@ struct BackwardScratch {
 // Sequential backward, the mirror of the one-pass forward (n = 16). Each warp walks its 8
 // channels' tiles of 32 tokens from last to first, carrying the state gradient p in
 // registers; the forward saved the state entering every tile. In each tile, the states are
-// recomputed 8 tokens at a time (the last part first), kept in shared
-// memory, and the reverse recurrence p_t = a_t (dy_t C_t + p_{t+1}) runs token by token.
+// recomputed 8 tokens at a time (the last part first) with their decays, both kept in
+// registers, and the reverse recurrence p_t = a_t (dy_t C_t + p_{t+1}) runs token by token.
 // dB and dC sum over channels: a reduce-scatter over the warp's lanes leaves each lane one
-// (B or C, state) sum of its 8 channels per token; the block adds its 4 warps in order into
-// one partial per 32 channels, and sum_partials_kernel adds those in order.
+// (B or C, state) sum of its 8 channels per token; once per tile the block adds its 4 warps
+// in order into one partial per 32 channels, and sum_partials_kernel adds those in order.
 constexpr int kPart = 8;               // tokens whose states are kept at a time
 constexpr int kParts = kTile / kPart;
 
@@ -439,14 +521,13 @@ struct SeqBackwardSmem {
   float ddt[kSegWarps][8][kTile + 1], du[kSegWarps][8][kTile + 1], ypre[kSegWarps][8][kTile + 1];
   alignas(16) float B[kSegWarps][kTile][16];
   alignas(16) float C[kSegWarps][kTile][16];
-  float x[kSegWarps][kPart][32][4];       // states after each token of the current part
   float x_enter[kSegWarps][kParts][32][4];  // the state entering each part
-  float dbc[kSegWarps][kPart][32];        // per-warp channel sums; lane = (B or C, state)
+  float dbc[kSegWarps][kTile][32];          // per-warp channel sums; lane = (B or C, state)
   bool reset[kSegWarps][kTile];
 };
 
 template <typename T>
-__global__ void __launch_bounds__(32 * kSegWarps) scan_backward_seq_kernel(Dims s, ScanArgs<T, float> a,
+__global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Dims s, ScanArgs<T, float> a,
                                                                            ScanGrads<T, float> gr,
                                                                            const float* chunk_states,
                                                                            BackwardScratch scratch) {
@@ -505,6 +586,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_backward_seq_kernel(Dims 
       float x[S];
 #pragma unroll
       for (int j = 0; j < S; ++j) x[j] = chunk_states[((b * s.dim + d) * s.nchunks + tile) * 16 + q * S + j];
+#pragma unroll
       for (int i = 0; i < kTile; ++i) {
         if (i % kPart == 0)
 #pragma unroll
@@ -517,40 +599,34 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_backward_seq_kernel(Dims 
     }
     for (int part = kParts - 1; part >= 0; --part) {
       const int base = part * kPart;
-      float x_in[S];  // the state entering this part
+      // Forward over the part with its states and decays in registers (the loops are
+      // unrolled, so the indices are static): xs[i] enters token i, xs[i + 1] leaves it.
+      float xs[kPart + 1][S], decay[kPart][S];
 #pragma unroll
-      for (int j = 0; j < S; ++j) x_in[j] = sh.x_enter[w][part][lane][j];
-      // Forward over the part, keeping the state after every token.
-      {
-        float x[S];
+      for (int j = 0; j < S; ++j) xs[0][j] = sh.x_enter[w][part][lane][j];
 #pragma unroll
-        for (int j = 0; j < S; ++j) x[j] = x_in[j];
-        for (int i = 0; i < kPart; ++i) {
-          const float dt = sh.dt[w][ch][base + i], dtu = sh.dtu[w][ch][base + i];
-          const bool reset = sh.reset[w][base + i];
+      for (int i = 0; i < kPart; ++i) {
+        const float dt = sh.dt[w][ch][base + i], dtu = sh.dtu[w][ch][base + i];
+        const bool reset = sh.reset[w][base + i];
 #pragma unroll
-          for (int j = 0; j < S; ++j) {
-            x[j] = fmaf(reset ? 0.0f : fast_exp2(dt * A2[j]), x[j], sh.B[w][base + i][q * S + j] * dtu);
-            sh.x[w][i][lane][j] = x[j];
-          }
+        for (int j = 0; j < S; ++j) {
+          decay[i][j] = reset ? 0.0f : fast_exp2(dt * A2[j]);
+          xs[i + 1][j] = fmaf(decay[i][j], xs[i][j], sh.B[w][base + i][q * S + j] * dtu);
         }
       }
-      __syncwarp();
       // Reverse through the part.
+#pragma unroll
       for (int i = kPart - 1; i >= 0; --i) {
         const int t_local = base + i;
         const float dt = sh.dt[w][ch][t_local], dtu = sh.dtu[w][ch][t_local];
         const float u = sh.u[w][ch][t_local], dy = sh.dy[w][ch][t_local];
-        const bool reset = sh.reset[w][t_local];
         float ddt = 0.0f, du = 0.0f, yp = 0.0f, v[8];
 #pragma unroll
         for (int j = 0; j < S; ++j) {
-          const float decay = reset ? 0.0f : fast_exp2(dt * A2[j]);
           const float Bj = sh.B[w][t_local][q * S + j], Cj = sh.C[w][t_local][q * S + j];
-          const float x_t = sh.x[w][i][lane][j];
-          const float x_prev = i > 0 ? sh.x[w][i - 1][lane][j] : x_in[j];
+          const float x_t = xs[i + 1][j], x_prev = xs[i][j];
           const float grad_x = fmaf(dy, Cj, p[j]);
-          const float d_decay = grad_x * x_prev * decay;
+          const float d_decay = grad_x * x_prev * decay[i][j];
           ddt = fmaf(d_decay, A[j], ddt);
           dA[j] = fmaf(d_decay, dt, dA[j]);
           const float gb = grad_x * Bj;
@@ -559,7 +635,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_backward_seq_kernel(Dims 
           v[j] = grad_x * dtu;  // dB contribution of this channel
           v[4 + j] = dy * x_t;   // dC contribution
           yp = fmaf(Cj, x_t, yp);
-          p[j] = decay * grad_x;
+          p[j] = decay[i][j] * grad_x;
         }
         // Sums over the channel's 4 lanes (its 16 states).
 #pragma unroll
@@ -591,23 +667,23 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_backward_seq_kernel(Dims 
           const float keep = upper ? v[1] : v[0], send = upper ? v[0] : v[1];
           v[0] = keep + __shfl_xor_sync(0xffffffffu, send, 4);
         }
-        sh.dbc[w][i][lane] = v[0];  // (B or C: lane bit 4, state: q * 4 + 2 * bit 3 + bit 2)
+        sh.dbc[w][t_local][lane] = v[0];  // (B or C: lane bit 4, state: q * 4 + 2 * bit 3 + bit 2)
       }
-      // The block's 4 warps, added in order, into this part's partials.
-      __syncthreads();
-      for (int idx = threadIdx.x; idx < kPart * 32; idx += 32 * kSegWarps) {
-        const int i = idx / 32, L = idx % 32;
-        const int64_t t = t0 + base + i;
-        if (t >= s.seqlen) continue;
-        float sum = 0.0f;
-#pragma unroll
-        for (int ww = 0; ww < kSegWarps; ++ww) sum += sh.dbc[ww][i][L];
-        const int bc = (L >> 4) & 1, state = (L & 3) * 4 + ((L >> 3) & 1) * 2 + ((L >> 2) & 1);
-        float* partial = bc ? scratch.dC_partial : scratch.dB_partial;
-        partial[((b * blocks_per_batch + blockIdx.x) * 16 + state) * s.seqlen + t] = sum;
-      }
-      __syncthreads();
     }
+    // The block's 4 warps, added in order, into the tile's partials.
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < kTile * 32; idx += 32 * kSegWarps) {
+      const int i = idx / 32, L = idx % 32;
+      const int64_t t = t0 + i;
+      if (t >= s.seqlen) continue;
+      float sum = 0.0f;
+#pragma unroll
+      for (int ww = 0; ww < kSegWarps; ++ww) sum += sh.dbc[ww][i][L];
+      const int bc = (L >> 4) & 1, state = (L & 3) * 4 + ((L >> 3) & 1) * 2 + ((L >> 2) & 1);
+      float* partial = bc ? scratch.dC_partial : scratch.dB_partial;
+      partial[((b * blocks_per_batch + blockIdx.x) * 16 + state) * s.seqlen + t] = sum;
+    }
+    __syncthreads();
     // The tile's per-token outputs: lane (c, q) writes tokens q*8 .. q*8+7 of channel c.
     {
       const int64_t tt = t0 + q * 8;
@@ -941,11 +1017,10 @@ int channels_per_block(int64_t per_group) {
 // batch x channels alone fill the GPU, else local pass, state passing and output pass.
 void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void* out, float* final_state,
                        float* chunk_states, cudaStream_t stream) {
-  // States per lane: 4 (4 lanes and 8 channels per warp) measured faster on an H100 than 2
+  // 4 states per lane (4 lanes and 8 channels per warp) measured faster on an H100 than 2
   // (0.54 against 0.55 ms at b=8 l=2048; 0.54 against 0.79 ms at b=2 l=8192).
-  constexpr int S = 4;
-  constexpr int kCh = 32 / (16 / S);
-  s.aligned = rows_aligned(s, kTile / (16 / S), dtype == DType::bf16 ? 2 : 4, {a.u, a.delta, a.B, a.C, a.z, out});
+  constexpr int kCh = kWarpChannels;
+  s.aligned = rows_aligned(s, kLaneTokens, dtype == DType::bf16 ? 2 : 4, {a.u, a.delta, a.B, a.C, a.z, out});
   const int64_t seg_len = s.chunk_len;  // segments are the backward's chunks
   if (s.batch * (s.dim / kCh) >= 8 * sm_count()) {
     // Enough channels to fill the GPU in one sequential pass: no segments, no second pass.
@@ -953,7 +1028,7 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
                     static_cast<unsigned>(s.batch));
     cuda_detail::dispatch_f32_bf16(dtype, "selective_scan_forward", [&](auto tag) {
       using T = typename decltype(tag)::type;
-      scan_segments_kernel<true, S, T><<<grid, 32 * kSegWarps, 0, stream>>>(
+      scan_segments_kernel<true, T><<<grid, 32 * kSegWarps, 0, stream>>>(
           s, s.seqlen, typed<T>(a), SegmentScratch{}, a.initial_state, static_cast<T*>(out), chunk_states, final_state);
       SSM_CUDA_CHECK_LAUNCH();
     });
@@ -970,13 +1045,13 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
   cuda_detail::dispatch_f32_bf16(dtype, "selective_scan_forward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const ScanArgs<T, float> args = typed<T>(a);
-    scan_segments_kernel<false, S, T><<<grid, 32 * kSegWarps, 0, stream>>>(s, seg_len, args, scratch, nullptr, nullptr,
+    scan_segments_kernel<false, T><<<grid, 32 * kSegWarps, 0, stream>>>(s, seg_len, args, scratch, nullptr, nullptr,
                                                                           nullptr, nullptr);
     SSM_CUDA_CHECK_LAUNCH();
     pass_states_kernel<<<cuda_detail::grid_for(s.batch * s.dim * s.dstate, 128), 128, 0, stream>>>(
         s, nsegs, a.initial_state, scratch, entering, final_state);
     SSM_CUDA_CHECK_LAUNCH();
-    scan_segments_kernel<true, S, T><<<grid, 32 * kSegWarps, 0, stream>>>(s, seg_len, args, scratch, entering,
+    scan_segments_kernel<true, T><<<grid, 32 * kSegWarps, 0, stream>>>(s, seg_len, args, scratch, entering,
                                                                          static_cast<T*>(out), nullptr, nullptr);
     SSM_CUDA_CHECK_LAUNCH();
   });

@@ -135,6 +135,8 @@ TEST_P(SelectiveScanGpu, OptionalInputsGroupsAndDocuments) {
   check_case({3, 6, 300, 32, 2, true, true, GetParam()});    // 3 channels per group, K = 2
   // Enough channels (b * d / 8 >= 8 warps per multiprocessor) for the one-pass forward.
   check_case({4, 2176, 300, 16, 2, true, true, GetParam()});
+  // The same with rows on 16-byte boundaries (vector loads), the last tile partly past l.
+  check_case({4, 2176, 328, 16, 1, true, true, GetParam()});
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, SelectiveScanGpu, ::testing::Values(DType::f32, DType::bf16),
