@@ -1,11 +1,16 @@
 // ssmtrain_bench_attention [--out FILE.json] [--reps N]: times causal bf16 attention, forward and
-// forward + backward, through cuDNN's fused SDPA and through the fallback (its tensor-core flash
+// forward + backward, through cuDNN's fused SDPA (deterministic, and with its faster atomic-dQ
+// backward allowed: "cudnn nondeterministic") and through the fallback (its tensor-core flash
 // kernels at these head dims), the fallback also with packed documents (doc_index), at the shapes
-// of the attention issue, against this GPU's bf16 GEMM rate.
+// of the attention issue, against this GPU's bf16 GEMM rate. The cuDNN rows record the engines
+// that ran (autotuned on first use; SSMTRAIN_ATTENTION_VERBOSE=1 prints every candidate) in
+// their "details" field.
 // bench/pytorch/attention.py times torch's scaled_dot_product_attention at the same shapes.
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <exception>
+#include <string>
 #include <vector>
 
 #include "bench/harness.h"
@@ -46,7 +51,8 @@ void bench_attention(Report& report, Timer& timer, int64_t b, int64_t h, int64_t
   DeviceBuffer lse(4 * b * h * l);
   uint64_t seed = 1;
   for (DeviceBuffer* x : {&q, &k, &v, &dout}) bench::fill_random(DType::bf16, x->get(), n, seed++, s);
-  const kernels::AttentionShape shape{b, l, h, h, dh, 0.0};
+  const kernels::AttentionShape deterministic_shape{b, l, h, h, dh, 0.0, /*deterministic=*/true};
+  const kernels::AttentionShape nondeterministic_shape{b, l, h, h, dh, 0.0, /*deterministic=*/false};
   const std::string dims = fmt::format("b={} h={} l={} dh={} causal", b, h, l, dh);
   // Causal: half of the l x l scores. Forward: 2 matmuls of 2 l^2 dh flops; backward: 5.
   const double fwd_flops = 2.0 * 2.0 * double(b) * h * l * l * dh / 2.0;
@@ -62,12 +68,17 @@ void bench_attention(Report& report, Timer& timer, int64_t b, int64_t h, int64_t
     AttentionBackend backend;
     const int32_t* doc;
     double flop_fraction;
+    bool deterministic;
+    bool time_forward;  // false where the forward equals another row's (determinism is a backward matter)
   };
-  for (const Variant& x : {Variant{"cudnn", AttentionBackend::cudnn, nullptr, 1.0},
-                           Variant{"fallback", AttentionBackend::fallback, nullptr, 1.0},
-                           Variant{"fallback docs", AttentionBackend::fallback, doc.as<int32_t>(), doc_fraction}}) {
+  for (const Variant& x :
+       {Variant{"cudnn", AttentionBackend::cudnn, nullptr, 1.0, true, true},
+        Variant{"cudnn nondeterministic", AttentionBackend::cudnn, nullptr, 1.0, false, false},
+        Variant{"fallback", AttentionBackend::fallback, nullptr, 1.0, true, true},
+        Variant{"fallback docs", AttentionBackend::fallback, doc.as<int32_t>(), doc_fraction, true, true}}) {
     const std::string tag = x.tag;
     const AttentionBackend backend = x.backend;
+    const kernels::AttentionShape& shape = x.deterministic ? deterministic_shape : nondeterministic_shape;
     const std::string shape_text = x.doc ? dims + " packed docs" : dims;
     auto forward = [&] {
       kernels::cuda::attention_forward(shape, DType::bf16, q.get(), k.get(), v.get(), x.doc, out.get(),
@@ -77,15 +88,28 @@ void bench_attention(Report& report, Timer& timer, int64_t b, int64_t h, int64_t
       kernels::cuda::attention_backward(shape, DType::bf16, q.get(), k.get(), v.get(), x.doc, out.get(),
                                         lse.as<float>(), dout.get(), dq.get(), dk.get(), dv.get(), s, backend);
     };
-    report.measure("attention forward bf16 " + tag, shape_text, Bound::compute, 8.0 * n,
-                   fwd_flops * x.flop_fraction, [&] { return timer.time(forward); });
-    report.measure("attention fwd+bwd bf16 " + tag, shape_text, Bound::compute, 2.0 * 11 * n,
-                   (fwd_flops + bwd_flops) * x.flop_fraction, [&] {
+    const std::string forward_name = "attention forward bf16 " + tag;
+    const std::string both_name = "attention fwd+bwd bf16 " + tag;
+    if (x.time_forward)
+      report.measure(forward_name, shape_text, Bound::compute, 8.0 * n, fwd_flops * x.flop_fraction,
+                     [&] { return timer.time(forward); });
+    report.measure(both_name, shape_text, Bound::compute, 2.0 * 11 * n, (fwd_flops + bwd_flops) * x.flop_fraction,
+                   [&] {
                      return timer.time([&] {
                        forward();
                        backward();
                      });
                    });
+    if (backend == AttentionBackend::cudnn) {
+      try {
+        const std::string engines = kernels::cuda::attention_cudnn_engines(shape, DType::bf16);
+        fmt::print("{} ({}): {}\n", tag, dims, engines);
+        report.set_details(forward_name, shape_text, engines);
+        report.set_details(both_name, shape_text, engines);
+      } catch (const std::exception& e) {
+        fmt::print(stderr, "bench: cannot describe the cuDNN engines of {}: {}\n", dims, e.what());
+      }
+    }
   }
 }
 

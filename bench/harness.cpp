@@ -202,12 +202,17 @@ void Report::measure(const std::string& name, const std::string& shape, Bound bo
                      double flops, const std::function<Timing()>& body) {
   std::fflush(stdout);
   try {
-    results_.push_back(Result{name, shape, bound, body(), bytes, flops});
+    results_.push_back(Result{name, shape, bound, body(), bytes, flops, {}});
   } catch (const std::exception& e) {
     cudaGetLastError();  // clear a non-sticky error so the next measurement can run
     failures_.push_back(Failure{name, shape, e.what()});
     fmt::print(stderr, "bench: {} ({}) failed: {}\n", name, shape, e.what());
   }
+}
+
+void Report::set_details(const std::string& name, const std::string& shape, const std::string& details) {
+  for (Result& r : results_)
+    if (r.name == name && r.shape == shape) r.details = details;
 }
 
 void Report::print_table(std::FILE* out) const {
@@ -256,6 +261,7 @@ nlohmann::json Report::to_json() const {
         {"fraction_of_copy_bw", gbps / ceilings_.copy_gbps},
         {"fraction_of_gemm_peak", number_or_null(tflops / ceilings_.gemm_tflops, has_flops)},
     });
+    if (!r.details.empty()) results.back()["details"] = r.details;
   }
   nlohmann::json failures = nlohmann::json::array();
   for (const Failure& f : failures_) {

@@ -114,6 +114,7 @@ struct Result {
   Timing timing;
   double bytes = 0;  // the least traffic the op needs: inputs read once, outputs written once
   double flops = 0;  // 0 when not counted (memory-bound ops)
+  std::string details;  // optional free text (e.g. which library engine ran); in the JSON when set
 };
 
 struct Failure {
@@ -131,6 +132,10 @@ class Report {
   // exception is recorded as a failure and the next measurement goes on.
   void measure(const std::string& name, const std::string& shape, Bound bound, double bytes,
                double flops, const std::function<Timing()>& body);
+
+  // Attaches free text to the recorded result of (name, shape), written as its "details" field;
+  // nothing when that measurement failed.
+  void set_details(const std::string& name, const std::string& shape, const std::string& details);
 
   void print_table(std::FILE* out) const;
   nlohmann::json to_json() const;

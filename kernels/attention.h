@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "kernels/common.h"
 
@@ -21,6 +22,9 @@ struct AttentionShape {
   int64_t kv_heads = 0;  // h_kv, divides h
   int64_t head_dim = 0;  // dh (1..128 on the GPU)
   double scale = 0.0;    // 0 means 1 / sqrt(dh)
+  // false lets the GPU backward use a faster kernel whose float atomics make dq differ in its
+  // last bits from run to run (cuDNN's atomic-dQ backward; the fallback is always deterministic).
+  bool deterministic = true;
 };
 
 // The scale actually applied (resolves 0 to 1 / sqrt(dh)).
@@ -58,9 +62,19 @@ enum class AttentionBackend : uint8_t { automatic, cudnn, fallback };
 // True when cuDNN would run this case under `automatic` (builds and caches the plans).
 bool attention_cudnn_supported(const AttentionShape& s, DType dtype, bool has_doc_index);
 
+// The cuDNN engines chosen for this case (see kernels/cuda/attention_cudnn.cu), as text for logs
+// and benchmark reports: "forward: engine ..., 0.1420 ms (fastest of 3 timed); backward ...".
+// Before the first forward / backward call it lists the candidates; where cuDNN does not run
+// the case it says why. Environment: SSMTRAIN_ATTENTION_TUNE=0 takes the heuristics' first
+// engine instead of timing the candidates on first use; SSMTRAIN_ATTENTION_VERBOSE=1 prints every
+// candidate and its time to stderr.
+std::string attention_cudnn_engines(const AttentionShape& s, DType dtype);
+
 // dtype (f32 or bf16) of q, k, v, out, dout, dq, dk, dv; lse (b, h, l) f32; doc_index
-// (b, l) i32 or null. Asking for cudnn where it does not apply throws. Deterministic: the
-// same inputs give the same bits on the same GPU.
+// (b, l) i32 or null. Asking for cudnn where it does not apply throws. Deterministic unless
+// s.deterministic is false: the same inputs give the same bits on the same GPU (and, for cuDNN,
+// the same engine choice: the first call of a shape times the candidate engines and keeps the
+// fastest, so two processes may pick different engines when they are about equally fast).
 void attention_forward(const AttentionShape& s, DType dtype, const void* q, const void* k,
                        const void* v, const int32_t* doc_index, void* out, float* lse,
                        cudaStream_t stream, AttentionBackend backend = AttentionBackend::automatic);

@@ -428,6 +428,11 @@ bool attention_cudnn_supported(const AttentionShape& s, DType dtype, bool has_do
   return !has_doc_index && s.batch > 0 && s.seqlen > 0 && cuda_detail::cudnn_attention_supported(s, dtype);
 }
 
+std::string attention_cudnn_engines(const AttentionShape& s, DType dtype) {
+  check_attention_shape(s);
+  return cuda_detail::cudnn_attention_engines(s, dtype);
+}
+
 void attention_forward(const AttentionShape& s, DType dtype, const void* q, const void* k, const void* v,
                        const int32_t* doc_index, void* out, float* lse, cudaStream_t stream,
                        AttentionBackend backend) {

@@ -1,5 +1,6 @@
 // CUDA attention against the CPU reference (kernels/attention.h): the cuDNN path (bf16, head
-// dims 64 and 128, MHA and GQA) and the fallback, forward and backward: its tensor-core flash
+// dims 64 and 128, MHA and GQA; its autotuned engines, and its nondeterministic atomic-dQ
+// backward) and the fallback, forward and backward: its tensor-core flash
 // kernels (bf16, head dims 64 and 128) and its scalar kernels (f32, odd head dims, unaligned
 // tensors), with GQA, lengths off the tiles, l = 1 and several document layouts (many short
 // documents, documents spanning tiles, ids that are not monotone); bitwise-equal repeated runs;
@@ -8,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -40,6 +42,7 @@ struct Case {
   DType dtype;
   Docs docs;
   AttentionBackend backend;
+  bool deterministic = true;  // false: cuDNN may take its atomic-dQ backward (no repeat check)
 };
 
 std::string docs_name(Docs d) {
@@ -57,7 +60,8 @@ std::string docs_name(Docs d) {
 std::string name(const Case& c) {
   return std::string(c.backend == AttentionBackend::cudnn ? "cudnn" : "fallback") + "_" + dtype_name(c.dtype) +
          "_b" + std::to_string(c.b) + "_l" + std::to_string(c.l) + "_h" + std::to_string(c.h) + "_hk" +
-         std::to_string(c.hk) + "_dh" + std::to_string(c.dh) + docs_name(c.docs);
+         std::to_string(c.hk) + "_dh" + std::to_string(c.dh) + docs_name(c.docs) +
+         (c.deterministic ? "" : "_nondeterministic");
 }
 
 std::vector<int32_t> documents(Docs layout, int64_t b, int64_t l) {
@@ -97,7 +101,7 @@ struct Problem {
 };
 
 Problem make(const Case& c) {
-  Problem p{c, {c.b, c.l, c.h, c.hk, c.dh, 0}, {}, {}, {}, {}, {}};
+  Problem p{c, {c.b, c.l, c.h, c.hk, c.dh, 0, c.deterministic}, {}, {}, {}, {}, {}};
   const int64_t nq = c.b * c.l * c.h * c.dh, nk = c.b * c.l * c.hk * c.dh;
   p.q = round_to(c.dtype, random_vector(nq, 1));
   p.k = round_to(c.dtype, random_vector(nk, 2));
@@ -176,6 +180,7 @@ TEST_P(AttentionGpu, MatchesCpuAndRepeatsBitwise) {
     ASSERT_TRUE(cuda::attention_cudnn_supported(p.s, c.dtype, has_docs(c))) << name(c) << ": cuDNN rejected the case";
   const Outputs gpu = run_gpu(p), ref = run_cpu(p);
   expect_matches(gpu, ref, c, name(c));
+  if (!c.deterministic) return;  // dq may differ in its last bits from run to run
   const Outputs again = run_gpu(p);
   EXPECT_TRUE(gpu.bits == again.bits) << name(c) << ": a repeated run gave different bits";
 }
@@ -191,6 +196,40 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{1, 77, 6, 2, 64, DType::bf16, kNone, kCudnn}, Case{2, 1, 2, 1, 64, DType::bf16, kNone, kCudnn},
                       Case{1, 300, 2, 1, 128, DType::bf16, kNone, kCudnn}),
     [](const auto& info) { return name(info.param); });
+
+// cuDNN with nondeterminism allowed: the atomic-dQ backward graph where cuDNN takes it (else its
+// deterministic one), against the reference; MHA, GQA, both head dims, lengths off the tiles.
+INSTANTIATE_TEST_SUITE_P(
+    CudnnNondeterministic, AttentionGpu,
+    ::testing::Values(Case{2, 128, 4, 4, 64, DType::bf16, kNone, kCudnn, false},
+                      Case{2, 96, 4, 2, 128, DType::bf16, kNone, kCudnn, false},
+                      Case{1, 77, 6, 2, 64, DType::bf16, kNone, kCudnn, false},
+                      Case{1, 300, 2, 1, 128, DType::bf16, kNone, kCudnn, false}),
+    [](const auto& info) { return name(info.param); });
+
+// After the first run of a shape, the engine description names the chosen engines (autotuned
+// unless SSMTRAIN_ATTENTION_TUNE=0), and allowing nondeterminism leaves the forward unchanged, bit
+// for bit (one forward graph serves both).
+TEST(AttentionGpuCudnn, EnginesAreChosenAndForwardIgnoresDeterminism) {
+  SSM_REQUIRE_GPU();
+  Case c{2, 160, 4, 2, 64, DType::bf16, kNone, kCudnn};
+  const Problem det = make(c);
+  ASSERT_TRUE(cuda::attention_cudnn_supported(det.s, c.dtype, false));
+  const Outputs a = run_gpu(det);
+  const std::string engines = cuda::attention_cudnn_engines(det.s, c.dtype);
+  EXPECT_NE(engines.find("forward: engine"), std::string::npos) << engines;
+  EXPECT_NE(engines.find("backward (deterministic): engine"), std::string::npos) << engines;
+  EXPECT_EQ(engines.find("not yet run"), std::string::npos) << engines;
+  std::cout << "cuDNN engines: " << engines << "\n";
+
+  Case cn = c;
+  cn.deterministic = false;
+  const Problem nondet = make(cn);
+  const Outputs b = run_gpu(nondet);
+  EXPECT_TRUE(a.out == b.out && a.lse == b.lse) << "the forward changed with deterministic = false";
+  std::cout << "cuDNN engines, nondeterminism allowed: " << cuda::attention_cudnn_engines(nondet.s, c.dtype)
+            << "\n";
+}
 
 // The scalar kernels: f32 and head dims other than 64 / 128.
 INSTANTIATE_TEST_SUITE_P(
