@@ -15,7 +15,7 @@ namespace {
 const char* kOp = "attention";
 
 kernels::AttentionShape attention_shape(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& doc_index,
-                                        double scale) {
+                                        double scale, bool deterministic) {
   if (!q.defined() || !k.defined() || !v.defined()) detail::op_error(kOp, "q, k and v are required");
   if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4)
     detail::op_error(kOp, "expects q (b, l, h, dh), k and v (b, l, h_kv, dh); got " + q.str() + ", " + k.str() +
@@ -27,6 +27,7 @@ kernels::AttentionShape attention_shape(const Tensor& q, const Tensor& k, const 
   s.head_dim = q.size(3);
   s.kv_heads = k.size(2);
   s.scale = scale;
+  s.deterministic = deterministic;
   const Shape kv_shape{s.batch, s.seqlen, s.kv_heads, s.head_dim};
   if (k.shape() != kv_shape || v.shape() != kv_shape)
     detail::op_error(kOp, "k and v must both be " + shape_str(kv_shape) + " to match q " + q.str() + "; got " +
@@ -54,8 +55,9 @@ enum Saved { kQ, kK, kV, kDoc, kOut, kLse };
 
 }  // namespace
 
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& doc_index, double scale) {
-  const kernels::AttentionShape s = attention_shape(q, k, v, doc_index, scale);
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& doc_index, double scale,
+                 bool deterministic) {
+  const kernels::AttentionShape s = attention_shape(q, k, v, doc_index, scale, deterministic);
   detail::common_device(kOp, {&q, &k, &v});
   detail::check_same_dtype(kOp, {&q, &k, &v});
   detail::check_dtype_float(kOp, q);

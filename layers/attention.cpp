@@ -65,7 +65,7 @@ Tensor AttentionMixer::forward(const Tensor& x, const Tensor& doc_index) const {
     q = rotary_embedding(q, tables);
     k = rotary_embedding(k, tables);
   }
-  const Tensor y = attention(q, k, v, doc_index);                             // (b, l, h, dh)
+  const Tensor y = attention(q, k, v, doc_index, 0.0, options_.deterministic);                             // (b, l, h, dh)
   return o_proj_.forward(reshape(y, {b, l, options_.n_heads * dh}));          // (b, l, d)
 }
 

@@ -17,6 +17,7 @@ struct AttentionOptions {
   bool rope = false;       // rotary embedding on q and k (hybrids usually rely on Mamba for position)
   double rope_theta = 10000.0;
   int64_t n_layers = 1;    // o_proj is scaled by 1 / sqrt(n_layers) at init, as Mamba's out_proj
+  bool deterministic = true;  // false: the faster atomic-dQ backward on the GPU (training.deterministic)
   int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
   int64_t dim_per_head() const { return head_dim > 0 ? head_dim : d_model / n_heads; }
 };

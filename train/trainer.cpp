@@ -59,6 +59,7 @@ double validation_loss(const LanguageModel& model, data::TokenLoader& loader, in
 TrainSummary train(const configs::Config& config) {
   ModelOptions options = model_options(config.model);
   options.activation_checkpointing = config.training.activation_checkpointing;
+  options.attention.deterministic = config.training.deterministic;
   const Device device = cuda_available() ? Device::cuda(0) : Device::cpu();
   const bool bf16 = device.is_cuda() && config.training.precision != configs::Precision::fp32;
   const std::optional<DType> compute = bf16 ? std::optional<DType>(DType::bf16) : std::nullopt;
@@ -116,8 +117,9 @@ TrainSummary train(const configs::Config& config) {
              config.run.name, configs::to_string(config.model.family), device.str(), double(parameters) / 1e6,
              active < parameters ? fmt::format(" ({:.1f}M active)", double(active) / 1e6) : "", total_steps,
              tokens_per_step, accum, config.training.micro_batch);
-  fmt::print("layout {} (M Mamba, A attention; - none, F MLP, E MoE), {} precision\n", options.layout_string(),
-             bf16 ? "bf16 mixed" : "fp32");
+  fmt::print("layout {} (M Mamba, A attention; - none, F MLP, E MoE), {} precision{}\n", options.layout_string(),
+             bf16 ? "bf16 mixed" : "fp32",
+             config.training.deterministic ? "" : ", non-deterministic kernels allowed (training.deterministic: false)");
   summary.unigram_entropy = loader.manifest().unigram_entropy.count("train") ? loader.manifest().unigram_entropy.at("train") : 0;
   const auto start = std::chrono::steady_clock::now();
   for (int64_t step = 0; step < total_steps; ++step) {
