@@ -21,7 +21,9 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <initializer_list>
 #include <string>
 #include <type_traits>
@@ -1105,11 +1107,12 @@ __global__ void __launch_bounds__(kThreads) bwd_cols_kernel(Dims d, SsdArgs<T, f
 // double-buffered B_s (big1 first holds S_in), tile_n C_t, xa / xb the double-buffered x_s
 // (xb first holds e_t dy_t), xc dy_t. Cols kernel: big0 / big1 the double-buffered C_t (big1
 // first holds dS_out), tile_n B_s, xa / xb the double-buffered dy_t (xb first holds
-// f_s dt_s x_s), xc x_s.
+// f_s dt_s x_s), xc x_s. v6 (cb): each thread's 32 f32 of the current C B^T tile pair, copied
+// from the precomputed tiles (cb_tc_kernel) in accumulator-fragment order.
 struct BwdTcSmem {
-  int cum, dt, first, crel, big0, big1, tile_n, xa, xb, xc, red, total;
+  int cum, dt, first, crel, big0, big1, tile_n, xa, xb, xc, red, cbf, total;
 };
-__host__ __device__ inline BwdTcSmem bwd_tc_smem(int n, int p) {
+__host__ __device__ inline BwdTcSmem bwd_tc_smem(int n, int p, bool cb) {
   BwdTcSmem s;
   const int ldn = n + kTcPad, ldx = p + kTcPad;
   s.cum = 0;
@@ -1123,7 +1126,8 @@ __host__ __device__ inline BwdTcSmem bwd_tc_smem(int n, int p) {
   s.xb = s.xa + 2 * kTile * ldx;
   s.xc = s.xb + 2 * kTile * ldx;
   s.red = s.xc + 2 * kTile * ldx;                       // (4 warps, p) f32
-  s.total = s.red + 4 * 4 * p;
+  s.cbf = s.red + 4 * 4 * p;                            // (64, 64) f32 in fragment order
+  s.total = s.cbf + (cb ? 4 * kTile * kTile : 0);
   return s;
 }
 
@@ -1207,21 +1211,93 @@ __device__ __forceinline__ void warp_frag_b(float (&acc)[NT][4], const uint32_t 
     }
 }
 
+// v6: C B^T shared across heads. The products C_t B_s^T (the rows kernel's scores) and
+// B_s C_t^T (the cols kernel's) depend on the chunk, the tile pair s <= t and the group, not
+// on the head: cb_tc_kernel computes them once, with the same warp_abt<N> the v5 kernels run
+// per head (so the same f32 bits), and stores them as f32 in accumulator-fragment order: per
+// (b, nc, g, pair) 2 x 4096 floats, rows layout then cols layout, float4 (warp, j, lane) at
+// ((warp * 8 + j) * 32 + lane) * 4 holding acc[j][0..3] of that lane. Pair (t, s) is
+// t (t + 1) / 2 + s. The backward kernels copy each thread's 32 floats into the same offsets
+// of their shared memory (cp.async, thread-private, so no block barrier guards them).
+constexpr int kCbTile = kTile * kTile;  // floats per product tile
+__host__ __device__ inline int64_t cb_pairs(int64_t ntt) { return ntt * (ntt + 1) / 2; }
+__device__ __forceinline__ const float* cb_tile(const Dims& d, const float* cb, int64_t bi, int64_t c, int64_t gg,
+                                                int t, int s, int layout) {
+  return cb + ((((bi * d.nc + c) * d.g + gg) * cb_pairs(d.ntt) + t * (t + 1) / 2 + s) * 2 + layout) * kCbTile;
+}
+__device__ __forceinline__ int cb_frag(int j) { return ((static_cast<int>(threadIdx.x >> 5) * 8 + j) * 32 + (threadIdx.x & 31)) * 4; }
+// This thread's 32 floats of a tile into dst (a fragment-order tile in shared memory).
+__device__ __forceinline__ void load_cb(float* dst, const float* src) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) ssd_mma::cp_async16(dst + cb_frag(j), src + cb_frag(j), true);
+  ssd_mma::cp_async_commit();
+}
+__device__ __forceinline__ void read_cb(float (&g)[8][4], const float* src) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float4 v = *reinterpret_cast<const float4*>(src + cb_frag(j));
+    g[j][0] = v.x;
+    g[j][1] = v.y;
+    g[j][2] = v.z;
+    g[j][3] = v.w;
+  }
+}
+
+// Grid (cb_pairs(ntt), nc * g, b): both products of one tile pair (t, s <= t), 4 warps of
+// 16 rows each. Pairs whose t tile lies past the chunk's end are skipped (no kernel reads them).
+template <int N>
+__global__ void __launch_bounds__(kTcThreads) cb_tc_kernel(Dims d, SsdArgs<bf16, float> a, float* cb) {
+  constexpr int ldn = N + kTcPad;
+  __shared__ __align__(16) bf16 ct[kTile * ldn];  // (64, N) C_t
+  __shared__ __align__(16) bf16 bs[kTile * ldn];  // (64, N) B_s
+  const int pair = blockIdx.x;
+  int t = 0;
+  while ((t + 1) * (t + 2) / 2 <= pair) ++t;
+  const int s = pair - t * (t + 1) / 2;
+  const int64_t c = blockIdx.y / d.g, gg = blockIdx.y % d.g, bi = blockIdx.z, c0 = c * d.Q;
+  const int len = static_cast<int>(min(d.Q, d.l - c0));
+  const int t0 = t * kTile, s0 = s * kTile;
+  if (t0 >= len) return;
+  const int64_t bcstride = d.g * d.n;
+  load_rows(ct, ldn, a.C + d.bc(bi, c0 + t0, gg), bcstride, kTile, min(kTile, len - t0), N);
+  load_rows(bs, ldn, a.B + d.bc(bi, c0 + s0, gg), bcstride, kTile, min(kTile, len - s0), N);
+  tile_sync();
+  const int rw = (threadIdx.x >> 5) * 16;
+  float* dst = cb + ((((bi * d.nc + c) * d.g + gg) * cb_pairs(d.ntt) + pair) * 2) * kCbTile;
+  {
+    float g[8][4] = {};
+    warp_abt<N>(g, ct, ldn, rw, bs, ldn);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      *reinterpret_cast<float4*>(dst + cb_frag(j)) = make_float4(g[j][0], g[j][1], g[j][2], g[j][3]);
+  }
+  {
+    float g[8][4] = {};
+    warp_abt<N>(g, bs, ldn, rw, ct, ldn);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      *reinterpret_cast<float4*>(dst + kCbTile + cb_frag(j)) = make_float4(g[j][0], g[j][1], g[j][2], g[j][3]);
+  }
+}
+
 // Backward (3a) on tensor cores: grid (ntt * nslices, nc * g, b), rows are output tokens t
 // of the block's tile, warp w its rows 16 w ..; per head of the slice:
 //   Y = e_t C_t S_in^T + sum_s (CB ∘ L dt_s) X_s (the forward's pre-gate output, for dz),
 //   W = L ∘ dt_s (dy_t . x_s), d cum_t = sum_s W ∘ CB + dy_t . (e_t C_t S_in^T),
 //   dC_t += W B_s + e_t dy_t S_in, and dD's partial sum_t dy_t x_t.
 // dy is dout silu(z) (or dout), (b, l, h, p) bf16.
-template <int P, int N>
+// kCb (v6): C_t B_s^T comes from cbt (cb_tc_kernel) instead of being recomputed per head, and
+// the mask reads its per-column values in pairs; the results are the same bits as v5's.
+template <int P, int N, bool kCb>
 __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs<bf16, float> a,
                                                                  SsdGrads<bf16, float> gr, const bf16* dy,
                                                                  TokenInfo ti, const float* chunk_states,
-                                                                 BwdScratch sc, int hslice, float* dC_part) {
+                                                                 BwdScratch sc, int hslice, float* dC_part,
+                                                                 const float* cbt) {
   using namespace ssd_mma;
   constexpr int NP = P / 8, NJ = N / 8, ldx = P + kTcPad, ldn = N + kTcPad;
   extern __shared__ __align__(16) unsigned char smem_tc[];
-  const BwdTcSmem L = bwd_tc_smem(N, P);
+  const BwdTcSmem L = bwd_tc_smem(N, P, kCb);
   double* cum = reinterpret_cast<double*>(smem_tc + L.cum);
   float* dts = reinterpret_cast<float*>(smem_tc + L.dt);
   int* first = reinterpret_cast<int*>(smem_tc + L.first);
@@ -1231,6 +1307,7 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
   bf16* ct = reinterpret_cast<bf16*>(smem_tc + L.tile_n);  // (64, N) C_t
   bf16* dyt = reinterpret_cast<bf16*>(smem_tc + L.xc);     // (64, p) dy_t
   float* red = reinterpret_cast<float*>(smem_tc + L.red);  // (4, p)
+  float* cbs = reinterpret_cast<float*>(smem_tc + L.cbf);  // v6: (64, 64) C_t B_s^T, fragment order
   const int ntt = static_cast<int>(d.ntt), nslices = static_cast<int>(d.hpg / hslice);
   const int tile = blockIdx.x % ntt, slice = blockIdx.x / ntt;
   const int64_t c = blockIdx.y / d.g, gg = blockIdx.y % d.g, bi = blockIdx.z, c0 = c * d.Q;
@@ -1257,9 +1334,10 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
     load_rows(dyt, ldx, dy + d.x(bi, c0 + t0, hh), xstride, kTile, tvalid, P);
     cp_async_commit();
     prefetch(0);
+    if constexpr (kCb) load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tile, 0, 0));
     load_tokens(ti, tok0, t0 + tvalid, cum, dts, first, crel);
     if (carry) load_state_bf16(bb[1], ldn, chunk_states + d.st(bi, c, hh), P, N);
-    cp_async_wait<1>();  // C_t and dy_t are here
+    cp_async_wait<kCb ? 2 : 1>();  // C_t and dy_t are here
     __syncthreads();
     float y[NP][4] = {};
     float dcum_a = 0.0f, dcum_b = 0.0f;
@@ -1330,7 +1408,8 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
       const bf16* sbuf = bb[st & 1];
       const bf16* xs = xb[st & 1];
       float g[8][4] = {}, dx[8][4] = {};  // C_t B_s^T and dy_t x_s^T, (16 rows, 64 columns s)
-      warp_abt<N>(g, ct, ldn, rw, sbuf, ldn);
+      if constexpr (kCb) read_cb(g, cbs);
+      else warp_abt<N>(g, ct, ldn, rw, sbuf, ldn);
       warp_abt<P>(dx, dyt, ldx, rw, xs, ldx);
       const float tra = static_cast<float>((cuma - cum[s0]) * kLog2e);
       const float trb = static_cast<float>((cumb - cum[s0]) * kLog2e);
@@ -1338,13 +1417,21 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         float pm[4], wm[4];
+        const int sj = s0 + 8 * j + 2 * (lane & 3);  // the columns of e = 0 and e = 1
+        float2 cr2 = make_float2(0.0f, 0.0f), dt2 = cr2;
+        if constexpr (kCb) {
+          cr2 = *reinterpret_cast<const float2*>(crel + sj);
+          dt2 = *reinterpret_cast<const float2*>(dts + sj);
+        }
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int s = s0 + 8 * j + 2 * (lane & 3) + (e & 1);
+          const int s = sj + (e & 1);
           const int t = e < 2 ? ta : tb;
           const int f = e < 2 ? fa : fb;
           const float tr = e < 2 ? tra : trb;
-          const float l = (s <= t && s >= f) ? exp2f(tr - crel[s]) * dts[s] : 0.0f;
+          float l;
+          if constexpr (kCb) l = (s <= t && s >= f) ? exp2f(tr - ((e & 1) ? cr2.y : cr2.x)) * ((e & 1) ? dt2.y : dt2.x) : 0.0f;
+          else l = (s <= t && s >= f) ? exp2f(tr - crel[s]) * dts[s] : 0.0f;
           pm[e] = g[j][e] * l;
           wm[e] = dx[j][e] * l;
         }
@@ -1354,6 +1441,15 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
         pa[j / 2][(j & 1) * 2 + 1] = pack(pm[2], pm[3]);
         wa[j / 2][(j & 1) * 2] = pack(wm[0], wm[1]);
         wa[j / 2][(j & 1) * 2 + 1] = pack(wm[2], wm[3]);
+      }
+      if constexpr (kCb) {
+        // The next pair's scores, while this one's products run. The warp's reads of cbs are
+        // done (__syncwarp orders them before the copy's writes; each thread copies only the
+        // floats it reads itself).
+        if (st < tile) {
+          __syncwarp();
+          load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tile, st + 1, 0));
+        }
       }
       warp_frag_b<NP>(y, pa, xs, ldx);
       warp_frag_b<NJ>(dC, wa, sbuf, ldn);
@@ -1422,15 +1518,16 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
 //   q_s = f_s dS_out B_s + sum_t M dy_t, dx_s = dt_s q_s + D dy_s, ddt_expl_s = x_s . q_s,
 //   v_s = f_s dt_s x_s . (dS_out B_s), d cum_s = -(column sums of M dt_s DX) - v_s,
 //   dB_s += sum_t W^T C_t + (f_s dt_s x_s) dS_out.
-template <int P, int N>
+// kCb (v6): B_s C_t^T comes from cbt, as in the rows kernel.
+template <int P, int N, bool kCb>
 __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs<bf16, float> a,
                                                                  SsdGrads<bf16, float> gr, const bf16* dy,
                                                                  TokenInfo ti, BwdScratch sc, int hslice,
-                                                                 float* dB_part) {
+                                                                 float* dB_part, const float* cbt) {
   using namespace ssd_mma;
   constexpr int NP = P / 8, NJ = N / 8, ldx = P + kTcPad, ldn = N + kTcPad;
   extern __shared__ __align__(16) unsigned char smem_tc[];
-  const BwdTcSmem L = bwd_tc_smem(N, P);
+  const BwdTcSmem L = bwd_tc_smem(N, P, kCb);
   double* cum = reinterpret_cast<double*>(smem_tc + L.cum);
   float* dts = reinterpret_cast<float*>(smem_tc + L.dt);
   int* first = reinterpret_cast<int*>(smem_tc + L.first);
@@ -1439,6 +1536,10 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
   bf16* const yb[2] = {reinterpret_cast<bf16*>(smem_tc + L.xa), reinterpret_cast<bf16*>(smem_tc + L.xb)};
   bf16* bs = reinterpret_cast<bf16*>(smem_tc + L.tile_n);  // (64, N) B_s
   bf16* xs = reinterpret_cast<bf16*>(smem_tc + L.xc);      // (64, p) x_s
+  float* cbs = reinterpret_cast<float*>(smem_tc + L.cbf);  // v6: (64, 64) B_s C_t^T, fragment order
+  // v6 reads the mask's per-column values in pairs, except at p = n = 128, where the two more
+  // live registers would spill.
+  constexpr bool kPairs = kCb && !(P == 128 && N == 128);
   const int ntt = static_cast<int>(d.ntt), nslices = static_cast<int>(d.hpg / hslice);
   const int tile = blockIdx.x % ntt, slice = blockIdx.x / ntt;
   const int64_t c = blockIdx.y / d.g, gg = blockIdx.y % d.g, bi = blockIdx.z, c0 = c * d.Q;
@@ -1464,9 +1565,10 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
     load_rows(xs, ldx, a.x + d.x(bi, c0 + s0, hh), xstride, kTile, svalid, P);
     cp_async_commit();
     prefetch(tile);
+    if constexpr (kCb) load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tile, tile, 1));
     load_tokens(ti, tok0, len, cum, dts, first, crel);
     load_state_bf16(cb[1], ldn, sc.dstates + d.st(bi, c, hh), P, N);
-    cp_async_wait<1>();  // B_s and x_s are here
+    cp_async_wait<kCb ? 2 : 1>();  // B_s and x_s are here
     __syncthreads();
     const double cum_last = cum[len - 1];
     const int first_last = first[len - 1] & (kCarries - 1);
@@ -1541,7 +1643,8 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
       const bf16* ct = cb[(tt - tile) & 1];
       const bf16* dyt = yb[(tt - tile) & 1];
       float g[8][4] = {}, dx[8][4] = {};  // B_s C_t^T and x_s dy_t^T, (16 rows s, 64 columns t)
-      warp_abt<N>(g, bs, ldn, rw, ct, ldn);
+      if constexpr (kCb) read_cb(g, cbs);
+      else warp_abt<N>(g, bs, ldn, rw, ct, ldn);
       warp_abt<P>(dx, xs, ldx, rw, dyt, ldx);
       // exp(cum_t - cum_s) = exp2(crel_t - (cum_s - cum_t0) log2(e)).
       const float sra = static_cast<float>((cuma - cum[t0]) * kLog2e);
@@ -1550,12 +1653,25 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         float mm[4], wm[4];
+        const int tj = t0 + 8 * j + 2 * (lane & 3);  // the columns of e = 0 and e = 1
+        int2 fi2 = make_int2(0, 0);
+        float2 cr2 = make_float2(0.0f, 0.0f);
+        if constexpr (kPairs) {
+          fi2 = *reinterpret_cast<const int2*>(first + tj);
+          cr2 = *reinterpret_cast<const float2*>(crel + tj);
+        }
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int t = t0 + 8 * j + 2 * (lane & 3) + (e & 1);
+          const int t = tj + (e & 1);
           const int s = e < 2 ? sa : sb;
-          const bool ok = (e < 2 ? va : vb) && t < len && s <= t && s >= (first[t] & (kCarries - 1));
-          const float l = ok ? exp2f(crel[t] - (e < 2 ? sra : srb)) : 0.0f;
+          float l;
+          if constexpr (kPairs) {
+            const bool ok = (e < 2 ? va : vb) && t < len && s <= t && s >= (((e & 1) ? fi2.y : fi2.x) & (kCarries - 1));
+            l = ok ? exp2f(((e & 1) ? cr2.y : cr2.x) - (e < 2 ? sra : srb)) : 0.0f;
+          } else {
+            const bool ok = (e < 2 ? va : vb) && t < len && s <= t && s >= (first[t] & (kCarries - 1));
+            l = ok ? exp2f(crel[t] - (e < 2 ? sra : srb)) : 0.0f;
+          }
           mm[e] = l * g[j][e];
           wm[e] = l * (e < 2 ? dta : dtb) * dx[j][e];
         }
@@ -1565,6 +1681,12 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
         ma[j / 2][(j & 1) * 2 + 1] = pack(mm[2], mm[3]);
         wa[j / 2][(j & 1) * 2] = pack(wm[0], wm[1]);
         wa[j / 2][(j & 1) * 2 + 1] = pack(wm[2], wm[3]);
+      }
+      if constexpr (kCb) {
+        if (tt + 1 < ntiles) {  // the next pair's scores (see the rows kernel)
+          __syncwarp();
+          load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tt + 1, tile, 1));
+        }
       }
       warp_frag_b<NP>(q, ma, dyt, ldx);
       warp_frag_b<NJ>(dB, wa, ct, ldn);
@@ -1866,9 +1988,22 @@ int head_slice(const Dims& d) {
   return 1;
 }
 
+// The backward variant: SSMTRAIN_SSD_BWD=v5 picks the v5 kernels, read once.
+std::atomic<cuda::SsdBackwardVariant>& backward_variant() {
+  using cuda::SsdBackwardVariant;
+  static std::atomic<SsdBackwardVariant> v{[] {
+    const char* env = std::getenv("SSMTRAIN_SSD_BWD");
+    return env && std::string(env) == "v5" ? SsdBackwardVariant::v5 : SsdBackwardVariant::v6;
+  }()};
+  return v;
+}
+
 }  // namespace
 
 namespace cuda {
+
+SsdBackwardVariant ssd_backward_variant() { return backward_variant().load(); }
+void set_ssd_backward_variant(SsdBackwardVariant v) { backward_variant().store(v); }
 
 int64_t ssd_num_chunks(const SsdShape& s) { return make_dims(s, "ssd_num_chunks").nc; }
 
@@ -1966,6 +2101,7 @@ void ssd_backward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>
                   (d.n == 64 || d.n == 128);
   const int hslice = tc ? head_slice(d) : 0;
   const int64_t nslices = tc ? d.hpg / hslice : 0;
+  const bool v6 = tc && ssd_backward_variant() == SsdBackwardVariant::v6;
   BwdScratch sc{};
   sc.splits = static_cast<int>(d.p * d.n / kPassElems);
   const bool vec = aligned16({chunk_states, g.dfinal_states, g.dinitial_states});
@@ -1973,6 +2109,7 @@ void ssd_backward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>
   float* dB_part = nullptr;
   float* dC_part = nullptr;
   bf16* dy_buf = nullptr;  // dout silu(z) when z is given
+  float* cbt = nullptr;    // v6: C B^T of every tile pair, (b, nc, g, pairs, 2, 64 * 64) f32
   auto carve = [&](Carver& cv) {
     const int64_t tok = d.b * d.h * d.nc * d.Q;
     const int64_t per_chunk = d.b * d.nc * d.h;
@@ -1990,6 +2127,7 @@ void ssd_backward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>
     if (tc) {
       ti = token_info(cv, d);
       if (a.z) dy_buf = cv.take<bf16>(d.b * d.l * d.h * d.p);
+      if (v6) cbt = cv.take<float>(d.b * d.nc * d.g * cb_pairs(d.ntt) * 2 * kCbTile);
       if (nslices > 1) {
         dB_part = cv.take<float>(nslices * d.b * d.l * d.g * d.n);
         dC_part = cv.take<float>(nslices * d.b * d.l * d.g * d.n);
@@ -2027,17 +2165,28 @@ void ssd_backward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>
                         static_cast<unsigned>(d.b));
         dispatch_p(d.p, [&](auto pc) {
           constexpr int P = decltype(pc)::value;
-          auto go = [&](auto nc_) {
+          auto launch = [&](auto nc_, auto cb_) {
             constexpr int N = decltype(nc_)::value;
-            const size_t smem = bwd_tc_smem(N, P).total;
-            auto rows = bwd_rows_tc_kernel<P, N>;
+            constexpr bool kCb = decltype(cb_)::value;
+            if constexpr (kCb) {
+              const dim3 cgrid(static_cast<unsigned>(cb_pairs(d.ntt)), static_cast<unsigned>(d.nc * d.g),
+                               static_cast<unsigned>(d.b));
+              cb_tc_kernel<N><<<cgrid, kTcThreads, 0, stream>>>(d, args, cbt);
+              SSM_CUDA_CHECK_LAUNCH();
+            }
+            const size_t smem = bwd_tc_smem(N, P, kCb).total;
+            auto rows = bwd_rows_tc_kernel<P, N, kCb>;
             allow_smem(rows, smem);
-            rows<<<grid, kTcThreads, smem, stream>>>(d, args, grads, dy, ti, chunk_states, sc, hslice, dC_part);
+            rows<<<grid, kTcThreads, smem, stream>>>(d, args, grads, dy, ti, chunk_states, sc, hslice, dC_part, cbt);
             SSM_CUDA_CHECK_LAUNCH();
-            auto cols = bwd_cols_tc_kernel<P, N>;
+            auto cols = bwd_cols_tc_kernel<P, N, kCb>;
             allow_smem(cols, smem);
-            cols<<<grid, kTcThreads, smem, stream>>>(d, args, grads, dy, ti, sc, hslice, dB_part);
+            cols<<<grid, kTcThreads, smem, stream>>>(d, args, grads, dy, ti, sc, hslice, dB_part, cbt);
             SSM_CUDA_CHECK_LAUNCH();
+          };
+          auto go = [&](auto nc_) {
+            if (v6) launch(nc_, std::true_type{});
+            else launch(nc_, std::false_type{});
           };
           if (d.n == 64) go(std::integral_constant<int, 64>{});
           else go(std::integral_constant<int, 128>{});

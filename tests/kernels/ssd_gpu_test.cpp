@@ -2,7 +2,8 @@
 // f64: output, final states and every gradient, for lengths that are and are not multiples of
 // the chunk, each supported p, n and g, chunk sizes 64..256, initial states, document
 // boundaries, D as (h) and (h, p), z, dt_bias and the dt clamp, in f32 and bf16; bitwise
-// repeats; and the decoding step token by token against the parallel result.
+// repeats; the two bf16 tensor-core backward variants (v6, the default, and v5) against each
+// other; and the decoding step token by token against the parallel result.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -162,10 +163,13 @@ TEST_P(SsdGpu, HeadDimsStateSizesGroups) {
 TEST_P(SsdGpu, TensorCoreShapes) {
   const DType dt = GetParam();
   // Shapes of the bf16 tensor-core kernels' backward (n 64 or 128): p 128, several heads
-  // per group (split into slices whose dB and dC partials are summed), no optional inputs.
+  // per group (split into slices whose dB and dC partials are summed), no optional inputs,
+  // a chunk of 3 tiles, and the benchmark's p 64, n 128 with 4 tiles per chunk.
   check_case({2, 300, 4, 128, 128, 1, 128, true, true, true, false, dt});
   check_case({1, 520, 6, 32, 128, 2, 256, true, false, true, true, dt});
   check_case({2, 192, 4, 64, 64, 2, 64, false, false, false, false, dt});
+  check_case({1, 333, 4, 128, 64, 1, 192, true, false, false, false, dt});
+  check_case({2, 600, 8, 64, 128, 1, 256, true, false, true, false, dt});
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, SsdGpu, ::testing::Values(DType::f32, DType::bf16),
@@ -178,6 +182,38 @@ TEST(SsdGpuMisc, RepeatedRunsAreBitwiseIdentical) {
   const Result first = run(c, in, kGpu);
   const Result second = run(c, in, kGpu);
   for (size_t i = 0; i < first.values.size(); ++i) EXPECT_EQ(first.values[i], second.values[i]) << kNames[i];
+}
+
+// v6 shares C B^T across heads through precomputed tiles; v5 recomputes it per head with the
+// same warp products, so the two give the same bits. Every tensor-core backward shape: p 32,
+// 64, 128, n 64 and 128, chunks 64..256 (1 to 4 tiles), ragged lengths, several head slices,
+// groups, documents, initial states.
+TEST(SsdGpuMisc, BackwardVariantsAgree) {
+  SSM_REQUIRE_GPU();
+  using kernels::cuda::SsdBackwardVariant;
+  const SsdBackwardVariant chosen = kernels::cuda::ssd_backward_variant();
+  const Case cases[] = {
+      {2, 700, 8, 64, 128, 1, 256, true, false, true, false, DType::bf16},
+      {2, 300, 4, 128, 128, 1, 128, true, true, true, false, DType::bf16},
+      {1, 520, 6, 32, 128, 2, 256, true, false, true, true, DType::bf16},
+      {2, 192, 4, 64, 64, 2, 64, false, false, false, false, DType::bf16},
+      {1, 333, 4, 128, 64, 1, 192, true, false, false, false, DType::bf16},
+      {3, 250, 12, 32, 64, 3, 100, true, true, true, false, DType::bf16},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.str());
+    const Inputs in = make_inputs(c, 23 + c.l);
+    kernels::cuda::set_ssd_backward_variant(SsdBackwardVariant::v5);
+    const Result v5 = run(c, in, kGpu);
+    kernels::cuda::set_ssd_backward_variant(SsdBackwardVariant::v6);
+    const Result v6 = run(c, in, kGpu);
+    const int64_t reduction = std::max(c.chunk * c.n, c.b * c.l);
+    for (size_t i = 0; i < v5.values.size(); ++i) {
+      EXPECT_TRUE(testing::close(v6.values[i], v5.values[i], c.dtype, reduction)) << kNames[i];
+      EXPECT_EQ(v6.values[i], v5.values[i]) << kNames[i] << " differs in bits";
+    }
+  }
+  kernels::cuda::set_ssd_backward_variant(chosen);
 }
 
 TEST(SsdGpuMisc, StepTokenByTokenEqualsParallel) {
