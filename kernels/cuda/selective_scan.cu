@@ -18,6 +18,7 @@
 #include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
+#include "kernels/cuda/ssd_mma.cuh"
 #include "kernels/cuda/vector_io.cuh"
 #include "kernels/selective_scan.h"
 
@@ -307,11 +308,6 @@ __device__ __forceinline__ void stage_bc_tile(const Dims& s, const ScanArgs<T, f
   commit_bc_tile(tile, lane, B, C, reset);
 }
 
-// A lane's share of one tile's per-channel inputs: kLaneTokens tokens of u, delta and z.
-struct ChannelTile {
-  float u[kLaneTokens], delta[kLaneTokens], z[kLaneTokens];
-};
-
 struct SegmentSmem {
   alignas(16) float dt[kSegWarps][kWarpChannels][kRow];
   alignas(16) float dtu[kSegWarps][kWarpChannels][kRow];
@@ -356,15 +352,74 @@ __device__ __forceinline__ void run_tile(SegmentSmem& sh, int warp, int ch, int 
   }
 }
 
+// One warp's tile as it lies in global memory (rows of kTile tokens), copied there by cp.async
+// one tile ahead; the copy needs no registers, so its latency hides behind the current tile.
+template <typename T>
+struct RawTile {
+  alignas(16) T u[kWarpChannels][kTile];
+  alignas(16) T delta[kWarpChannels][kTile];
+  alignas(16) T z[kWarpChannels][kTile];
+  alignas(16) T B[16][kTile];
+  alignas(16) T C[16][kTile];
+};
+
+// Issues the copies of the tile at t0 (16-byte chunks; chunks at or past `end` are zero-filled:
+// with aligned rows a chunk lies wholly before or wholly past the end).
+template <typename T>
+__device__ __forceinline__ void copy_tile_async(const Dims& s, const ScanArgs<T, float>& a, int64_t row0, const T* Bg,
+                                                const T* Cg, int64_t t0, int64_t end, bool with_z, int lane,
+                                                RawTile<T>& r) {
+  constexpr int E = 16 / sizeof(T);     // elements per chunk
+  constexpr int kChunks = kTile / E;    // chunks per row
+#pragma unroll
+  for (int c = lane; c < kWarpChannels * kChunks; c += 32) {
+    const int row = c / kChunks, k = c % kChunks;
+    const int64_t t = t0 + k * E;
+    const bool valid = t < end;
+    const int64_t at = row0 + row * s.seqlen + (valid ? t : 0);
+    ssd_mma::cp_async16(&r.u[row][k * E], a.u + at, valid);
+    ssd_mma::cp_async16(&r.delta[row][k * E], a.delta + at, valid);
+    if (with_z) ssd_mma::cp_async16(&r.z[row][k * E], a.z + at, valid);
+  }
+#pragma unroll
+  for (int c = lane; c < 16 * kChunks; c += 32) {
+    const int state = c / kChunks, k = c % kChunks;
+    const int64_t t = t0 + k * E;
+    const bool valid = t < end;
+    const int64_t at = state * s.seqlen + (valid ? t : 0);
+    ssd_mma::cp_async16(&r.B[state][k * E], Bg + at, valid);
+    ssd_mma::cp_async16(&r.C[state][k * E], Cg + at, valid);
+  }
+  ssd_mma::cp_async_commit();
+}
+
+// Whether the tile's token t0 + lane starts a document.
+template <typename T>
+__device__ __forceinline__ bool starts_document(const Dims& s, const ScanArgs<T, float>& a, int64_t b, int64_t t0,
+                                                int64_t end, int lane) {
+  const int64_t t = t0 + lane;
+  return a.doc_index && t > 0 && t < end && a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
+}
+
+// Shared memory of scan_segments_kernel: the staged tiles, then (kAsync) two raw tiles per warp.
+template <bool kAsync, typename T>
+constexpr size_t segment_smem_bytes() {
+  return sizeof(SegmentSmem) + (kAsync ? 2 * kSegWarps * sizeof(RawTile<T>) : 0);
+}
+
 // With one segment (gridDim.y == 1) the output pass alone is the whole forward: it starts
 // from `entering` = the initial state (or zero when null), saves the state entering every
-// backward chunk into `save_states` and writes `final_state`.
-template <bool kOutput, typename T>
+// backward chunk into `save_states` and writes `final_state`. kAsync (rows and pointers on
+// 16-byte boundaries): tiles arrive by cp.async one tile ahead; otherwise each tile is read
+// through registers when it is needed.
+template <bool kOutput, bool kAsync, typename T>
 __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, int64_t seg_len, ScanArgs<T, float> a,
                                                                        SegmentScratch scratch, const float* entering,
                                                                        T* out, float* save_states, float* final_state) {
-  __shared__ SegmentSmem sh;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  SegmentSmem& sh = *reinterpret_cast<SegmentSmem*>(smem_raw);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  RawTile<T>* raw = reinterpret_cast<RawTile<T>*>(smem_raw + sizeof(SegmentSmem)) + 2 * warp;  // kAsync only
   const int ch = lane / kChannelLanes, q = lane % kChannelLanes;  // channel within the warp, its state slice
   const int64_t d0 = (int64_t(blockIdx.x) * kSegWarps + warp) * kWarpChannels;  // first channel of the warp
   const int64_t seg = blockIdx.y, b = blockIdx.z;
@@ -377,8 +432,10 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
   const int64_t begin = seg * seg_len, end = std::min<int64_t>(s.seqlen, begin + seg_len);
   const float bias = a.delta_bias ? a.delta_bias[d] : 0.0f;
   const float Dd = a.D ? a.D[d] : 0.0f;
-  const int64_t row = (b * s.dim + d) * s.seqlen;  // this lane's channel
+  const int64_t row0 = (b * s.dim + d0) * s.seqlen;  // the warp's first channel
+  const int64_t row = row0 + ch * s.seqlen;          // this lane's channel
   const int state0 = q * kLaneStates;
+  const bool with_z = kOutput && a.z;
 
   float A2[kLaneStates], x[kLaneStates];
 #pragma unroll
@@ -389,35 +446,51 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
   float dt_sum = 0.0f;
   bool any_reset = false;
 
-  // Lane (c, q) fetches tokens q * 8 .. q * 8 + 7 of channel c; it also writes their outputs.
-  auto fetch = [&](int64_t t0, ChannelTile& ct, BcTile& bc) {
-    const int64_t tt = t0 + q * kLaneTokens;
-    load_items<kLaneTokens>(a.u + row, tt, end, s.aligned, ct.u);
-    load_items<kLaneTokens>(a.delta + row, tt, end, s.aligned, ct.delta);
-    if (kOutput && a.z) load_items<kLaneTokens>(a.z + row, tt, end, s.aligned, ct.z);
-    fetch_bc_tile(s, a, b, Bg, Cg, t0, end, lane, bc);
-  };
-  ChannelTile next;
-  BcTile next_bc;
-  fetch(begin, next, next_bc);
+  bool next_reset = starts_document(s, a, b, begin, end, lane);
+  if constexpr (kAsync) copy_tile_async(s, a, row0, Bg, Cg, begin, end, with_z, lane, raw[0]);
 
-  for (int64_t t0 = begin; t0 < end; t0 += kTile) {
+  for (int64_t t0 = begin, tile = 0; t0 < end; t0 += kTile, ++tile) {
     if (save_states && t0 % s.chunk_len == 0) {
       const int64_t chunk = t0 / s.chunk_len;
 #pragma unroll
       for (int j = 0; j < kLaneStates; ++j)
         save_states[((b * s.dim + d) * s.nchunks + chunk) * s.dstate + state0 + j] = x[j];
     }
-    // Commit the fetched tile to shared memory (dt, dt * u; B, C transposed); keep u and z.
-    float uv[kLaneTokens], zv[kLaneTokens];
+    const bool has_next = t0 + kTile < end;
+    // Lane (c, q) reads tokens q * 8 .. q * 8 + 7 of channel c (and writes their outputs).
+    float uv[kLaneTokens], deltav[kLaneTokens], zv[kLaneTokens];
+    BcTile bc;
+    bc.reset = next_reset;
+    if constexpr (kAsync) {
+      if (has_next) copy_tile_async(s, a, row0, Bg, Cg, t0 + kTile, end, with_z, lane, raw[(tile + 1) % 2]);
+      if (has_next)
+        ssd_mma::cp_async_wait<1>();  // this tile's copies are done, the next tile's may not be
+      else
+        ssd_mma::cp_async_wait<0>();
+      __syncwarp();  // every lane's copies visible to the warp
+      const RawTile<T>& r = raw[tile % 2];
+      load_items<kLaneTokens>(&r.u[ch][q * kLaneTokens], 0, kLaneTokens, true, uv);
+      load_items<kLaneTokens>(&r.delta[ch][q * kLaneTokens], 0, kLaneTokens, true, deltav);
+      if (with_z) load_items<kLaneTokens>(&r.z[ch][q * kLaneTokens], 0, kLaneTokens, true, zv);
+      load_items<16>(&r.B[lane / 2][(lane % 2) * 16], 0, 16, true, bc.B);
+      load_items<16>(&r.C[lane / 2][(lane % 2) * 16], 0, 16, true, bc.C);
+    } else {
+      const int64_t tt = t0 + q * kLaneTokens;
+      load_items<kLaneTokens>(a.u + row, tt, end, s.aligned, uv);
+      load_items<kLaneTokens>(a.delta + row, tt, end, s.aligned, deltav);
+      if (with_z) load_items<kLaneTokens>(a.z + row, tt, end, s.aligned, zv);
+      const int state = lane / 2, half = lane % 2;
+      load_items<16>(Bg + state * s.seqlen, t0 + half * 16, end, s.aligned, bc.B);
+      load_items<16>(Cg + state * s.seqlen, t0 + half * 16, end, s.aligned, bc.C);
+    }
+    if (has_next) next_reset = starts_document(s, a, b, t0 + kTile, end, lane);
+    // Stage the tile: dt and dt * u per channel; B and C transposed to (token, state).
     {
       float dtv[kLaneTokens], dtuv[kLaneTokens];
       const int64_t tt = t0 + q * kLaneTokens;
 #pragma unroll
       for (int i = 0; i < kLaneTokens; ++i) {
-        uv[i] = next.u[i];
-        zv[i] = next.z[i];
-        float v = next.delta[i] + bias;
+        float v = deltav[i] + bias;
         if (s.softplus) v = fast_softplus(v);
         const bool inside = tt + i < end;
         dtv[i] = inside ? v : 0.0f;  // past the end: the identity step
@@ -430,12 +503,11 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
         *reinterpret_cast<float4*>(&sh.dtu[warp][ch][q * kLaneTokens + i]) =
             make_float4(dtuv[i], dtuv[i + 1], dtuv[i + 2], dtuv[i + 3]);
       }
-      commit_bc_tile(next_bc, lane, sh.B[warp], sh.C[warp], sh.reset[warp]);
+      commit_bc_tile(bc, lane, sh.B[warp], sh.C[warp], sh.reset[warp]);
     }
-    const bool tile_reset = __any_sync(0xffffffffu, next_bc.reset);
+    const bool tile_reset = __any_sync(0xffffffffu, bc.reset);
     any_reset |= tile_reset;
     __syncwarp();
-    if (t0 + kTile < end) fetch(t0 + kTile, next, next_bc);  // in flight during this tile
     if (tile_reset)
       run_tile<kOutput, true>(sh, warp, ch, q, A2, x, dt_sum);
     else
@@ -456,7 +528,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
 #pragma unroll
       for (int i = 0; i < kLaneTokens; ++i) {
         float v = fmaf(Dd, uv[i], yv[i]);
-        if (a.z) v *= zv[i] * fast_sigmoid(zv[i]);
+        if (with_z) v *= zv[i] * fast_sigmoid(zv[i]);
         yv[i] = v;
       }
       store_items<kLaneTokens>(out + row, t0 + q * kLaneTokens, end, s.aligned, yv);
@@ -1013,6 +1085,24 @@ int channels_per_block(int64_t per_group) {
   return 1;
 }
 
+// One launch of scan_segments_kernel, with its shared memory (above the 48 KiB default).
+template <bool kOutput, typename T>
+void launch_segments(const Dims& s, dim3 grid, int64_t seg_len, const ScanArgs<T, float>& args, SegmentScratch scratch,
+                     const float* entering, T* out, float* save_states, float* final_state, cudaStream_t stream) {
+  auto run = [&](auto async) {
+    constexpr bool kAsync = decltype(async)::value;
+    constexpr size_t bytes = segment_smem_bytes<kAsync, T>();
+    auto* kernel = scan_segments_kernel<kOutput, kAsync, T>;
+    SSM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    kernel<<<grid, 32 * kSegWarps, bytes, stream>>>(s, seg_len, args, scratch, entering, out, save_states, final_state);
+    SSM_CUDA_CHECK_LAUNCH();
+  };
+  if (s.aligned)
+    run(std::true_type{});
+  else
+    run(std::false_type{});
+}
+
 // The launches of the segmented forward (see scan_segments_kernel): one sequential pass when
 // batch x channels alone fill the GPU, else local pass, state passing and output pass.
 void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void* out, float* final_state,
@@ -1020,7 +1110,9 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
   // 4 states per lane (4 lanes and 8 channels per warp) measured faster on an H100 than 2
   // (0.54 against 0.55 ms at b=8 l=2048; 0.54 against 0.79 ms at b=2 l=8192).
   constexpr int kCh = kWarpChannels;
-  s.aligned = rows_aligned(s, kLaneTokens, dtype == DType::bf16 ? 2 : 4, {a.u, a.delta, a.B, a.C, a.z, out});
+  // cp.async copies 16-byte chunks of every row: rows and pointers on 16-byte boundaries.
+  s.aligned = rows_aligned(s, 16 / (dtype == DType::bf16 ? 2 : 4), dtype == DType::bf16 ? 2 : 4,
+                           {a.u, a.delta, a.B, a.C, a.z, out});
   const int64_t seg_len = s.chunk_len;  // segments are the backward's chunks
   if (s.batch * (s.dim / kCh) >= 8 * sm_count()) {
     // Enough channels to fill the GPU in one sequential pass: no segments, no second pass.
@@ -1028,9 +1120,8 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
                     static_cast<unsigned>(s.batch));
     cuda_detail::dispatch_f32_bf16(dtype, "selective_scan_forward", [&](auto tag) {
       using T = typename decltype(tag)::type;
-      scan_segments_kernel<true, T><<<grid, 32 * kSegWarps, 0, stream>>>(
-          s, s.seqlen, typed<T>(a), SegmentScratch{}, a.initial_state, static_cast<T*>(out), chunk_states, final_state);
-      SSM_CUDA_CHECK_LAUNCH();
+      launch_segments<true, T>(s, grid, s.seqlen, typed<T>(a), SegmentScratch{}, a.initial_state, static_cast<T*>(out),
+                               chunk_states, final_state, stream);
     });
     return;
   }
@@ -1045,15 +1136,11 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
   cuda_detail::dispatch_f32_bf16(dtype, "selective_scan_forward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const ScanArgs<T, float> args = typed<T>(a);
-    scan_segments_kernel<false, T><<<grid, 32 * kSegWarps, 0, stream>>>(s, seg_len, args, scratch, nullptr, nullptr,
-                                                                          nullptr, nullptr);
-    SSM_CUDA_CHECK_LAUNCH();
+    launch_segments<false, T>(s, grid, seg_len, args, scratch, nullptr, nullptr, nullptr, nullptr, stream);
     pass_states_kernel<<<cuda_detail::grid_for(s.batch * s.dim * s.dstate, 128), 128, 0, stream>>>(
         s, nsegs, a.initial_state, scratch, entering, final_state);
     SSM_CUDA_CHECK_LAUNCH();
-    scan_segments_kernel<true, T><<<grid, 32 * kSegWarps, 0, stream>>>(s, seg_len, args, scratch, entering,
-                                                                         static_cast<T*>(out), nullptr, nullptr);
-    SSM_CUDA_CHECK_LAUNCH();
+    launch_segments<true, T>(s, grid, seg_len, args, scratch, entering, static_cast<T*>(out), nullptr, nullptr, stream);
   });
   SSM_CUDA_CHECK(cudaFreeAsync(pool, stream));
 }
