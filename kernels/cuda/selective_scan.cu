@@ -631,7 +631,10 @@ __global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Di
   for (int64_t tile = s.nchunks - 1; tile >= 0; --tile) {
     const int64_t t0 = tile * kTile;
     const int64_t end = s.seqlen;
-    // Stage the tile (as the forward does), with dy = dout * silu(z).
+    // Stage the tile (as the forward does), with dy = dout * silu(z). What the tile's outputs
+    // need of dout, delta and z stays in registers: the softplus slope and dL/dz per unit of
+    // the gate's input.
+    float slope[8], dz_scale[8];
     {
       const int64_t tt = t0 + q * 8;
       float uv[8], deltav[8], doutv[8], zv[8];
@@ -648,7 +651,14 @@ __global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Di
         sh.dt[w][ch][q * 8 + i] = v;
         sh.dtu[w][ch][q * 8 + i] = v * uv[i];
         sh.u[w][ch][q * 8 + i] = uv[i];
-        sh.dy[w][ch][q * 8 + i] = a.z ? doutv[i] * zv[i] * fast_sigmoid(zv[i]) : doutv[i];
+        slope[i] = s.softplus ? fast_sigmoid(deltav[i] + bias) : 1.0f;
+        if (a.z) {
+          const float sz = fast_sigmoid(zv[i]);
+          sh.dy[w][ch][q * 8 + i] = doutv[i] * zv[i] * sz;
+          dz_scale[i] = doutv[i] * sz * (1.0f + zv[i] * (1.0f - sz));
+        } else {
+          sh.dy[w][ch][q * 8 + i] = doutv[i];
+        }
       }
       stage_bc_tile(s, a, b, Bg, Cg, t0, end, lane, sh.B[w], sh.C[w], sh.reset[w]);
     }
@@ -759,20 +769,14 @@ __global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Di
     // The tile's per-token outputs: lane (c, q) writes tokens q*8 .. q*8+7 of channel c.
     {
       const int64_t tt = t0 + q * 8;
-      float doutv[8], zv[8], deltav[8], duv[8], ddv[8], dzv[8];
-      load_items<8>(gr.dout + row, tt, end, s.aligned, doutv);
-      load_items<8>(a.delta + row, tt, end, s.aligned, deltav);
-      if (a.z) load_items<8>(a.z + row, tt, end, s.aligned, zv);
+      float duv[8], ddv[8], dzv[8];
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const int tl = q * 8 + i;
         const float u = sh.u[w][ch][tl], dy = sh.dy[w][ch][tl];
         duv[i] = fmaf(dy, Dd, sh.du[w][ch][tl]);
-        ddv[i] = s.softplus ? sh.ddt[w][ch][tl] * fast_sigmoid(deltav[i] + bias) : sh.ddt[w][ch][tl];
-        if (a.z) {
-          const float sz = fast_sigmoid(zv[i]);
-          dzv[i] = doutv[i] * fmaf(Dd, u, sh.ypre[w][ch][tl]) * sz * (1.0f + zv[i] * (1.0f - sz));
-        }
+        ddv[i] = sh.ddt[w][ch][tl] * slope[i];
+        if (a.z) dzv[i] = dz_scale[i] * fmaf(Dd, u, sh.ypre[w][ch][tl]);
         if (tt + i < end) {
           dD_sum = fmaf(dy, u, dD_sum);
           dbias_sum += ddv[i];
