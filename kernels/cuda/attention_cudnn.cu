@@ -61,6 +61,17 @@ Desc make_desc(cudnnBackendDescriptorType_t type) {
 }
 cudnnBackendDescriptor_t raw(const Desc& d) { return static_cast<cudnnBackendDescriptor_t>(d.get()); }
 
+// n fresh descriptors of one type, and their raw handles (for array-valued attributes).
+std::vector<Desc> make_descs(cudnnBackendDescriptorType_t type, int n, std::vector<cudnnBackendDescriptor_t>& raws) {
+  std::vector<Desc> descs;
+  raws.clear();
+  for (int i = 0; i < n; ++i) {
+    descs.push_back(make_desc(type));
+    raws.push_back(raw(descs.back()));
+  }
+  return descs;
+}
+
 template <typename T>
 void set(const Desc& d, cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type, const T& value) {
   SSM_CUDNN_BUILD(cudnnBackendSetAttribute(raw(d), name, type, 1, &value));
@@ -373,12 +384,8 @@ ConfigInfo read_config(const Desc& cfg) {
   for (int64_t i = 0; i < n_notes; ++i)
     if (notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) info.deterministic = false;
 
-  std::vector<Desc> choices;
   std::vector<cudnnBackendDescriptor_t> choices_raw;
-  for (int i = 0; i < CUDNN_KNOB_TYPE_COUNTS; ++i) {
-    choices.push_back(make_desc(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR));
-    choices_raw.push_back(raw(choices.back()));
-  }
+  const std::vector<Desc> choices = make_descs(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR, CUDNN_KNOB_TYPE_COUNTS, choices_raw);
   int64_t n_choices = 0;
   if (cudnnBackendGetAttribute(raw(cfg), CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR,
                                static_cast<int64_t>(choices_raw.size()), &n_choices,
@@ -407,12 +414,8 @@ std::vector<Desc> heuristic_configs(const Desc& graph, cudnnBackendHeurMode_t mo
   set_desc(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph);
   set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, mode);
   finalize(heur);
-  std::vector<Desc> configs;
   std::vector<cudnnBackendDescriptor_t> configs_raw;
-  for (int i = 0; i < kHeuristicResults; ++i) {
-    configs.push_back(make_desc(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR));
-    configs_raw.push_back(raw(configs.back()));
-  }
+  std::vector<Desc> configs = make_descs(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, kHeuristicResults, configs_raw);
   int64_t n = 0;
   SSM_CUDNN_BUILD(cudnnBackendGetAttribute(raw(heur), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
                                            kHeuristicResults, &n, configs_raw.data()));
