@@ -249,8 +249,9 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(Dims s, ScanArgs
 //      the outputs.
 // The work is the exponential of every (token, state): 4 special-function results per lane
 // and token, against about 20 other instructions, so the kernel keeps the special-function
-// unit fed. Tiles of kTile tokens go global -> registers one tile ahead (their latency hides
-// behind the current tile), registers -> shared memory, and the token loop is unrolled over
+// unit fed. With aligned rows, tiles of kTile tokens are copied to shared memory by cp.async
+// one tile ahead (their latency hides behind the current tile), then staged as f32 (dt, dt u;
+// B and C transposed); other rows are read through registers. The token loop is unrolled over
 // the whole tile: the exponentials do not depend on the state, so those of later tokens
 // overlap the recurrence of earlier ones. Tokens past the end of the sequence are identity
 // steps (dt = 0, B = C = 0), so every tile runs all kTile steps. Each lane leaves its
@@ -276,14 +277,21 @@ struct BcTile {
   bool reset;
 };
 
+// Reads the lane's half row of B and C of the tile at t0 (zeros at or past `end`).
 template <typename T>
-__device__ __forceinline__ void fetch_bc_tile(const Dims& s, const ScanArgs<T, float>& a, int64_t b, const T* Bg,
-                                              const T* Cg, int64_t t0, int64_t end, int lane, BcTile& tile) {
+__device__ __forceinline__ void load_bc_rows(const Dims& s, const T* Bg, const T* Cg, int64_t t0, int64_t end, int lane,
+                                             BcTile& tile) {
   const int state = lane / 2, half = lane % 2;
   load_items<16>(Bg + state * s.seqlen, t0 + half * 16, end, s.aligned, tile.B);
   load_items<16>(Cg + state * s.seqlen, t0 + half * 16, end, s.aligned, tile.C);
+}
+
+// Whether the tile's token t0 + lane starts a document.
+template <typename T>
+__device__ __forceinline__ bool starts_document(const Dims& s, const ScanArgs<T, float>& a, int64_t b, int64_t t0,
+                                                int64_t end, int lane) {
   const int64_t t = t0 + lane;
-  tile.reset = a.doc_index && t > 0 && t < end && a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
+  return a.doc_index && t > 0 && t < end && a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
 }
 
 // Writes a fetched tile transposed to (token, state), so a lane reads its states as one vector.
@@ -304,7 +312,8 @@ __device__ __forceinline__ void stage_bc_tile(const Dims& s, const ScanArgs<T, f
                                               const T* Cg, int64_t t0, int64_t end, int lane, float (*B)[16],
                                               float (*C)[16], bool* reset) {
   BcTile tile;
-  fetch_bc_tile(s, a, b, Bg, Cg, t0, end, lane, tile);
+  load_bc_rows(s, Bg, Cg, t0, end, lane, tile);
+  tile.reset = starts_document(s, a, b, t0, end, lane);
   commit_bc_tile(tile, lane, B, C, reset);
 }
 
@@ -393,14 +402,6 @@ __device__ __forceinline__ void copy_tile_async(const Dims& s, const ScanArgs<T,
   ssd_mma::cp_async_commit();
 }
 
-// Whether the tile's token t0 + lane starts a document.
-template <typename T>
-__device__ __forceinline__ bool starts_document(const Dims& s, const ScanArgs<T, float>& a, int64_t b, int64_t t0,
-                                                int64_t end, int lane) {
-  const int64_t t = t0 + lane;
-  return a.doc_index && t > 0 && t < end && a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
-}
-
 // Shared memory of scan_segments_kernel: the staged tiles, then (kAsync) two raw tiles per warp.
 template <bool kAsync, typename T>
 constexpr size_t segment_smem_bytes() {
@@ -479,9 +480,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
       load_items<kLaneTokens>(a.u + row, tt, end, s.aligned, uv);
       load_items<kLaneTokens>(a.delta + row, tt, end, s.aligned, deltav);
       if (with_z) load_items<kLaneTokens>(a.z + row, tt, end, s.aligned, zv);
-      const int state = lane / 2, half = lane % 2;
-      load_items<16>(Bg + state * s.seqlen, t0 + half * 16, end, s.aligned, bc.B);
-      load_items<16>(Cg + state * s.seqlen, t0 + half * 16, end, s.aligned, bc.C);
+      load_bc_rows(s, Bg, Cg, t0, end, lane, bc);
     }
     if (has_next) next_reset = starts_document(s, a, b, t0 + kTile, end, lane);
     // Stage the tile: dt and dt * u per channel; B and C transposed to (token, state).
