@@ -2,13 +2,9 @@
 // forward + backward) at the shapes of the SSD issue (bf16 x / dt / B / C / z, f32 A / D /
 // dt_bias, softplus on, D and z given), and the gated RMSNorm that follows it, against this
 // GPU's copy bandwidth and bf16 GEMM rate measured in the same run.
-// SSMTRAIN_BENCH_SSD_BWD_VARIANTS=1 times forward + backward once per tensor-core backward
-// variant (names end in "bwd v5" / "bwd v6"); otherwise the variant that SSMTRAIN_SSD_BWD picks.
 #include <fmt/core.h>
 
-#include <cstdlib>
 #include <string>
-#include <utility>
 
 #include "bench/harness.h"
 #include "kernels/gated_rmsnorm.h"
@@ -67,26 +63,12 @@ void bench_ssd(Report& report, Timer& timer, int64_t b, int64_t l, int64_t h, in
   const double Q = static_cast<double>(chunk);
   const double fwd_flops = double(b) * nc * (g * Q * Q * n + h * (Q * Q * p + 4.0 * Q * p * n));
   report.measure("ssd forward bf16", dims, Bound::compute, fwd_bytes, fwd_flops, [&] { return timer.time(forward); });
-  auto fwd_bwd = [&](const std::string& name) {
-    report.measure(name, dims, Bound::compute, fwd_bytes + bwd_bytes, 3 * fwd_flops, [&] {
-      return timer.time([&] {
-        forward();
-        kernels::cuda::ssd_backward(shape, DType::bf16, args, grads, chunk_states.as<float>(), s);
-      });
+  report.measure("ssd fwd+bwd bf16", dims, Bound::compute, fwd_bytes + bwd_bytes, 3 * fwd_flops, [&] {
+    return timer.time([&] {
+      forward();
+      kernels::cuda::ssd_backward(shape, DType::bf16, args, grads, chunk_states.as<float>(), s);
     });
-  };
-  const char* both = std::getenv("SSMTRAIN_BENCH_SSD_BWD_VARIANTS");
-  if (both && std::string(both) == "1") {
-    using kernels::cuda::SsdBackwardVariant;
-    const SsdBackwardVariant chosen = kernels::cuda::ssd_backward_variant();
-    for (auto [variant, name] : {std::pair{SsdBackwardVariant::v5, "v5"}, std::pair{SsdBackwardVariant::v6, "v6"}}) {
-      kernels::cuda::set_ssd_backward_variant(variant);
-      fwd_bwd(std::string("ssd fwd+bwd bf16 bwd ") + name);
-    }
-    kernels::cuda::set_ssd_backward_variant(chosen);
-  } else {
-    fwd_bwd("ssd fwd+bwd bf16");
-  }
+  });
 }
 
 void bench_norm(Report& report, Timer& timer, int64_t rows, int64_t d, int64_t group) {

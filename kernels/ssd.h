@@ -99,15 +99,6 @@ void ssd_forward(const SsdShape& s, DType dtype, const SsdArgs<void, float>& a, 
                  float* final_states, float* chunk_states, cudaStream_t stream);
 void ssd_backward(const SsdShape& s, DType dtype, const SsdArgs<void, float>& a,
                   const SsdGrads<void, float>& g, const float* chunk_states, cudaStream_t stream);
-// Which bf16 tensor-core backward ssd_backward runs: v6 (the default) computes C B^T once per
-// (chunk, tile pair, group) and shares it across the heads; v5 is the previous kernels, which
-// recompute it per head. Both give the same results. The first value comes from the
-// environment variable SSMTRAIN_SSD_BWD (read once: "v5" selects v5, anything else v6);
-// set_ssd_backward_variant overrides it for tests and benchmarks (not while a backward is
-// being enqueued on another thread).
-enum class SsdBackwardVariant { v5, v6 };
-SsdBackwardVariant ssd_backward_variant();
-void set_ssd_backward_variant(SsdBackwardVariant v);
 // One decoding step, as cpu::ssd_step; states (b, h, p, n) f32 in place.
 void ssd_step(const SsdShape& s, DType dtype, const SsdArgs<void, float>& a, float* states,
               void* out, cudaStream_t stream);

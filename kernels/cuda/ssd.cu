@@ -12,16 +12,16 @@
 // Two implementations of (1), (3a), (3b) and forward (3):
 // - bf16 with 16-byte aligned pointers (and n in {64, 128} for the backward): tensor cores,
 //   mma.sync m16n8k16 bf16 with f32 accumulation (kernels/cuda/ssd_mma.cuh), 4-warp blocks;
-//   the forward scan runs one block per (64-token tile, chunk, head) and recomputes C B^T per
-//   head; the backward blocks loop over a slice of a group's heads, summing dB / dC over the
-//   slice in registers and over slices in order (sum_slices_kernel).
+//   C B^T is computed once per (chunk, tile pair, group) by cb_tc_kernel and read by every
+//   head; the forward scan runs one block per (64-token tile, chunk, head); the backward
+//   blocks loop over a slice of a group's heads, summing dB / dC over the slice in registers
+//   and over slices in order (sum_slices_kernel).
 // - otherwise (f32, and the remaining bf16 shapes): f32 CUDA cores from shared memory, one
 //   block per (tile, chunk, group) looping over the group's heads (C B^T computed once).
 // Glossary: b batch, l length, h heads, p head dim, n state size, g groups, Q chunk length.
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
@@ -66,6 +66,18 @@ __device__ __forceinline__ float siluf_(float v) { return v * sigmoidf_(v); }
 __device__ __forceinline__ float silu_gradf_(float v) {
   const float sg = sigmoidf_(v);
   return sg * (1.0f + v * (1.0f - sg));
+}
+// The tensor-core kernels' versions, for values that are rounded to bf16 next: exp through
+// ex2.approx and an approximate division (2 ulp each) instead of an IEEE division (a dozen
+// instructions each time). Past v = -87 the sigmoid is 0, as its limit.
+__device__ __forceinline__ float sigmoid_fast(float v) { return __fdividef(1.0f, 1.0f + __expf(-v)); }
+__device__ __forceinline__ float silu_grad_from(float v, float sg) { return sg * (1.0f + v * (1.0f - sg)); }
+// 2^x in one MUFU.EX2; results below 2^-126 flush to zero (exp2f spends four more
+// instructions keeping them subnormal).
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 // Per-token quantities of one chunk of one head, in shared memory.
@@ -338,6 +350,13 @@ __global__ void __launch_bounds__(kPassThreads) pass_states_kernel(Dims d, float
 using bf16 = __nv_bfloat16;
 constexpr int kTcThreads = 128;  // 4 warps
 constexpr int kTcPad = 8;        // bf16 elements of row padding
+// Two shared-memory tiles picked by parity (a select, where an array of two pointers indexed
+// at run time would live in local memory).
+struct TilePair {
+  bf16* even;
+  bf16* odd;
+  __device__ bf16* operator[](int i) const { return (i & 1) ? odd : even; }
+};
 
 // Per-token scratch (b, h, nc * Q), filled by tokens_kernel from ChunkTokens.
 struct TokenInfo {
@@ -373,12 +392,20 @@ __global__ void __launch_bounds__(kThreads) tokens_kernel(Dims d, SsdArgs<T, flo
 // rows x cols bf16 from global rows (src + r * stride, 16-byte aligned) into dst (row stride
 // ld), zeros from row valid on. cols is a multiple of 8. Asynchronous (cp.async): the tile is
 // there after tile_sync().
+// The thread's (row, column) steps by blockDim.x 8-element vectors at a time without a
+// division per vector.
 __device__ __forceinline__ void load_rows(bf16* dst, int ld, const bf16* src, int64_t stride, int rows, int valid,
                                           int cols) {
-  const int vec = cols / 8;
-  for (int i = threadIdx.x; i < rows * vec; i += blockDim.x) {
-    const int r = i / vec, cc = (i % vec) * 8;
+  const int vec = cols / 8, dr = blockDim.x / vec, dc = (blockDim.x % vec) * 8;
+  int r = threadIdx.x / vec, cc = (threadIdx.x % vec) * 8;
+  while (r < rows) {
     ssd_mma::cp_async16(dst + r * ld + cc, r < valid ? src + r * stride + cc : src, r < valid);
+    r += dr;
+    cc += dc;
+    if (cc >= cols) {
+      cc -= cols;
+      ++r;
+    }
   }
 }
 
@@ -393,24 +420,33 @@ __device__ __forceinline__ void tile_sync() {
 constexpr int kBatch = 4;
 
 // A (rows, n) f32 state (rows = p) into dst (row stride ld) as bf16.
+// Element 4 i of the state sits at row 4 i / n, column 4 i % n; the thread's row and column
+// advance by 4 blockDim.x elements per step without a division. Eight loads per thread are
+// in flight at once (the callers run it before their registers fill up).
 __device__ __forceinline__ void load_state_bf16(bf16* dst, int ld, const float* S, int rows, int n) {
-  const int total = rows * n / 4;
-  for (int i0 = threadIdx.x; i0 < total; i0 += kBatch * blockDim.x) {
-    float4 v[kBatch];
+  constexpr int kStateBatch = 8;
+  const int total = rows * n / 4, step = 4 * blockDim.x, drow = step / n, dk = step % n;
+  int row = 4 * threadIdx.x / n, k = 4 * threadIdx.x % n;
+  for (int i0 = threadIdx.x; i0 < total; i0 += kStateBatch * blockDim.x) {
+    float4 v[kStateBatch];
 #pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
+    for (int u = 0; u < kStateBatch; ++u) {
       const int i = i0 + u * blockDim.x;
       if (i < total) v[u] = *reinterpret_cast<const float4*>(S + 4 * i);
     }
 #pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int i = i0 + u * blockDim.x;
-      if (i >= total) continue;
-      const int row = (4 * i) / n, k = (4 * i) % n;
+    for (int u = 0; u < kStateBatch; ++u) {
+      if (i0 + u * blockDim.x >= total) continue;
       uint2 pk;
       pk.x = ssd_mma::pack(v[u].x, v[u].y);
       pk.y = ssd_mma::pack(v[u].z, v[u].w);
       *reinterpret_cast<uint2*>(dst + row * ld + k) = pk;
+      row += drow;
+      k += dk;
+      if (k >= n) {
+        k -= n;
+        ++row;
+      }
     }
   }
 }
@@ -452,7 +488,10 @@ __device__ __forceinline__ void load_rows_split(bf16* parts, int part_stride, in
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           float e = wr * to_f32(xv[j]);
-          if (z) e *= siluf_(to_f32(zv[j]));
+          if (z) {
+            const float zj = to_f32(zv[j]);
+            e *= zj * sigmoid_fast(zj);
+          }
 #pragma unroll
           for (int k = 0; k < NS; ++k) {
             const bf16 part = from_f32<bf16>(e);
@@ -542,11 +581,119 @@ __global__ void __launch_bounds__(kTcThreads) chunk_state_tc_kernel(Dims d, SsdA
   }
 }
 
-// Shared memory of chunk_scan_tc_kernel, in bytes: token quantities, then bf16 tiles. One
-// buffer each for B_s and x_s: double-buffering them (measured) cost more through the lower
-// occupancy (3 blocks per SM instead of 4) than it gained.
+// (16 rows, 64 columns) += the warp's rows of A (row-major, ld lda, from row ra) times the
+// rows of B (64 rows of length K, ld ldb) transposed: A B^T over K.
+template <int K>
+__device__ __forceinline__ void warp_abt(float (&acc)[8][4], const bf16* A, int lda, int ra, const bf16* B, int ldb) {
+  using namespace ssd_mma;
+#pragma unroll
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    uint32_t af[4];
+    ldsm_x4(af, frag_rows16(A, lda, ra, k0));
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      uint32_t bfr[4];
+      ldsm_x4(bfr, frag_cols16(B, ldb, 16 * j, k0));
+      mma(acc[2 * j], af, bfr[0], bfr[1]);
+      mma(acc[2 * j + 1], af, bfr[2], bfr[3]);
+    }
+  }
+}
+
+// acc (16 rows, NT * 8 columns) += frags (the warp's 16 x 64 A operand) times B (64 rows of
+// NT * 8 columns, row-major, ld ldb).
+template <int NT>
+__device__ __forceinline__ void warp_frag_b(float (&acc)[NT][4], const uint32_t (&frags)[4][4], const bf16* B,
+                                            int ldb) {
+  using namespace ssd_mma;
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int j = 0; j < NT / 2; ++j) {
+      uint32_t bfr[4];
+      ldsm_x4_t(bfr, frag_rows16(B, ldb, 16 * kk, 16 * j));
+      mma(acc[2 * j], frags[kk], bfr[0], bfr[1]);
+      mma(acc[2 * j + 1], frags[kk], bfr[2], bfr[3]);
+    }
+}
+
+// C B^T shared across heads. The products C_t B_s^T (the forward scan's and the backward rows
+// kernel's scores) and B_s C_t^T (the cols kernel's) depend on the chunk, the tile pair
+// s <= t and the group, not on the head: cb_tc_kernel computes them once and stores them as
+// f32 in accumulator-fragment order: per (b, nc, g, pair) 2 x 4096 floats, rows layout then
+// cols layout, float4 (warp, j, lane) at ((warp * 8 + j) * 32 + lane) * 4 holding acc[j][0..3]
+// of that lane. Pair (t, s) is t (t + 1) / 2 + s. The forward scan reads each thread's 32
+// floats straight into registers; the backward kernels copy them into the same offsets of
+// their shared memory (cp.async, thread-private, so no block barrier guards them).
+constexpr int kCbTile = kTile * kTile;  // floats per product tile
+__host__ __device__ inline int64_t cb_pairs(int64_t ntt) { return ntt * (ntt + 1) / 2; }
+__device__ __forceinline__ const float* cb_tile(const Dims& d, const float* cb, int64_t bi, int64_t c, int64_t gg,
+                                                int t, int s, int layout) {
+  return cb + ((((bi * d.nc + c) * d.g + gg) * cb_pairs(d.ntt) + t * (t + 1) / 2 + s) * 2 + layout) * kCbTile;
+}
+__device__ __forceinline__ int cb_frag(int j) { return ((static_cast<int>(threadIdx.x >> 5) * 8 + j) * 32 + (threadIdx.x & 31)) * 4; }
+// This thread's 32 floats of a tile into dst (a fragment-order tile in shared memory).
+__device__ __forceinline__ void load_cb(float* dst, const float* src) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) ssd_mma::cp_async16(dst + cb_frag(j), src + cb_frag(j), true);
+  ssd_mma::cp_async_commit();
+}
+// This thread's 32 floats of a tile (shared or global memory) into accumulator fragments.
+__device__ __forceinline__ void read_cb(float (&g)[8][4], const float* src) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float4 v = *reinterpret_cast<const float4*>(src + cb_frag(j));
+    g[j][0] = v.x;
+    g[j][1] = v.y;
+    g[j][2] = v.z;
+    g[j][3] = v.w;
+  }
+}
+
+// Grid (cb_pairs(ntt), nc * g, b): the products of one tile pair (t, s <= t), 4 warps of
+// 16 rows each; the second layout (B_s C_t^T) only when both is set (the backward). Pairs
+// whose t tile lies past the chunk's end are skipped (no kernel reads them). The state
+// dimension passes through shared memory NB (<= 128) columns at a time, which is the order of
+// k-steps warp_abt<n> takes, so the bits do not depend on NB.
+template <int NB>
+__global__ void __launch_bounds__(kTcThreads) cb_tc_kernel(Dims d, SsdArgs<bf16, float> a, bool both, float* cb) {
+  constexpr int ldn = NB + kTcPad;
+  __shared__ __align__(16) bf16 ct[kTile * ldn];  // (64, NB) C_t
+  __shared__ __align__(16) bf16 bs[kTile * ldn];  // (64, NB) B_s
+  const int pair = blockIdx.x;
+  int t = 0;
+  while ((t + 1) * (t + 2) / 2 <= pair) ++t;
+  const int s = pair - t * (t + 1) / 2;
+  const int64_t c = blockIdx.y / d.g, gg = blockIdx.y % d.g, bi = blockIdx.z, c0 = c * d.Q;
+  const int len = static_cast<int>(min(d.Q, d.l - c0));
+  const int t0 = t * kTile, s0 = s * kTile;
+  if (t0 >= len) return;
+  const int64_t bcstride = d.g * d.n;
+  const int rw = (threadIdx.x >> 5) * 16;
+  float g[8][4] = {}, gt[8][4] = {};
+  for (int k0 = 0; k0 < d.n; k0 += NB) {
+    if (k0 > 0) __syncthreads();  // the previous segment is read
+    load_rows(ct, ldn, a.C + d.bc(bi, c0 + t0, gg) + k0, bcstride, kTile, min(kTile, len - t0), NB);
+    load_rows(bs, ldn, a.B + d.bc(bi, c0 + s0, gg) + k0, bcstride, kTile, min(kTile, len - s0), NB);
+    tile_sync();
+    warp_abt<NB>(g, ct, ldn, rw, bs, ldn);
+    if (both) warp_abt<NB>(gt, bs, ldn, rw, ct, ldn);
+  }
+  float* dst = cb + ((((bi * d.nc + c) * d.g + gg) * cb_pairs(d.ntt) + pair) * 2) * kCbTile;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    *reinterpret_cast<float4*>(dst + cb_frag(j)) = make_float4(g[j][0], g[j][1], g[j][2], g[j][3]);
+  if (both) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      *reinterpret_cast<float4*>(dst + kCbTile + cb_frag(j)) = make_float4(gt[j][0], gt[j][1], gt[j][2], gt[j][3]);
+  }
+}
+
+// Shared memory of chunk_scan_tc_kernel, in bytes: token quantities, then bf16 tiles. Region
+// a holds C_t until the entering state's product is read, then the x_s of odd s tiles.
 struct ScanTcSmem {
-  int cum, dt, first, crel, ct, bs, xs, total;
+  int cum, dt, first, crel, a, sin, xs, total;
 };
 __host__ __device__ inline ScanTcSmem scan_tc_smem(int64_t n, int p) {
   ScanTcSmem s;
@@ -555,9 +702,9 @@ __host__ __device__ inline ScanTcSmem scan_tc_smem(int64_t n, int p) {
   s.dt = s.cum + 8 * kMaxChunk;
   s.first = s.dt + 4 * kMaxChunk;
   s.crel = s.first + 4 * kMaxChunk;
-  s.ct = s.crel + 4 * kMaxChunk;                   // (64, n) C_t of the block's tile
-  s.bs = s.ct + 2 * kTile * ldn;                   // (64, n) B_s, or first (p, n) S_in
-  s.xs = s.bs + 2 * (kTile > p ? kTile : p) * ldn;  // (64, p) x_s
+  s.a = s.crel + 4 * kMaxChunk;                       // (64, n) C_t, then (64, p) x_s
+  s.sin = s.a + 2 * kTile * (ldn > ldx ? ldn : ldx);  // (p, n) S_in
+  s.xs = s.sin + 2 * p * ldn;                         // (64, p) x_s of even s tiles
   s.total = s.xs + 2 * kTile * ldx;
   return s;
 }
@@ -573,38 +720,83 @@ __device__ __forceinline__ void load_tokens(const TokenInfo& ti, int64_t tok0, i
   }
 }
 
-// Masked, scaled and rounded scores of one warp: g (16 rows, 64 columns s from s0) holds
-// C_t B_s^T (or dy_t x_s^T); out gets the A fragments of g ∘ exp(cum_t - cum_s) dt_s where
-// first_t <= s <= t, else 0. tr_a / tr_b: the rows' (cum_t - cum_s0) log2(e); f_a / f_b the
-// rows' first tokens (past the end: kMaxChunk, so no column reaches them).
-__device__ __forceinline__ void mask_scores(const float (&g)[8][4], uint32_t (&out)[4][4], int s0, int ta, int tb,
-                                            int fa, int fb, float tra, float trb, const float* crel,
-                                            const float* dts) {
+// The decay weights of one 8-column step j of a warp's 16 x 64 score block whose columns start
+// at s0 (sj = s0 + 8 j + 2 (lane % 4) and sj + 1) for its rows ta and tb = ta + 8:
+// l = exp(cum_t - cum_s) dt_s where first_t <= s <= t, else 0, computed as
+// exp2(tr - crel_s) dt_s with tr the row's (cum_t - cum_s0) log2(e). l[0], l[1]: row ta,
+// l[2], l[3]: row tb. fa / fb: the rows' first tokens (past the end: kMaxChunk, so no column
+// reaches them). full: every column reaches both rows (an earlier tile, no document start
+// after s0 up to the rows), so no compares.
+__device__ __forceinline__ void row_decay(float (&l)[4], int sj, bool full, int ta, int tb, int fa, int fb, float tra,
+                                          float trb, const float* crel, const float* dts) {
+  const float2 cr = *reinterpret_cast<const float2*>(crel + sj);
+  const float2 dt = *reinterpret_cast<const float2*>(dts + sj);
+  l[0] = exp2_ftz(tra - cr.x) * dt.x;
+  l[1] = exp2_ftz(tra - cr.y) * dt.y;
+  l[2] = exp2_ftz(trb - cr.x) * dt.x;
+  l[3] = exp2_ftz(trb - cr.y) * dt.y;
+  if (!full) {
+    if (!(sj <= ta && sj >= fa)) l[0] = 0.0f;
+    if (!(sj + 1 <= ta && sj + 1 >= fa)) l[1] = 0.0f;
+    if (!(sj <= tb && sj >= fb)) l[2] = 0.0f;
+    if (!(sj + 1 <= tb && sj + 1 >= fb)) l[3] = 0.0f;
+  }
+}
+
+// The cols kernel's weights of one 8-column step: columns are output tokens tj and tj + 1,
+// rows the input tokens sa and sb = sa + 8 (va / vb: before the chunk's end):
+// l = exp(cum_t - cum_s) = exp2(crel_t - sr) where s reaches t (first_t <= s <= t, t before
+// the end), else 0, with sr the row's (cum_s - cum_t0) log2(e). full: every column reaches
+// both rows, so no compares.
+__device__ __forceinline__ void col_decay(float (&l)[4], int tj, bool full, int sa, int sb, bool va, bool vb, int len,
+                                          float sra, float srb, const float* crel, const int* first) {
+  const float2 cr = *reinterpret_cast<const float2*>(crel + tj);
+  l[0] = exp2_ftz(cr.x - sra);
+  l[1] = exp2_ftz(cr.y - sra);
+  l[2] = exp2_ftz(cr.x - srb);
+  l[3] = exp2_ftz(cr.y - srb);
+  if (!full) {
+    const int2 fi = *reinterpret_cast<const int2*>(first + tj);
+    const int f0 = fi.x & (kCarries - 1), f1 = fi.y & (kCarries - 1);
+    const bool in0 = tj < len, in1 = tj + 1 < len;
+    if (!(va && in0 && sa <= tj && sa >= f0)) l[0] = 0.0f;
+    if (!(va && in1 && sa <= tj + 1 && sa >= f1)) l[1] = 0.0f;
+    if (!(vb && in0 && sb <= tj && sb >= f0)) l[2] = 0.0f;
+    if (!(vb && in1 && sb <= tj + 1 && sb >= f1)) l[3] = 0.0f;
+  }
+}
+
+// Rows of an A fragment (ldsm_x4 at frag_rows16) scaled and rounded back to bf16: registers 0
+// and 2 hold the lane's row lane / 4, 1 and 3 the row 8 below; wa and wb their factors.
+__device__ __forceinline__ void scale_rows(uint32_t (&af)[4], float wa, float wb) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&af[i]));
+    const float w = (i & 1) ? wb : wa;
+    af[i] = ssd_mma::pack(w * v.x, w * v.y);
+  }
+}
+
+// An epilogue's (b, l, h, p) input at the lane's accumulator columns of one row (offset
+// off): NP bf16 pairs. All the loads are issued before any value is used; loaded between the
+// epilogue's stores (which may alias them as far as the compiler knows), each would wait for
+// the one before.
+template <int NP>
+__device__ __forceinline__ void load_row_pairs(__nv_bfloat162 (&v)[NP], const bf16* src, int64_t off) {
   const int lane = threadIdx.x & 31;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    float m[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int s = s0 + 8 * j + 2 * (lane & 3) + (e & 1);
-      const int t = e < 2 ? ta : tb;
-      const int f = e < 2 ? fa : fb;
-      const float tr = e < 2 ? tra : trb;
-      m[e] = (s <= t && s >= f) ? g[j][e] * exp2f(tr - crel[s]) * dts[s] : 0.0f;
-    }
-    out[j / 2][(j & 1) * 2] = ssd_mma::pack(m[0], m[1]);
-    out[j / 2][(j & 1) * 2 + 1] = ssd_mma::pack(m[2], m[3]);
-  }
+  for (int j = 0; j < NP; ++j) v[j] = *reinterpret_cast<const __nv_bfloat162*>(src + off + 8 * j + 2 * (lane & 3));
 }
 
 // Forward (3) on tensor cores. Grid (ntt * h, nc, b): the block owns a 64-token tile t of
 // one chunk of one head, warp w its rows 16 w .. 16 w + 15. Y = e_t (C_t S_in^T) first, then
-// per input tile s <= t: G = C_t B_s^T (f32 accumulators), masked and scaled to
-// G ∘ exp(cum_t - cum_s) dt_s in registers, rounded to bf16 as the A operand of Y += G X_s.
-// C B^T is recomputed per head: heads spread over blocks instead of looping inside one.
+// per input tile s <= t: G = C_t B_s^T (cb_tc_kernel's f32 tiles, read into registers one pair
+// ahead), masked and scaled to G ∘ exp(cum_t - cum_s) dt_s, rounded to bf16 as the A operand
+// of Y += G X_s. X_s tiles are double-buffered (the odd ones where C_t was).
 template <int P>
 __global__ void __launch_bounds__(kTcThreads) chunk_scan_tc_kernel(Dims d, SsdArgs<bf16, float> a, TokenInfo ti,
-                                                                   const float* chunk_states, bf16* out) {
+                                                                   const float* chunk_states, const float* cbt,
+                                                                   bf16* out) {
   using namespace ssd_mma;
   constexpr int NP = P / 8, ldx = P + kTcPad;
   extern __shared__ __align__(16) unsigned char smem_tc[];
@@ -613,9 +805,9 @@ __global__ void __launch_bounds__(kTcThreads) chunk_scan_tc_kernel(Dims d, SsdAr
   float* dts = reinterpret_cast<float*>(smem_tc + L.dt);
   int* first = reinterpret_cast<int*>(smem_tc + L.first);
   float* crel = reinterpret_cast<float*>(smem_tc + L.crel);
-  bf16* ct = reinterpret_cast<bf16*>(smem_tc + L.ct);  // (64, n)
-  bf16* sb = reinterpret_cast<bf16*>(smem_tc + L.bs);  // (64, n) B_s, or first (p, n) S_in
-  bf16* xs = reinterpret_cast<bf16*>(smem_tc + L.xs);  // (64, p) x_s
+  bf16* ct = reinterpret_cast<bf16*>(smem_tc + L.a);     // (64, n) C_t
+  bf16* sin = reinterpret_cast<bf16*>(smem_tc + L.sin);  // (p, n) S_in
+  const TilePair xb{reinterpret_cast<bf16*>(smem_tc + L.xs), ct};  // (64, p) x_s of even / odd s tiles
   const int ntt = static_cast<int>(d.ntt);
   const int tile = blockIdx.x % ntt;
   const int64_t hh = blockIdx.x / ntt, c = blockIdx.y, bi = blockIdx.z, gg = hh / d.hpg, c0 = c * d.Q;
@@ -626,10 +818,13 @@ __global__ void __launch_bounds__(kTcThreads) chunk_scan_tc_kernel(Dims d, SsdAr
   const int tvalid = min(kTile, len - t0);
   const int64_t tok0 = d.tok(bi, hh, c);
   const int64_t bcstride = d.g * d.n, xstride = d.h * d.p;
-  load_rows(ct, ldn, a.C + d.bc(bi, c0 + t0, gg), bcstride, kTile, tvalid, n);
-  load_tokens(ti, tok0, t0 + tvalid, cum, dts, first, crel);
   const bool carry = (ti.first[tok0 + t0] & kCarries) != 0;  // the entering state reaches the tile
-  if (carry) load_state_bf16(sb, ldn, chunk_states + d.st(bi, c, hh), P, n);  // S_in (p, n) as bf16
+  load_rows(xb[0], ldx, a.x + d.x(bi, c0, hh), xstride, kTile, min(kTile, len), P);
+  if (carry) load_rows(ct, ldn, a.C + d.bc(bi, c0 + t0, gg), bcstride, kTile, tvalid, n);
+  load_tokens(ti, tok0, t0 + tvalid, cum, dts, first, crel);
+  if (carry) load_state_bf16(sin, ldn, chunk_states + d.st(bi, c, hh), P, n);  // S_in (p, n) as bf16
+  float g[8][4];  // (16 rows, 64 columns s) of C_t B_s^T
+  read_cb(g, cb_tile(d, cbt, bi, c, gg, tile, 0, 0));
   tile_sync();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int rw = warp * 16;                 // the warp's first row in the tile
@@ -643,7 +838,7 @@ __global__ void __launch_bounds__(kTcThreads) chunk_scan_tc_kernel(Dims d, SsdAr
 #pragma unroll
       for (int j = 0; j < NP / 2; ++j) {
         uint32_t bfr[4];
-        ldsm_x4(bfr, frag_cols16(sb, ldn, 16 * j, k0));
+        ldsm_x4(bfr, frag_cols16(sin, ldn, 16 * j, k0));
         mma(y[2 * j], af, bfr[0], bfr[1]);
         mma(y[2 * j + 1], af, bfr[2], bfr[3]);
       }
@@ -657,62 +852,56 @@ __global__ void __launch_bounds__(kTcThreads) chunk_scan_tc_kernel(Dims d, SsdAr
       y[j][2] *= eb;
       y[j][3] *= eb;
     }
+    if (tile > 0) __syncthreads();  // C_t is read: its region takes x_1
   }
   const double cuma = ta < len ? cum[ta] : 0.0, cumb = tb < len ? cum[tb] : 0.0;
   const int fa = ta < len ? first[ta] & (kCarries - 1) : kMaxChunk;  // no column reaches a row past the end
   const int fb = tb < len ? first[tb] & (kCarries - 1) : kMaxChunk;
+  // The first token of the last row's document when the tile is full (first only grows).
+  const int flast = tvalid == kTile ? first[t0 + kTile - 1] & (kCarries - 1) : kMaxChunk;
   for (int st = 0; st <= tile; ++st) {
-    const int s0 = st * kTile, valid = min(kTile, len - s0);
-    __syncthreads();  // sb (S_in or the last B_s) and xs are read
-    load_rows(sb, ldn, a.B + d.bc(bi, c0 + s0, gg), bcstride, kTile, valid, n);
-    load_rows(xs, ldx, a.x + d.x(bi, c0 + s0, hh), xstride, kTile, valid, P);
-    tile_sync();
-    float g[8][4] = {};  // (16 rows, 64 columns s) of C_t B_s^T
-    for (int k0 = 0; k0 < n; k0 += 16) {
-      uint32_t af[4];
-      ldsm_x4(af, frag_rows16(ct, ldn, rw, k0));
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        uint32_t bfr[4];
-        ldsm_x4(bfr, frag_cols16(sb, ldn, 16 * j, k0));
-        mma(g[2 * j], af, bfr[0], bfr[1]);
-        mma(g[2 * j + 1], af, bfr[2], bfr[3]);
-      }
-    }
+    const int s0 = st * kTile;
+    if (st < tile)
+      load_rows(xb[(st + 1) & 1], ldx, a.x + d.x(bi, c0 + s0 + kTile, hh), xstride, kTile,
+                min(kTile, len - s0 - kTile), P);
     const float tra = static_cast<float>((cuma - cum[s0]) * kLog2e), trb = static_cast<float>((cumb - cum[s0]) * kLog2e);
+    const bool full = st < tile && flast <= s0;
     uint32_t pa[4][4];
-    mask_scores(g, pa, s0, ta, tb, fa, fb, tra, trb, crel, dts);
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-      for (int j = 0; j < NP / 2; ++j) {
-        uint32_t bfr[4];
-        ldsm_x4_t(bfr, frag_rows16(xs, ldx, 16 * kk, 16 * j));
-        mma(y[2 * j], pa[kk], bfr[0], bfr[1]);
-        mma(y[2 * j + 1], pa[kk], bfr[2], bfr[3]);
-      }
+    for (int j = 0; j < 8; ++j) {
+      float l[4];
+      row_decay(l, s0 + 8 * j + 2 * (lane & 3), full, ta, tb, fa, fb, tra, trb, crel, dts);
+      pa[j / 2][(j & 1) * 2] = pack(g[j][0] * l[0], g[j][1] * l[1]);
+      pa[j / 2][(j & 1) * 2 + 1] = pack(g[j][2] * l[2], g[j][3] * l[3]);
     }
+    if (st < tile) read_cb(g, cb_tile(d, cbt, bi, c, gg, tile, st + 1, 0));  // in flight during the product
+    warp_frag_b<NP>(y, pa, xb[st & 1], ldx);
+    if (st < tile) tile_sync();  // x_{s+1} is here, and x_s is read before x_{s+2} replaces it
   }
-  // xs holds the block's own tile (the last s tile): y + D x, times silu(z).
+  // xb[tile % 2] holds the block's own tile: y + D x, times silu(z).
+  const bf16* xs = xb[tile & 1];
+  const float* Dh = a.D ? a.D + (d.D_hp ? hh * P : hh) : nullptr;
+  const int dstep = d.D_hp ? 1 : 0;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int t = half ? tb : ta;
     if (t >= len) continue;
     const int64_t off = d.x(bi, c0 + t, hh);
     const bf16* xrow = xs + (t - t0) * ldx;
+    __nv_bfloat162 zv[NP];
+    if (a.z) load_row_pairs<NP>(zv, a.z, off);
 #pragma unroll
     for (int j = 0; j < NP; ++j) {
       const int pi = 8 * j + 2 * (lane & 3);
       float v0 = y[j][2 * half], v1 = y[j][2 * half + 1];
-      if (a.D) {
-        const float D0 = d.D_hp ? a.D[hh * P + pi] : a.D[hh], D1 = d.D_hp ? a.D[hh * P + pi + 1] : a.D[hh];
-        v0 = fmaf(D0, to_f32(xrow[pi]), v0);
-        v1 = fmaf(D1, to_f32(xrow[pi + 1]), v1);
+      if (Dh) {
+        v0 = fmaf(__ldg(Dh + pi * dstep), to_f32(xrow[pi]), v0);
+        v1 = fmaf(__ldg(Dh + (pi + 1) * dstep), to_f32(xrow[pi + 1]), v1);
       }
       if (a.z) {
-        const __nv_bfloat162 zv = *reinterpret_cast<const __nv_bfloat162*>(a.z + off + pi);
-        v0 *= siluf_(__low2float(zv));
-        v1 *= siluf_(__high2float(zv));
+        const float z0 = __low2float(zv[j]), z1 = __high2float(zv[j]);
+        v0 *= z0 * sigmoid_fast(z0);
+        v1 *= z1 * sigmoid_fast(z1);
       }
       *reinterpret_cast<__nv_bfloat162*>(out + off + pi) = __floats2bfloat162_rn(v0, v1);
     }
@@ -1104,15 +1293,15 @@ __global__ void __launch_bounds__(kThreads) bwd_cols_kernel(Dims d, SsdArgs<T, f
 // adds in slice order. N is the state size (64 or 128 here: dC and dB live in registers).
 
 // Shared memory of the backward tensor-core kernels, in bytes. Rows kernel: big0 / big1 the
-// double-buffered B_s (big1 first holds S_in), tile_n C_t, xa / xb the double-buffered x_s
-// (xb first holds e_t dy_t), xc dy_t. Cols kernel: big0 / big1 the double-buffered C_t (big1
-// first holds dS_out), tile_n B_s, xa / xb the double-buffered dy_t (xb first holds
-// f_s dt_s x_s), xc x_s. v6 (cb): each thread's 32 f32 of the current C B^T tile pair, copied
-// from the precomputed tiles (cb_tc_kernel) in accumulator-fragment order.
+// double-buffered B_s (big1 first holds S_in), tile_n C_t, xa / xb the double-buffered x_s,
+// xc dy_t. Cols kernel: big0 / big1 the double-buffered C_t (big1 first holds dS_out), tile_n
+// B_s, xa / xb the double-buffered dy_t, xc x_s. cbf: each thread's 32 f32 of the current
+// C B^T tile pair, copied from the precomputed tiles (cb_tc_kernel) in accumulator-fragment
+// order.
 struct BwdTcSmem {
   int cum, dt, first, crel, big0, big1, tile_n, xa, xb, xc, red, cbf, total;
 };
-__host__ __device__ inline BwdTcSmem bwd_tc_smem(int n, int p, bool cb) {
+__host__ __device__ inline BwdTcSmem bwd_tc_smem(int n, int p) {
   BwdTcSmem s;
   const int ldn = n + kTcPad, ldx = p + kTcPad;
   s.cum = 0;
@@ -1127,7 +1316,7 @@ __host__ __device__ inline BwdTcSmem bwd_tc_smem(int n, int p, bool cb) {
   s.xc = s.xb + 2 * kTile * ldx;
   s.red = s.xc + 2 * kTile * ldx;                       // (4 warps, p) f32
   s.cbf = s.red + 4 * 4 * p;                            // (64, 64) f32 in fragment order
-  s.total = s.cbf + (cb ? 4 * kTile * kTile : 0);
+  s.total = s.cbf + 4 * kTile * kTile;
   return s;
 }
 
@@ -1140,7 +1329,10 @@ __global__ void dy_kernel(const bf16* dout, const bf16* z, int64_t count8, bf16*
   bf16* o = reinterpret_cast<bf16*>(&v);
   const bf16* zv = reinterpret_cast<const bf16*>(&zr);
 #pragma unroll
-  for (int j = 0; j < 8; ++j) o[j] = from_f32<bf16>(to_f32(o[j]) * siluf_(to_f32(zv[j])));
+  for (int j = 0; j < 8; ++j) {
+    const float zj = to_f32(zv[j]);
+    o[j] = from_f32<bf16>(to_f32(o[j]) * (zj * sigmoid_fast(zj)));
+  }
   reinterpret_cast<uint4*>(dy)[i] = v;
 }
 
@@ -1175,120 +1367,14 @@ __device__ __forceinline__ void store_group_rows(const Dims& d, const float (&ac
   }
 }
 
-// (16 rows, 64 columns) += the warp's rows of A (row-major, ld lda, from row ra) times the
-// rows of B (64 rows of length K, ld ldb) transposed: A B^T over K.
-template <int K>
-__device__ __forceinline__ void warp_abt(float (&acc)[8][4], const bf16* A, int lda, int ra, const bf16* B, int ldb) {
-  using namespace ssd_mma;
-#pragma unroll
-  for (int k0 = 0; k0 < K; k0 += 16) {
-    uint32_t af[4];
-    ldsm_x4(af, frag_rows16(A, lda, ra, k0));
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      uint32_t bfr[4];
-      ldsm_x4(bfr, frag_cols16(B, ldb, 16 * j, k0));
-      mma(acc[2 * j], af, bfr[0], bfr[1]);
-      mma(acc[2 * j + 1], af, bfr[2], bfr[3]);
-    }
-  }
-}
-
-// acc (16 rows, NT * 8 columns) += frags (the warp's 16 x 64 A operand) times B (64 rows of
-// NT * 8 columns, row-major, ld ldb).
-template <int NT>
-__device__ __forceinline__ void warp_frag_b(float (&acc)[NT][4], const uint32_t (&frags)[4][4], const bf16* B,
-                                            int ldb) {
-  using namespace ssd_mma;
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-    for (int j = 0; j < NT / 2; ++j) {
-      uint32_t bfr[4];
-      ldsm_x4_t(bfr, frag_rows16(B, ldb, 16 * kk, 16 * j));
-      mma(acc[2 * j], frags[kk], bfr[0], bfr[1]);
-      mma(acc[2 * j + 1], frags[kk], bfr[2], bfr[3]);
-    }
-}
-
-// v6: C B^T shared across heads. The products C_t B_s^T (the rows kernel's scores) and
-// B_s C_t^T (the cols kernel's) depend on the chunk, the tile pair s <= t and the group, not
-// on the head: cb_tc_kernel computes them once, with the same warp_abt<N> the v5 kernels run
-// per head (so the same f32 bits), and stores them as f32 in accumulator-fragment order: per
-// (b, nc, g, pair) 2 x 4096 floats, rows layout then cols layout, float4 (warp, j, lane) at
-// ((warp * 8 + j) * 32 + lane) * 4 holding acc[j][0..3] of that lane. Pair (t, s) is
-// t (t + 1) / 2 + s. The backward kernels copy each thread's 32 floats into the same offsets
-// of their shared memory (cp.async, thread-private, so no block barrier guards them).
-constexpr int kCbTile = kTile * kTile;  // floats per product tile
-__host__ __device__ inline int64_t cb_pairs(int64_t ntt) { return ntt * (ntt + 1) / 2; }
-__device__ __forceinline__ const float* cb_tile(const Dims& d, const float* cb, int64_t bi, int64_t c, int64_t gg,
-                                                int t, int s, int layout) {
-  return cb + ((((bi * d.nc + c) * d.g + gg) * cb_pairs(d.ntt) + t * (t + 1) / 2 + s) * 2 + layout) * kCbTile;
-}
-__device__ __forceinline__ int cb_frag(int j) { return ((static_cast<int>(threadIdx.x >> 5) * 8 + j) * 32 + (threadIdx.x & 31)) * 4; }
-// This thread's 32 floats of a tile into dst (a fragment-order tile in shared memory).
-__device__ __forceinline__ void load_cb(float* dst, const float* src) {
-#pragma unroll
-  for (int j = 0; j < 8; ++j) ssd_mma::cp_async16(dst + cb_frag(j), src + cb_frag(j), true);
-  ssd_mma::cp_async_commit();
-}
-__device__ __forceinline__ void read_cb(float (&g)[8][4], const float* src) {
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const float4 v = *reinterpret_cast<const float4*>(src + cb_frag(j));
-    g[j][0] = v.x;
-    g[j][1] = v.y;
-    g[j][2] = v.z;
-    g[j][3] = v.w;
-  }
-}
-
-// Grid (cb_pairs(ntt), nc * g, b): both products of one tile pair (t, s <= t), 4 warps of
-// 16 rows each. Pairs whose t tile lies past the chunk's end are skipped (no kernel reads them).
-template <int N>
-__global__ void __launch_bounds__(kTcThreads) cb_tc_kernel(Dims d, SsdArgs<bf16, float> a, float* cb) {
-  constexpr int ldn = N + kTcPad;
-  __shared__ __align__(16) bf16 ct[kTile * ldn];  // (64, N) C_t
-  __shared__ __align__(16) bf16 bs[kTile * ldn];  // (64, N) B_s
-  const int pair = blockIdx.x;
-  int t = 0;
-  while ((t + 1) * (t + 2) / 2 <= pair) ++t;
-  const int s = pair - t * (t + 1) / 2;
-  const int64_t c = blockIdx.y / d.g, gg = blockIdx.y % d.g, bi = blockIdx.z, c0 = c * d.Q;
-  const int len = static_cast<int>(min(d.Q, d.l - c0));
-  const int t0 = t * kTile, s0 = s * kTile;
-  if (t0 >= len) return;
-  const int64_t bcstride = d.g * d.n;
-  load_rows(ct, ldn, a.C + d.bc(bi, c0 + t0, gg), bcstride, kTile, min(kTile, len - t0), N);
-  load_rows(bs, ldn, a.B + d.bc(bi, c0 + s0, gg), bcstride, kTile, min(kTile, len - s0), N);
-  tile_sync();
-  const int rw = (threadIdx.x >> 5) * 16;
-  float* dst = cb + ((((bi * d.nc + c) * d.g + gg) * cb_pairs(d.ntt) + pair) * 2) * kCbTile;
-  {
-    float g[8][4] = {};
-    warp_abt<N>(g, ct, ldn, rw, bs, ldn);
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-      *reinterpret_cast<float4*>(dst + cb_frag(j)) = make_float4(g[j][0], g[j][1], g[j][2], g[j][3]);
-  }
-  {
-    float g[8][4] = {};
-    warp_abt<N>(g, bs, ldn, rw, ct, ldn);
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-      *reinterpret_cast<float4*>(dst + kCbTile + cb_frag(j)) = make_float4(g[j][0], g[j][1], g[j][2], g[j][3]);
-  }
-}
-
 // Backward (3a) on tensor cores: grid (ntt * nslices, nc * g, b), rows are output tokens t
 // of the block's tile, warp w its rows 16 w ..; per head of the slice:
 //   Y = e_t C_t S_in^T + sum_s (CB ∘ L dt_s) X_s (the forward's pre-gate output, for dz),
 //   W = L ∘ dt_s (dy_t . x_s), d cum_t = sum_s W ∘ CB + dy_t . (e_t C_t S_in^T),
 //   dC_t += W B_s + e_t dy_t S_in, and dD's partial sum_t dy_t x_t.
 // dy is dout silu(z) (or dout), (b, l, h, p) bf16.
-// kCb (v6): C_t B_s^T comes from cbt (cb_tc_kernel) instead of being recomputed per head, and
-// the mask reads its per-column values in pairs; the results are the same bits as v5's.
-template <int P, int N, bool kCb>
+// C_t B_s^T comes from cbt (cb_tc_kernel).
+template <int P, int N>
 __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs<bf16, float> a,
                                                                  SsdGrads<bf16, float> gr, const bf16* dy,
                                                                  TokenInfo ti, const float* chunk_states,
@@ -1297,17 +1383,17 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
   using namespace ssd_mma;
   constexpr int NP = P / 8, NJ = N / 8, ldx = P + kTcPad, ldn = N + kTcPad;
   extern __shared__ __align__(16) unsigned char smem_tc[];
-  const BwdTcSmem L = bwd_tc_smem(N, P, kCb);
+  const BwdTcSmem L = bwd_tc_smem(N, P);
   double* cum = reinterpret_cast<double*>(smem_tc + L.cum);
   float* dts = reinterpret_cast<float*>(smem_tc + L.dt);
   int* first = reinterpret_cast<int*>(smem_tc + L.first);
   float* crel = reinterpret_cast<float*>(smem_tc + L.crel);
-  bf16* const bb[2] = {reinterpret_cast<bf16*>(smem_tc + L.big0), reinterpret_cast<bf16*>(smem_tc + L.big1)};
-  bf16* const xb[2] = {reinterpret_cast<bf16*>(smem_tc + L.xa), reinterpret_cast<bf16*>(smem_tc + L.xb)};
+  const TilePair bb{reinterpret_cast<bf16*>(smem_tc + L.big0), reinterpret_cast<bf16*>(smem_tc + L.big1)};
+  const TilePair xb{reinterpret_cast<bf16*>(smem_tc + L.xa), reinterpret_cast<bf16*>(smem_tc + L.xb)};
   bf16* ct = reinterpret_cast<bf16*>(smem_tc + L.tile_n);  // (64, N) C_t
   bf16* dyt = reinterpret_cast<bf16*>(smem_tc + L.xc);     // (64, p) dy_t
   float* red = reinterpret_cast<float*>(smem_tc + L.red);  // (4, p)
-  float* cbs = reinterpret_cast<float*>(smem_tc + L.cbf);  // v6: (64, 64) C_t B_s^T, fragment order
+  float* cbs = reinterpret_cast<float*>(smem_tc + L.cbf);  // (64, 64) C_t B_s^T, fragment order
   const int ntt = static_cast<int>(d.ntt), nslices = static_cast<int>(d.hpg / hslice);
   const int tile = blockIdx.x % ntt, slice = blockIdx.x / ntt;
   const int64_t c = blockIdx.y / d.g, gg = blockIdx.y % d.g, bi = blockIdx.z, c0 = c * d.Q;
@@ -1334,10 +1420,10 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
     load_rows(dyt, ldx, dy + d.x(bi, c0 + t0, hh), xstride, kTile, tvalid, P);
     cp_async_commit();
     prefetch(0);
-    if constexpr (kCb) load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tile, 0, 0));
+    load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tile, 0, 0));
     load_tokens(ti, tok0, t0 + tvalid, cum, dts, first, crel);
     if (carry) load_state_bf16(bb[1], ldn, chunk_states + d.st(bi, c, hh), P, N);
-    cp_async_wait<kCb ? 2 : 1>();  // C_t and dy_t are here
+    cp_async_wait<2>();  // C_t and dy_t are here
     __syncthreads();
     float y[NP][4] = {};
     float dcum_a = 0.0f, dcum_b = 0.0f;
@@ -1369,19 +1455,12 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
         dcum_a = fmaf(to_f32(dya[pi]), y[j][0], fmaf(to_f32(dya[pi + 1]), y[j][1], dcum_a));
         dcum_b = fmaf(to_f32(dyb[pi]), y[j][2], fmaf(to_f32(dyb[pi + 1]), y[j][3], dcum_b));
       }
-      // e_t dy_t into the warp's own rows of xb[1], then dC += (e dy) S_in.
-      bf16* edy = xb[1];
-      for (int i = lane; i < 16 * P; i += 32) {
-        const int rr = rw + i / P, pi = i % P;
-        const int t = t0 + rr;
-        const float e = t < len && (first[t] & kCarries) ? expf(static_cast<float>(cum[t])) : 0.0f;
-        edy[rr * ldx + pi] = from_f32<bf16>(e * to_f32(dyt[rr * ldx + pi]));
-      }
-      __syncwarp();
+      // dC += (e dy) S_in, e_t dy_t rounded to bf16 in the A fragments.
 #pragma unroll
       for (int k0 = 0; k0 < P; k0 += 16) {
         uint32_t af[4];
-        ldsm_x4(af, frag_rows16(edy, ldx, rw, k0));
+        ldsm_x4(af, frag_rows16(dyt, ldx, rw, k0));
+        scale_rows(af, ea, eb);
 #pragma unroll
         for (int j = 0; j < NJ / 2; ++j) {
           uint32_t bfr[4];
@@ -1391,10 +1470,11 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
         }
       }
     }
-    __syncthreads();  // S_in and e dy are read: their buffers take the next tiles
+    __syncthreads();  // S_in is read: its buffer takes the next tiles
     const double cuma = ta < len ? cum[ta] : 0.0, cumb = tb < len ? cum[tb] : 0.0;
     const int fa = ta < len ? first[ta] & (kCarries - 1) : kMaxChunk;
     const int fb = tb < len ? first[tb] & (kCarries - 1) : kMaxChunk;
+    const int flast = tvalid == kTile ? first[t0 + kTile - 1] & (kCarries - 1) : kMaxChunk;  // as in the forward
     float rowz_a = 0.0f, rowz_b = 0.0f;
     for (int st = 0; st <= tile; ++st) {
       const int s0 = st * kTile;
@@ -1408,32 +1488,20 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
       const bf16* sbuf = bb[st & 1];
       const bf16* xs = xb[st & 1];
       float g[8][4] = {}, dx[8][4] = {};  // C_t B_s^T and dy_t x_s^T, (16 rows, 64 columns s)
-      if constexpr (kCb) read_cb(g, cbs);
-      else warp_abt<N>(g, ct, ldn, rw, sbuf, ldn);
+      read_cb(g, cbs);
       warp_abt<P>(dx, dyt, ldx, rw, xs, ldx);
       const float tra = static_cast<float>((cuma - cum[s0]) * kLog2e);
       const float trb = static_cast<float>((cumb - cum[s0]) * kLog2e);
+      const bool full = st < tile && flast <= s0;
       uint32_t pa[4][4], wa[4][4];
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        float pm[4], wm[4];
-        const int sj = s0 + 8 * j + 2 * (lane & 3);  // the columns of e = 0 and e = 1
-        float2 cr2 = make_float2(0.0f, 0.0f), dt2 = cr2;
-        if constexpr (kCb) {
-          cr2 = *reinterpret_cast<const float2*>(crel + sj);
-          dt2 = *reinterpret_cast<const float2*>(dts + sj);
-        }
+        float l[4], pm[4], wm[4];
+        row_decay(l, s0 + 8 * j + 2 * (lane & 3), full, ta, tb, fa, fb, tra, trb, crel, dts);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int s = sj + (e & 1);
-          const int t = e < 2 ? ta : tb;
-          const int f = e < 2 ? fa : fb;
-          const float tr = e < 2 ? tra : trb;
-          float l;
-          if constexpr (kCb) l = (s <= t && s >= f) ? exp2f(tr - ((e & 1) ? cr2.y : cr2.x)) * ((e & 1) ? dt2.y : dt2.x) : 0.0f;
-          else l = (s <= t && s >= f) ? exp2f(tr - crel[s]) * dts[s] : 0.0f;
-          pm[e] = g[j][e] * l;
-          wm[e] = dx[j][e] * l;
+          pm[e] = g[j][e] * l[e];
+          wm[e] = dx[j][e] * l[e];
         }
         rowz_a = fmaf(wm[0], g[j][0], fmaf(wm[1], g[j][1], rowz_a));
         rowz_b = fmaf(wm[2], g[j][2], fmaf(wm[3], g[j][3], rowz_b));
@@ -1442,14 +1510,12 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
         wa[j / 2][(j & 1) * 2] = pack(wm[0], wm[1]);
         wa[j / 2][(j & 1) * 2 + 1] = pack(wm[2], wm[3]);
       }
-      if constexpr (kCb) {
-        // The next pair's scores, while this one's products run. The warp's reads of cbs are
-        // done (__syncwarp orders them before the copy's writes; each thread copies only the
-        // floats it reads itself).
-        if (st < tile) {
-          __syncwarp();
-          load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tile, st + 1, 0));
-        }
+      // The next pair's scores, while this one's products run. The warp's reads of cbs are
+      // done (__syncwarp orders them before the copy's writes; each thread copies only the
+      // floats it reads itself).
+      if (st < tile) {
+        __syncwarp();
+        load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tile, st + 1, 0));
       }
       warp_frag_b<NP>(y, pa, xs, ldx);
       warp_frag_b<NJ>(dC, wa, sbuf, ldn);
@@ -1462,6 +1528,8 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
     }
     // dz = dout (y + D x) silu'(z); dD's partial sums dy x over the tile's rows, dy in f32.
     const bf16* xs = xb[tile & 1];  // the block's own x tile (the last s tile)
+    const float* Dh = a.D ? a.D + (d.D_hp ? hh * P : hh) : nullptr;
+    const int dstep = d.D_hp ? 1 : 0;
     float dd[NP][2] = {};
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
@@ -1469,24 +1537,26 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
       if (t >= len) continue;
       const int64_t off = d.x(bi, c0 + t, hh);
       const bf16* xrow = xs + (t - t0) * ldx;
+      __nv_bfloat162 dov[NP], zv[NP];
+      load_row_pairs<NP>(dov, gr.dout, off);
+      if (a.z) load_row_pairs<NP>(zv, a.z, off);
 #pragma unroll
       for (int j = 0; j < NP; ++j) {
         const int pi = 8 * j + 2 * (lane & 3);
-        const __nv_bfloat162 dov = *reinterpret_cast<const __nv_bfloat162*>(gr.dout + off + pi);
         const float x0 = to_f32(xrow[pi]), x1 = to_f32(xrow[pi + 1]);
-        float dy0 = __low2float(dov), dy1 = __high2float(dov);
+        float dy0 = __low2float(dov[j]), dy1 = __high2float(dov[j]);
         if (a.z) {
-          const __nv_bfloat162 zv = *reinterpret_cast<const __nv_bfloat162*>(a.z + off + pi);
-          const float z0 = __low2float(zv), z1 = __high2float(zv);
+          const float z0 = __low2float(zv[j]), z1 = __high2float(zv[j]);
           float v0 = y[j][2 * half], v1 = y[j][2 * half + 1];
-          if (a.D) {
-            v0 = fmaf(d.D_hp ? a.D[hh * P + pi] : a.D[hh], x0, v0);
-            v1 = fmaf(d.D_hp ? a.D[hh * P + pi + 1] : a.D[hh], x1, v1);
+          if (Dh) {
+            v0 = fmaf(__ldg(Dh + pi * dstep), x0, v0);
+            v1 = fmaf(__ldg(Dh + (pi + 1) * dstep), x1, v1);
           }
+          const float sg0 = sigmoid_fast(z0), sg1 = sigmoid_fast(z1);
           *reinterpret_cast<__nv_bfloat162*>(gr.dz + off + pi) =
-              __floats2bfloat162_rn(dy0 * v0 * silu_gradf_(z0), dy1 * v1 * silu_gradf_(z1));
-          dy0 *= siluf_(z0);
-          dy1 *= siluf_(z1);
+              __floats2bfloat162_rn(dy0 * v0 * silu_grad_from(z0, sg0), dy1 * v1 * silu_grad_from(z1, sg1));
+          dy0 *= z0 * sg0;
+          dy1 *= z1 * sg1;
         }
         dd[j][0] = fmaf(dy0, x0, dd[j][0]);
         dd[j][1] = fmaf(dy1, x1, dd[j][1]);
@@ -1518,8 +1588,8 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
 //   q_s = f_s dS_out B_s + sum_t M dy_t, dx_s = dt_s q_s + D dy_s, ddt_expl_s = x_s . q_s,
 //   v_s = f_s dt_s x_s . (dS_out B_s), d cum_s = -(column sums of M dt_s DX) - v_s,
 //   dB_s += sum_t W^T C_t + (f_s dt_s x_s) dS_out.
-// kCb (v6): B_s C_t^T comes from cbt, as in the rows kernel.
-template <int P, int N, bool kCb>
+// B_s C_t^T comes from cbt, as in the rows kernel.
+template <int P, int N>
 __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs<bf16, float> a,
                                                                  SsdGrads<bf16, float> gr, const bf16* dy,
                                                                  TokenInfo ti, BwdScratch sc, int hslice,
@@ -1527,19 +1597,16 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
   using namespace ssd_mma;
   constexpr int NP = P / 8, NJ = N / 8, ldx = P + kTcPad, ldn = N + kTcPad;
   extern __shared__ __align__(16) unsigned char smem_tc[];
-  const BwdTcSmem L = bwd_tc_smem(N, P, kCb);
+  const BwdTcSmem L = bwd_tc_smem(N, P);
   double* cum = reinterpret_cast<double*>(smem_tc + L.cum);
   float* dts = reinterpret_cast<float*>(smem_tc + L.dt);
   int* first = reinterpret_cast<int*>(smem_tc + L.first);
   float* crel = reinterpret_cast<float*>(smem_tc + L.crel);
-  bf16* const cb[2] = {reinterpret_cast<bf16*>(smem_tc + L.big0), reinterpret_cast<bf16*>(smem_tc + L.big1)};
-  bf16* const yb[2] = {reinterpret_cast<bf16*>(smem_tc + L.xa), reinterpret_cast<bf16*>(smem_tc + L.xb)};
+  const TilePair cb{reinterpret_cast<bf16*>(smem_tc + L.big0), reinterpret_cast<bf16*>(smem_tc + L.big1)};
+  const TilePair yb{reinterpret_cast<bf16*>(smem_tc + L.xa), reinterpret_cast<bf16*>(smem_tc + L.xb)};
   bf16* bs = reinterpret_cast<bf16*>(smem_tc + L.tile_n);  // (64, N) B_s
   bf16* xs = reinterpret_cast<bf16*>(smem_tc + L.xc);      // (64, p) x_s
-  float* cbs = reinterpret_cast<float*>(smem_tc + L.cbf);  // v6: (64, 64) B_s C_t^T, fragment order
-  // v6 reads the mask's per-column values in pairs, except at p = n = 128, where the two more
-  // live registers would spill.
-  constexpr bool kPairs = kCb && !(P == 128 && N == 128);
+  float* cbs = reinterpret_cast<float*>(smem_tc + L.cbf);  // (64, 64) B_s C_t^T, fragment order
   const int ntt = static_cast<int>(d.ntt), nslices = static_cast<int>(d.hpg / hslice);
   const int tile = blockIdx.x % ntt, slice = blockIdx.x / ntt;
   const int64_t c = blockIdx.y / d.g, gg = blockIdx.y % d.g, bi = blockIdx.z, c0 = c * d.Q;
@@ -1565,10 +1632,10 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
     load_rows(xs, ldx, a.x + d.x(bi, c0 + s0, hh), xstride, kTile, svalid, P);
     cp_async_commit();
     prefetch(tile);
-    if constexpr (kCb) load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tile, tile, 1));
+    load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tile, tile, 1));
     load_tokens(ti, tok0, len, cum, dts, first, crel);
     load_state_bf16(cb[1], ldn, sc.dstates + d.st(bi, c, hh), P, N);
-    cp_async_wait<kCb ? 2 : 1>();  // B_s and x_s are here
+    cp_async_wait<2>();  // B_s and x_s are here
     __syncthreads();
     const double cum_last = cum[len - 1];
     const int first_last = first[len - 1] & (kCarries - 1);
@@ -1607,20 +1674,13 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
         xdsb_b = fmaf(to_f32(xb[pi]), q[j][2], fmaf(to_f32(xb[pi + 1]), q[j][3], xdsb_b));
       }
     }
-    // f_s dt_s x_s into the warp's own rows of yb[1], then dB += (f dt x) dS_out.
-    bf16* fx = yb[1];
-    for (int i = lane; i < 16 * P; i += 32) {
-      const int rr = rw + i / P, pi = i % P;
-      const int s = s0 + rr;
-      float w = 0.0f;
-      if (s < len && s >= first_last) w = expf(static_cast<float>(cum_last - cum[s])) * dts[s];
-      fx[rr * ldx + pi] = from_f32<bf16>(w * to_f32(xs[rr * ldx + pi]));
-    }
-    __syncwarp();
+    // dB += (f dt x) dS_out, f_s dt_s x_s rounded to bf16 in the A fragments.
+    const float wfa = fa * dta, wfb = fb * dtb;
 #pragma unroll
     for (int k0 = 0; k0 < P; k0 += 16) {
       uint32_t af[4];
-      ldsm_x4(af, frag_rows16(fx, ldx, rw, k0));
+      ldsm_x4(af, frag_rows16(xs, ldx, rw, k0));
+      scale_rows(af, wfa, wfb);
 #pragma unroll
       for (int j = 0; j < NJ / 2; ++j) {
         uint32_t bfr[4];
@@ -1629,7 +1689,7 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
         mma(dB[2 * j + 1], af, bfr[2], bfr[3]);
       }
     }
-    __syncthreads();  // dS_out and f dt x are read: their buffers take the next tiles
+    __syncthreads();  // dS_out is read: its buffer takes the next tiles
     float colz_a = 0.0f, colz_b = 0.0f;
     for (int tt = tile; tt < ntiles; ++tt) {
       const int t0 = tt * kTile;
@@ -1643,37 +1703,23 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
       const bf16* ct = cb[(tt - tile) & 1];
       const bf16* dyt = yb[(tt - tile) & 1];
       float g[8][4] = {}, dx[8][4] = {};  // B_s C_t^T and x_s dy_t^T, (16 rows s, 64 columns t)
-      if constexpr (kCb) read_cb(g, cbs);
-      else warp_abt<N>(g, bs, ldn, rw, ct, ldn);
+      read_cb(g, cbs);
       warp_abt<P>(dx, xs, ldx, rw, dyt, ldx);
       // exp(cum_t - cum_s) = exp2(crel_t - (cum_s - cum_t0) log2(e)).
       const float sra = static_cast<float>((cuma - cum[t0]) * kLog2e);
       const float srb = static_cast<float>((cumb - cum[t0]) * kLog2e);
+      // Every column reaches every row: a later full tile with no document start after s0.
+      const bool full = tt > tile && svalid == kTile && t0 + kTile <= len &&
+                        (first[t0 + kTile - 1] & (kCarries - 1)) <= s0;
       uint32_t ma[4][4], wa[4][4];
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        float mm[4], wm[4];
-        const int tj = t0 + 8 * j + 2 * (lane & 3);  // the columns of e = 0 and e = 1
-        int2 fi2 = make_int2(0, 0);
-        float2 cr2 = make_float2(0.0f, 0.0f);
-        if constexpr (kPairs) {
-          fi2 = *reinterpret_cast<const int2*>(first + tj);
-          cr2 = *reinterpret_cast<const float2*>(crel + tj);
-        }
+        float l[4], mm[4], wm[4];
+        col_decay(l, t0 + 8 * j + 2 * (lane & 3), full, sa, sb, va, vb, len, sra, srb, crel, first);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int t = tj + (e & 1);
-          const int s = e < 2 ? sa : sb;
-          float l;
-          if constexpr (kPairs) {
-            const bool ok = (e < 2 ? va : vb) && t < len && s <= t && s >= (((e & 1) ? fi2.y : fi2.x) & (kCarries - 1));
-            l = ok ? exp2f(((e & 1) ? cr2.y : cr2.x) - (e < 2 ? sra : srb)) : 0.0f;
-          } else {
-            const bool ok = (e < 2 ? va : vb) && t < len && s <= t && s >= (first[t] & (kCarries - 1));
-            l = ok ? exp2f(crel[t] - (e < 2 ? sra : srb)) : 0.0f;
-          }
-          mm[e] = l * g[j][e];
-          wm[e] = l * (e < 2 ? dta : dtb) * dx[j][e];
+          mm[e] = l[e] * g[j][e];
+          wm[e] = l[e] * (e < 2 ? dta : dtb) * dx[j][e];
         }
         colz_a = fmaf(wm[0], g[j][0], fmaf(wm[1], g[j][1], colz_a));
         colz_b = fmaf(wm[2], g[j][2], fmaf(wm[3], g[j][3], colz_b));
@@ -1682,17 +1728,17 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
         wa[j / 2][(j & 1) * 2] = pack(wm[0], wm[1]);
         wa[j / 2][(j & 1) * 2 + 1] = pack(wm[2], wm[3]);
       }
-      if constexpr (kCb) {
-        if (tt + 1 < ntiles) {  // the next pair's scores (see the rows kernel)
-          __syncwarp();
-          load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tt + 1, tile, 1));
-        }
+      if (tt + 1 < ntiles) {  // the next pair's scores (see the rows kernel)
+        __syncwarp();
+        load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tt + 1, tile, 1));
       }
       warp_frag_b<NP>(q, ma, dyt, ldx);
       warp_frag_b<NJ>(dB, wa, ct, ldn);
       __syncthreads();  // this buffer is read before the next prefetch refills it
     }
     // dx_s = dt_s q_s + D dy_s; ddt_expl_s = x_s . q_s.
+    const float* Dh = a.D ? a.D + (d.D_hp ? hh * P : hh) : nullptr;
+    const int dstep = d.D_hp ? 1 : 0;
     float xq_a = 0.0f, xq_b = 0.0f;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
@@ -1701,6 +1747,11 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
       const float dts_ = half ? dtb : dta;
       const int64_t off = d.x(bi, c0 + s, hh);
       const bf16* xrow = xs + (s - s0) * ldx;
+      __nv_bfloat162 dov[NP], zv[NP];
+      if (Dh) {
+        load_row_pairs<NP>(dov, gr.dout, off);
+        if (a.z) load_row_pairs<NP>(zv, a.z, off);
+      }
       float xq = 0.0f;
 #pragma unroll
       for (int j = 0; j < NP; ++j) {
@@ -1708,16 +1759,15 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
         const float q0 = q[j][2 * half], q1 = q[j][2 * half + 1];
         xq = fmaf(to_f32(xrow[pi]), q0, fmaf(to_f32(xrow[pi + 1]), q1, xq));
         float v0 = dts_ * q0, v1 = dts_ * q1;
-        if (a.D) {
-          const __nv_bfloat162 dov = *reinterpret_cast<const __nv_bfloat162*>(gr.dout + off + pi);
-          float dy0 = __low2float(dov), dy1 = __high2float(dov);
+        if (Dh) {
+          float dy0 = __low2float(dov[j]), dy1 = __high2float(dov[j]);
           if (a.z) {
-            const __nv_bfloat162 zv = *reinterpret_cast<const __nv_bfloat162*>(a.z + off + pi);
-            dy0 *= siluf_(__low2float(zv));
-            dy1 *= siluf_(__high2float(zv));
+            const float z0 = __low2float(zv[j]), z1 = __high2float(zv[j]);
+            dy0 *= z0 * sigmoid_fast(z0);
+            dy1 *= z1 * sigmoid_fast(z1);
           }
-          v0 = fmaf(d.D_hp ? a.D[hh * P + pi] : a.D[hh], dy0, v0);
-          v1 = fmaf(d.D_hp ? a.D[hh * P + pi + 1] : a.D[hh], dy1, v1);
+          v0 = fmaf(__ldg(Dh + pi * dstep), dy0, v0);
+          v1 = fmaf(__ldg(Dh + (pi + 1) * dstep), dy1, v1);
         }
         *reinterpret_cast<__nv_bfloat162*>(gr.dx + off + pi) = __floats2bfloat162_rn(v0, v1);
       }
@@ -1988,22 +2038,26 @@ int head_slice(const Dims& d) {
   return 1;
 }
 
-// The backward variant: SSMTRAIN_SSD_BWD=v5 picks the v5 kernels, read once.
-std::atomic<cuda::SsdBackwardVariant>& backward_variant() {
-  using cuda::SsdBackwardVariant;
-  static std::atomic<SsdBackwardVariant> v{[] {
-    const char* env = std::getenv("SSMTRAIN_SSD_BWD");
-    return env && std::string(env) == "v5" ? SsdBackwardVariant::v5 : SsdBackwardVariant::v6;
-  }()};
-  return v;
+// C B^T of every tile pair of every chunk and group, (b, nc, g, pairs, 2, 64 * 64) f32: the
+// first layout only when both is false (the forward).
+float* take_cb(Carver& cv, const Dims& d) { return cv.take<float>(d.b * d.nc * d.g * cb_pairs(d.ntt) * 2 * kCbTile); }
+void launch_cb(const Dims& d, const SsdArgs<bf16, float>& a, bool both, float* cb, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(cb_pairs(d.ntt)), static_cast<unsigned>(d.nc * d.g), static_cast<unsigned>(d.b));
+  auto go = [&](auto kernel) {
+    kernel<<<grid, kTcThreads, 0, stream>>>(d, a, both, cb);
+    SSM_CUDA_CHECK_LAUNCH();
+  };
+  switch (d.n) {
+    case 16: go(cb_tc_kernel<16>); break;
+    case 32: go(cb_tc_kernel<32>); break;
+    case 64: go(cb_tc_kernel<64>); break;
+    default: go(cb_tc_kernel<128>); break;  // 128 and 256
+  }
 }
 
 }  // namespace
 
 namespace cuda {
-
-SsdBackwardVariant ssd_backward_variant() { return backward_variant().load(); }
-void set_ssd_backward_variant(SsdBackwardVariant v) { backward_variant().store(v); }
 
 int64_t ssd_num_chunks(const SsdShape& s) { return make_dims(s, "ssd_num_chunks").nc; }
 
@@ -2023,10 +2077,14 @@ void ssd_forward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>&
   float* decay = nullptr;
   const bool vec = aligned16({chunk_states, a.initial_states, final_states});
   TokenInfo ti{};
+  float* cbt = nullptr;
   auto carve = [&](Carver& cv) {
     if (!chunk_states) states = cv.take<float>(d.nc * state_elems);
     decay = cv.take<float>(d.b * d.nc * d.h);
-    if (tc) ti = token_info(cv, d);
+    if (tc) {
+      ti = token_info(cv, d);
+      cbt = take_cb(cv, d);
+    }
   };
   Carver sizing;
   carve(sizing);
@@ -2042,6 +2100,7 @@ void ssd_forward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>&
         tokens_kernel<T><<<dim3(d.h, d.nc, d.b), kThreads, 0, stream>>>(d, args, ti, decay);
         SSM_CUDA_CHECK_LAUNCH();
         launch_chunk_state_tc<false>(d, args, nullptr, ti, states, stream);
+        launch_cb(d, args, false, cbt, stream);
         pass_states_kernel<false><<<dim3(d.p * d.n / kPassElems, d.h, d.b), kPassThreads, 0, stream>>>(
             d, states, decay, a.initial_states, final_states, nullptr, nullptr, vec);
         SSM_CUDA_CHECK_LAUNCH();
@@ -2050,7 +2109,7 @@ void ssd_forward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>&
           auto kernel = chunk_scan_tc_kernel<P>;
           const size_t smem = scan_tc_smem(d.n, P).total;
           allow_smem(kernel, smem);
-          kernel<<<dim3(d.ntt * d.h, d.nc, d.b), kTcThreads, smem, stream>>>(d, args, ti, states,
+          kernel<<<dim3(d.ntt * d.h, d.nc, d.b), kTcThreads, smem, stream>>>(d, args, ti, states, cbt,
                                                                              static_cast<T*>(out));
           SSM_CUDA_CHECK_LAUNCH();
         });
@@ -2101,7 +2160,6 @@ void ssd_backward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>
                   (d.n == 64 || d.n == 128);
   const int hslice = tc ? head_slice(d) : 0;
   const int64_t nslices = tc ? d.hpg / hslice : 0;
-  const bool v6 = tc && ssd_backward_variant() == SsdBackwardVariant::v6;
   BwdScratch sc{};
   sc.splits = static_cast<int>(d.p * d.n / kPassElems);
   const bool vec = aligned16({chunk_states, g.dfinal_states, g.dinitial_states});
@@ -2109,7 +2167,7 @@ void ssd_backward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>
   float* dB_part = nullptr;
   float* dC_part = nullptr;
   bf16* dy_buf = nullptr;  // dout silu(z) when z is given
-  float* cbt = nullptr;    // v6: C B^T of every tile pair, (b, nc, g, pairs, 2, 64 * 64) f32
+  float* cbt = nullptr;    // C B^T of every tile pair (take_cb)
   auto carve = [&](Carver& cv) {
     const int64_t tok = d.b * d.h * d.nc * d.Q;
     const int64_t per_chunk = d.b * d.nc * d.h;
@@ -2127,7 +2185,7 @@ void ssd_backward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>
     if (tc) {
       ti = token_info(cv, d);
       if (a.z) dy_buf = cv.take<bf16>(d.b * d.l * d.h * d.p);
-      if (v6) cbt = cv.take<float>(d.b * d.nc * d.g * cb_pairs(d.ntt) * 2 * kCbTile);
+      cbt = take_cb(cv, d);
       if (nslices > 1) {
         dB_part = cv.take<float>(nslices * d.b * d.l * d.g * d.n);
         dC_part = cv.take<float>(nslices * d.b * d.l * d.g * d.n);
@@ -2161,32 +2219,22 @@ void ssd_backward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>
         pass_states_kernel<true><<<dim3(d.p * d.n / kPassElems, d.h, d.b), kPassThreads, 0, stream>>>(
             d, sc.dstates, sc.decay, g.dfinal_states, g.dinitial_states, chunk_states, sc.dot_partial, vec);
         SSM_CUDA_CHECK_LAUNCH();
+        launch_cb(d, args, true, cbt, stream);
         const dim3 grid(static_cast<unsigned>(d.ntt * nslices), static_cast<unsigned>(d.nc * d.g),
                         static_cast<unsigned>(d.b));
         dispatch_p(d.p, [&](auto pc) {
           constexpr int P = decltype(pc)::value;
-          auto launch = [&](auto nc_, auto cb_) {
+          auto go = [&](auto nc_) {
             constexpr int N = decltype(nc_)::value;
-            constexpr bool kCb = decltype(cb_)::value;
-            if constexpr (kCb) {
-              const dim3 cgrid(static_cast<unsigned>(cb_pairs(d.ntt)), static_cast<unsigned>(d.nc * d.g),
-                               static_cast<unsigned>(d.b));
-              cb_tc_kernel<N><<<cgrid, kTcThreads, 0, stream>>>(d, args, cbt);
-              SSM_CUDA_CHECK_LAUNCH();
-            }
-            const size_t smem = bwd_tc_smem(N, P, kCb).total;
-            auto rows = bwd_rows_tc_kernel<P, N, kCb>;
+            const size_t smem = bwd_tc_smem(N, P).total;
+            auto rows = bwd_rows_tc_kernel<P, N>;
             allow_smem(rows, smem);
             rows<<<grid, kTcThreads, smem, stream>>>(d, args, grads, dy, ti, chunk_states, sc, hslice, dC_part, cbt);
             SSM_CUDA_CHECK_LAUNCH();
-            auto cols = bwd_cols_tc_kernel<P, N, kCb>;
+            auto cols = bwd_cols_tc_kernel<P, N>;
             allow_smem(cols, smem);
             cols<<<grid, kTcThreads, smem, stream>>>(d, args, grads, dy, ti, sc, hslice, dB_part, cbt);
             SSM_CUDA_CHECK_LAUNCH();
-          };
-          auto go = [&](auto nc_) {
-            if (v6) launch(nc_, std::true_type{});
-            else launch(nc_, std::false_type{});
           };
           if (d.n == 64) go(std::integral_constant<int, 64>{});
           else go(std::integral_constant<int, 128>{});
