@@ -620,16 +620,16 @@ __device__ __forceinline__ void warp_frag_b(float (&acc)[NT][4], const uint32_t 
 // C B^T shared across heads. The products C_t B_s^T (the forward scan's and the backward rows
 // kernel's scores) and B_s C_t^T (the cols kernel's) depend on the chunk, the tile pair
 // s <= t and the group, not on the head: cb_tc_kernel computes them once and stores them as
-// f32 in accumulator-fragment order: per (b, nc, g, pair) 2 x 4096 floats, rows layout then
-// cols layout, float4 (warp, j, lane) at ((warp * 8 + j) * 32 + lane) * 4 holding acc[j][0..3]
+// f32 in accumulator-fragment order: per (b, nc, g, pair) layouts x 4096 floats (the
+// backward's two: rows layout, then cols layout; the forward's one: rows), float4 (warp, j, lane) at ((warp * 8 + j) * 32 + lane) * 4 holding acc[j][0..3]
 // of that lane. Pair (t, s) is t (t + 1) / 2 + s. The forward scan reads each thread's 32
 // floats straight into registers; the backward kernels copy them into the same offsets of
 // their shared memory (cp.async, thread-private, so no block barrier guards them).
 constexpr int kCbTile = kTile * kTile;  // floats per product tile
 __host__ __device__ inline int64_t cb_pairs(int64_t ntt) { return ntt * (ntt + 1) / 2; }
-__device__ __forceinline__ const float* cb_tile(const Dims& d, const float* cb, int64_t bi, int64_t c, int64_t gg,
-                                                int t, int s, int layout) {
-  return cb + ((((bi * d.nc + c) * d.g + gg) * cb_pairs(d.ntt) + t * (t + 1) / 2 + s) * 2 + layout) * kCbTile;
+__device__ __forceinline__ const float* cb_tile(const Dims& d, const float* cb, int layouts, int64_t bi, int64_t c,
+                                                int64_t gg, int t, int s, int layout) {
+  return cb + ((((bi * d.nc + c) * d.g + gg) * cb_pairs(d.ntt) + t * (t + 1) / 2 + s) * layouts + layout) * kCbTile;
 }
 __device__ __forceinline__ int cb_frag(int j) { return ((static_cast<int>(threadIdx.x >> 5) * 8 + j) * 32 + (threadIdx.x & 31)) * 4; }
 // This thread's 32 floats of a tile into dst (a fragment-order tile in shared memory).
@@ -679,7 +679,7 @@ __global__ void __launch_bounds__(kTcThreads) cb_tc_kernel(Dims d, SsdArgs<bf16,
     warp_abt<NB>(g, ct, ldn, rw, bs, ldn);
     if (both) warp_abt<NB>(gt, bs, ldn, rw, ct, ldn);
   }
-  float* dst = cb + ((((bi * d.nc + c) * d.g + gg) * cb_pairs(d.ntt) + pair) * 2) * kCbTile;
+  float* dst = cb + ((((bi * d.nc + c) * d.g + gg) * cb_pairs(d.ntt) + pair) * (both ? 2 : 1)) * kCbTile;
 #pragma unroll
   for (int j = 0; j < 8; ++j)
     *reinterpret_cast<float4*>(dst + cb_frag(j)) = make_float4(g[j][0], g[j][1], g[j][2], g[j][3]);
@@ -824,7 +824,7 @@ __global__ void __launch_bounds__(kTcThreads) chunk_scan_tc_kernel(Dims d, SsdAr
   load_tokens(ti, tok0, t0 + tvalid, cum, dts, first, crel);
   if (carry) load_state_bf16(sin, ldn, chunk_states + d.st(bi, c, hh), P, n);  // S_in (p, n) as bf16
   float g[8][4];  // (16 rows, 64 columns s) of C_t B_s^T
-  read_cb(g, cb_tile(d, cbt, bi, c, gg, tile, 0, 0));
+  read_cb(g, cb_tile(d, cbt, 1, bi, c, gg, tile, 0, 0));
   tile_sync();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int rw = warp * 16;                 // the warp's first row in the tile
@@ -874,7 +874,7 @@ __global__ void __launch_bounds__(kTcThreads) chunk_scan_tc_kernel(Dims d, SsdAr
       pa[j / 2][(j & 1) * 2] = pack(g[j][0] * l[0], g[j][1] * l[1]);
       pa[j / 2][(j & 1) * 2 + 1] = pack(g[j][2] * l[2], g[j][3] * l[3]);
     }
-    if (st < tile) read_cb(g, cb_tile(d, cbt, bi, c, gg, tile, st + 1, 0));  // in flight during the product
+    if (st < tile) read_cb(g, cb_tile(d, cbt, 1, bi, c, gg, tile, st + 1, 0));  // in flight during the product
     warp_frag_b<NP>(y, pa, xb[st & 1], ldx);
     if (st < tile) tile_sync();  // x_{s+1} is here, and x_s is read before x_{s+2} replaces it
   }
@@ -1420,7 +1420,7 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
     load_rows(dyt, ldx, dy + d.x(bi, c0 + t0, hh), xstride, kTile, tvalid, P);
     cp_async_commit();
     prefetch(0);
-    load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tile, 0, 0));
+    load_cb(cbs, cb_tile(d, cbt, 2, bi, c, gg, tile, 0, 0));
     load_tokens(ti, tok0, t0 + tvalid, cum, dts, first, crel);
     if (carry) load_state_bf16(bb[1], ldn, chunk_states + d.st(bi, c, hh), P, N);
     cp_async_wait<2>();  // C_t and dy_t are here
@@ -1515,7 +1515,7 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
       // floats it reads itself).
       if (st < tile) {
         __syncwarp();
-        load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tile, st + 1, 0));
+        load_cb(cbs, cb_tile(d, cbt, 2, bi, c, gg, tile, st + 1, 0));
       }
       warp_frag_b<NP>(y, pa, xs, ldx);
       warp_frag_b<NJ>(dC, wa, sbuf, ldn);
@@ -1632,7 +1632,7 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
     load_rows(xs, ldx, a.x + d.x(bi, c0 + s0, hh), xstride, kTile, svalid, P);
     cp_async_commit();
     prefetch(tile);
-    load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tile, tile, 1));
+    load_cb(cbs, cb_tile(d, cbt, 2, bi, c, gg, tile, tile, 1));
     load_tokens(ti, tok0, len, cum, dts, first, crel);
     load_state_bf16(cb[1], ldn, sc.dstates + d.st(bi, c, hh), P, N);
     cp_async_wait<2>();  // B_s and x_s are here
@@ -1730,7 +1730,7 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
       }
       if (tt + 1 < ntiles) {  // the next pair's scores (see the rows kernel)
         __syncwarp();
-        load_cb(cbs, cb_tile(d, cbt, bi, c, gg, tt + 1, tile, 1));
+        load_cb(cbs, cb_tile(d, cbt, 2, bi, c, gg, tt + 1, tile, 1));
       }
       warp_frag_b<NP>(q, ma, dyt, ldx);
       warp_frag_b<NJ>(dB, wa, ct, ldn);
@@ -2038,9 +2038,11 @@ int head_slice(const Dims& d) {
   return 1;
 }
 
-// C B^T of every tile pair of every chunk and group, (b, nc, g, pairs, 2, 64 * 64) f32: the
-// first layout only when both is false (the forward).
-float* take_cb(Carver& cv, const Dims& d) { return cv.take<float>(d.b * d.nc * d.g * cb_pairs(d.ntt) * 2 * kCbTile); }
+// C B^T of every tile pair of every chunk and group, (b, nc, g, pairs, layouts, 64 * 64) f32:
+// one layout for the forward, two for the backward (cb_tc_kernel's both).
+float* take_cb(Carver& cv, const Dims& d, int layouts) {
+  return cv.take<float>(d.b * d.nc * d.g * cb_pairs(d.ntt) * layouts * kCbTile);
+}
 void launch_cb(const Dims& d, const SsdArgs<bf16, float>& a, bool both, float* cb, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(cb_pairs(d.ntt)), static_cast<unsigned>(d.nc * d.g), static_cast<unsigned>(d.b));
   auto go = [&](auto kernel) {
@@ -2083,7 +2085,7 @@ void ssd_forward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>&
     decay = cv.take<float>(d.b * d.nc * d.h);
     if (tc) {
       ti = token_info(cv, d);
-      cbt = take_cb(cv, d);
+      cbt = take_cb(cv, d, 1);
     }
   };
   Carver sizing;
@@ -2185,7 +2187,7 @@ void ssd_backward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>
     if (tc) {
       ti = token_info(cv, d);
       if (a.z) dy_buf = cv.take<bf16>(d.b * d.l * d.h * d.p);
-      cbt = take_cb(cv, d);
+      cbt = take_cb(cv, d, 2);
       if (nslices > 1) {
         dB_part = cv.take<float>(nslices * d.b * d.l * d.g * d.n);
         dC_part = cv.take<float>(nslices * d.b * d.l * d.g * d.n);
