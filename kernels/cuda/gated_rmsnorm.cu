@@ -2,7 +2,9 @@
 // into shared memory, each group's sum of squares (one warp per group, fixed order), and the
 // output. The backward runs strips of rows per block: du, dy, dz per row, and dweight as the
 // block's column sums over its rows, written as one partial per block and summed over blocks
-// in order by a second kernel (no atomics).
+// in order by a second kernel (no atomics). Row loops load kBatch elements per thread before
+// using any, so several loads are in flight (one after another, each would wait for the one
+// before); the sigmoid is computed with __expf and __fdividef (about 2 ulp).
 // Glossary: rows = leading indices flattened, d the normalised dim, group_size elements per group.
 #include <cuda_bf16.h>
 
@@ -21,9 +23,11 @@ using cuda_detail::to_f32;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kRowsPerBlock = 32;  // backward: rows per block (dweight partials per block)
+constexpr int kRowsPerBlock = 16;  // backward: rows per block (dweight partials per block)
+constexpr int kBatch = 4;          // elements per thread loaded before any is used
 
-__device__ __forceinline__ float sigmoidf_(float v) { return 1.0f / (1.0f + expf(-v)); }
+// 0 below v = -87, its limit.
+__device__ __forceinline__ float sigmoidf_(float v) { return __fdividef(1.0f, 1.0f + __expf(-v)); }
 
 // u_s[j] = y * silu(z) (or y) for the row; then per group: sum_j a_s[j] * b_s[j] by one warp per
 // group (lanes strided, then the butterfly), into out_s[group].
@@ -46,14 +50,22 @@ __global__ void __launch_bounds__(kThreads) norm_forward_kernel(const T* y, cons
   float* u_s = smem;
   float* g_s = smem + d;
   const int64_t row = blockIdx.x, ngroups = d / group_size;
-  const T* yr = y + row * d;
-  for (int64_t j = threadIdx.x; j < d; j += kThreads) {
-    float u = to_f32(yr[j]);
-    if (z) {
-      const float zv = to_f32(z[row * d + j]);
-      u *= zv * sigmoidf_(zv);
+  const int n = static_cast<int>(d), gsize = static_cast<int>(group_size);
+  const int64_t base = row * d;
+  for (int j0 = threadIdx.x; j0 < n; j0 += kBatch * kThreads) {
+    float yv[kBatch], zv[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int j = j0 + u * kThreads;
+      if (j >= n) continue;
+      yv[u] = to_f32(y[base + j]);
+      zv[u] = z ? to_f32(z[base + j]) : 0.0f;
     }
-    u_s[j] = u;
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int j = j0 + u * kThreads;
+      if (j < n) u_s[j] = z ? yv[u] * (zv[u] * sigmoidf_(zv[u])) : yv[u];
+    }
   }
   __syncthreads();
   group_dots(u_s, u_s, d, group_size, g_s);
@@ -64,8 +76,8 @@ __global__ void __launch_bounds__(kThreads) norm_forward_kernel(const T* y, cons
     rstd[row * ngroups + gi] = r;
   }
   __syncthreads();
-  for (int64_t j = threadIdx.x; j < d; j += kThreads)
-    out[row * d + j] = from_f32<T>(u_s[j] * g_s[j / group_size] * to_f32(weight[j]));
+  for (int j = threadIdx.x; j < n; j += kThreads)
+    out[base + j] = from_f32<T>(u_s[j] * g_s[j / gsize] * to_f32(weight[j]));
 }
 
 // Grid: one block per kRowsPerBlock rows. Shared memory: u, w * dout (d floats each), the
@@ -80,38 +92,66 @@ __global__ void __launch_bounds__(kThreads) norm_backward_kernel(const T* y, con
   float* wd_s = smem + d;
   float* dw_s = smem + 2 * d;
   float* g_s = smem + 3 * d;
-  const int64_t ngroups = d / group_size;
-  for (int64_t j = threadIdx.x; j < d; j += kThreads) dw_s[j] = 0.0f;
+  const int n = static_cast<int>(d), gsize = static_cast<int>(group_size), ngroups = n / gsize;
+  for (int j = threadIdx.x; j < n; j += kThreads) dw_s[j] = 0.0f;
   const int64_t row0 = blockIdx.x * int64_t(kRowsPerBlock);
   const int64_t row1 = min(rows, row0 + kRowsPerBlock);
   for (int64_t row = row0; row < row1; ++row) {
     __syncthreads();  // the previous row's g_s, u_s, wd_s are no longer read
-    for (int64_t j = threadIdx.x; j < d; j += kThreads) {
-      const int64_t i = row * d + j;
-      float u = to_f32(y[i]);
-      if (z) {
-        const float zv = to_f32(z[i]);
-        u *= zv * sigmoidf_(zv);
+    const int64_t base = row * d;
+    const float* rs = rstd + row * ngroups;
+    for (int j0 = threadIdx.x; j0 < n; j0 += kBatch * kThreads) {
+      float yv[kBatch], zv[kBatch], go[kBatch], wv[kBatch], sv[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int j = j0 + u * kThreads;
+        if (j >= n) continue;
+        yv[u] = to_f32(y[base + j]);
+        zv[u] = z ? to_f32(z[base + j]) : 0.0f;
+        go[u] = to_f32(dout[base + j]);
+        wv[u] = to_f32(weight[j]);
+        sv[u] = rs[j / gsize];
       }
-      const float go = to_f32(dout[i]);
-      u_s[j] = u;
-      wd_s[j] = to_f32(weight[j]) * go;
-      dw_s[j] = fmaf(go * u, rstd[row * ngroups + j / group_size], dw_s[j]);  // this thread's column only
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int j = j0 + u * kThreads;
+        if (j >= n) continue;
+        const float uu = z ? yv[u] * (zv[u] * sigmoidf_(zv[u])) : yv[u];
+        u_s[j] = uu;
+        wd_s[j] = wv[u] * go[u];
+        dw_s[j] = fmaf(go[u] * uu, sv[u], dw_s[j]);  // this thread's column only
+      }
     }
     __syncthreads();
     group_dots(wd_s, u_s, d, group_size, g_s);
     __syncthreads();
-    for (int64_t j = threadIdx.x; j < d; j += kThreads) {
-      const int64_t i = row * d + j, gi = j / group_size;
-      const float s = rstd[row * ngroups + gi];
-      const float mean_dot = g_s[gi] / static_cast<float>(group_size);
-      const float du = s * (wd_s[j] - u_s[j] * s * s * mean_dot);
-      if (z) {
-        const float zv = to_f32(z[i]), sg = sigmoidf_(zv);
-        dy[i] = from_f32<T>(du * zv * sg);
-        dz[i] = from_f32<T>(du * to_f32(y[i]) * sg * (1.0f + zv * (1.0f - sg)));
-      } else {
-        dy[i] = from_f32<T>(du);
+    for (int j0 = threadIdx.x; j0 < n; j0 += kBatch * kThreads) {
+      float yv[kBatch], zv[kBatch], sv[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int j = j0 + u * kThreads;
+        if (j >= n) continue;
+        if (z) {
+          yv[u] = to_f32(y[base + j]);
+          zv[u] = to_f32(z[base + j]);
+        }
+        sv[u] = rs[j / gsize];
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int j = j0 + u * kThreads;
+        if (j >= n) continue;
+        const int gi = j / gsize;
+        const float s = sv[u];
+        const float mean_dot = g_s[gi] / static_cast<float>(gsize);
+        const float du = s * (wd_s[j] - u_s[j] * s * s * mean_dot);
+        if (z) {
+          const float sg = sigmoidf_(zv[u]);
+          dy[base + j] = from_f32<T>(du * zv[u] * sg);
+          dz[base + j] = from_f32<T>(du * yv[u] * sg * (1.0f + zv[u] * (1.0f - sg)));
+        } else {
+          dy[base + j] = from_f32<T>(du);
+        }
       }
     }
   }
