@@ -3,8 +3,8 @@
 // output. The backward runs strips of rows per block: du, dy, dz per row, and dweight as the
 // block's column sums over its rows, written as one partial per block and summed over blocks
 // in order by a second kernel (no atomics). Row loops load kBatch elements per thread before
-// using any, so several loads are in flight (one after another, each would wait for the one
-// before); the sigmoid is computed with __expf and __fdividef (about 2 ulp).
+// using any, so several loads are in flight at once (loaded and used one at a time, each
+// waited for the one before); the sigmoid is computed with __expf and __fdividef (about 2 ulp).
 // Glossary: rows = leading indices flattened, d the normalised dim, group_size elements per group.
 #include <cuda_bf16.h>
 
