@@ -29,6 +29,16 @@ constexpr int kBatch = 4;          // elements per thread loaded before any is u
 // 0 below v = -87, its limit.
 __device__ __forceinline__ float sigmoidf_(float v) { return __fdividef(1.0f, 1.0f + __expf(-v)); }
 
+// v[u] = src[base + j] for this thread's batch of elements j = j0 + u kThreads below n.
+template <typename T>
+__device__ __forceinline__ void load_batch(float (&v)[kBatch], const T* src, int64_t base, int j0, int n) {
+#pragma unroll
+  for (int u = 0; u < kBatch; ++u) {
+    const int j = j0 + u * kThreads;
+    if (j < n) v[u] = to_f32(src[base + j]);
+  }
+}
+
 // u_s[j] = y * silu(z) (or y) for the row; then per group: sum_j a_s[j] * b_s[j] by one warp per
 // group (lanes strided, then the butterfly), into out_s[group].
 __device__ void group_dots(const float* a_s, const float* b_s, int64_t d, int64_t group_size, float* out_s) {
@@ -53,14 +63,9 @@ __global__ void __launch_bounds__(kThreads) norm_forward_kernel(const T* y, cons
   const int n = static_cast<int>(d), gsize = static_cast<int>(group_size);
   const int64_t base = row * d;
   for (int j0 = threadIdx.x; j0 < n; j0 += kBatch * kThreads) {
-    float yv[kBatch], zv[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int j = j0 + u * kThreads;
-      if (j >= n) continue;
-      yv[u] = to_f32(y[base + j]);
-      zv[u] = z ? to_f32(z[base + j]) : 0.0f;
-    }
+    float yv[kBatch], zv[kBatch] = {};
+    load_batch(yv, y, base, j0, n);
+    if (z) load_batch(zv, z, base, j0, n);
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int j = j0 + u * kThreads;
@@ -101,17 +106,14 @@ __global__ void __launch_bounds__(kThreads) norm_backward_kernel(const T* y, con
     const int64_t base = row * d;
     const float* rs = rstd + row * ngroups;
     for (int j0 = threadIdx.x; j0 < n; j0 += kBatch * kThreads) {
-      float yv[kBatch], zv[kBatch], go[kBatch], wv[kBatch], sv[kBatch];
+      float yv[kBatch], zv[kBatch] = {}, go[kBatch], wv[kBatch], sv[kBatch];
+      load_batch(yv, y, base, j0, n);
+      if (z) load_batch(zv, z, base, j0, n);
+      load_batch(go, dout, base, j0, n);
+      load_batch(wv, weight, 0, j0, n);
 #pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const int j = j0 + u * kThreads;
-        if (j >= n) continue;
-        yv[u] = to_f32(y[base + j]);
-        zv[u] = z ? to_f32(z[base + j]) : 0.0f;
-        go[u] = to_f32(dout[base + j]);
-        wv[u] = to_f32(weight[j]);
-        sv[u] = rs[j / gsize];
-      }
+      for (int u = 0; u < kBatch; ++u)
+        if (j0 + u * kThreads < n) sv[u] = rs[(j0 + u * kThreads) / gsize];
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const int j = j0 + u * kThreads;
@@ -126,23 +128,17 @@ __global__ void __launch_bounds__(kThreads) norm_backward_kernel(const T* y, con
     group_dots(wd_s, u_s, d, group_size, g_s);
     __syncthreads();
     for (int j0 = threadIdx.x; j0 < n; j0 += kBatch * kThreads) {
-      float yv[kBatch], zv[kBatch], sv[kBatch];
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const int j = j0 + u * kThreads;
-        if (j >= n) continue;
-        if (z) {
-          yv[u] = to_f32(y[base + j]);
-          zv[u] = to_f32(z[base + j]);
-        }
-        sv[u] = rs[j / gsize];
+      float yv[kBatch], zv[kBatch];
+      if (z) {
+        load_batch(yv, y, base, j0, n);
+        load_batch(zv, z, base, j0, n);
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const int j = j0 + u * kThreads;
         if (j >= n) continue;
         const int gi = j / gsize;
-        const float s = sv[u];
+        const float s = rs[gi];  // in L1 since the first pass
         const float mean_dot = g_s[gi] / static_cast<float>(gsize);
         const float du = s * (wd_s[j] - u_s[j] * s * s * mean_dot);
         if (z) {
