@@ -581,17 +581,18 @@ __global__ void __launch_bounds__(kTcThreads) chunk_state_tc_kernel(Dims d, SsdA
   }
 }
 
-// (16 rows, 64 columns) += the warp's rows of A (row-major, ld lda, from row ra) times the
-// rows of B (64 rows of length K, ld ldb) transposed: A B^T over K.
-template <int K>
-__device__ __forceinline__ void warp_abt(float (&acc)[8][4], const bf16* A, int lda, int ra, const bf16* B, int ldb) {
+// (16 rows, NT * 8 columns) += the warp's rows of A (row-major, ld lda, from row ra) times
+// the rows of B (NT * 8 rows of length K, ld ldb) transposed: A B^T over K.
+template <int K, int NT = 8>
+__device__ __forceinline__ void warp_abt(float (&acc)[NT][4], const bf16* A, int lda, int ra, const bf16* B,
+                                         int ldb) {
   using namespace ssd_mma;
 #pragma unroll
   for (int k0 = 0; k0 < K; k0 += 16) {
     uint32_t af[4];
     ldsm_x4(af, frag_rows16(A, lda, ra, k0));
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < NT / 2; ++j) {
       uint32_t bfr[4];
       ldsm_x4(bfr, frag_cols16(B, ldb, 16 * j, k0));
       mma(acc[2 * j], af, bfr[0], bfr[1]);
@@ -615,6 +616,39 @@ __device__ __forceinline__ void warp_frag_b(float (&acc)[NT][4], const uint32_t 
       mma(acc[2 * j], frags[kk], bfr[0], bfr[1]);
       mma(acc[2 * j + 1], frags[kk], bfr[2], bfr[3]);
     }
+}
+
+// Rows of an A fragment (ldsm_x4 at frag_rows16) scaled and rounded back to bf16: registers 0
+// and 2 hold the lane's row lane / 4, 1 and 3 the row 8 below; wa and wb their factors.
+__device__ __forceinline__ void scale_rows(uint32_t (&af)[4], float wa, float wb) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&af[i]));
+    const float w = (i & 1) ? wb : wa;
+    af[i] = ssd_mma::pack(w * v.x, w * v.y);
+  }
+}
+
+// acc (16 rows, NT * 8 columns) += A' B over K, where A' is the warp's rows of A (row-major,
+// ld lda, from row ra) with the lane's upper row scaled by wa and its lower row (8 below) by
+// wb, rounded to bf16 in the fragments, and B is K rows of NT * 8 columns (row-major, ld ldb).
+template <int K, int NT>
+__device__ __forceinline__ void warp_scaled_ab(float (&acc)[NT][4], const bf16* A, int lda, int ra, float wa,
+                                               float wb, const bf16* B, int ldb) {
+  using namespace ssd_mma;
+#pragma unroll
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    uint32_t af[4];
+    ldsm_x4(af, frag_rows16(A, lda, ra, k0));
+    scale_rows(af, wa, wb);
+#pragma unroll
+    for (int j = 0; j < NT / 2; ++j) {
+      uint32_t bfr[4];
+      ldsm_x4_t(bfr, frag_rows16(B, ldb, k0, 16 * j));
+      mma(acc[2 * j], af, bfr[0], bfr[1]);
+      mma(acc[2 * j + 1], af, bfr[2], bfr[3]);
+    }
+  }
 }
 
 // C B^T shared across heads. The products C_t B_s^T (the forward scan's and the backward rows
@@ -763,17 +797,6 @@ __device__ __forceinline__ void col_decay(float (&l)[4], int tj, bool full, int 
     if (!(va && in1 && sa <= tj + 1 && sa >= f1)) l[1] = 0.0f;
     if (!(vb && in0 && sb <= tj && sb >= f0)) l[2] = 0.0f;
     if (!(vb && in1 && sb <= tj + 1 && sb >= f1)) l[3] = 0.0f;
-  }
-}
-
-// Rows of an A fragment (ldsm_x4 at frag_rows16) scaled and rounded back to bf16: registers 0
-// and 2 hold the lane's row lane / 4, 1 and 3 the row 8 below; wa and wb their factors.
-__device__ __forceinline__ void scale_rows(uint32_t (&af)[4], float wa, float wb) {
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&af[i]));
-    const float w = (i & 1) ? wb : wa;
-    af[i] = ssd_mma::pack(w * v.x, w * v.y);
   }
 }
 
@@ -1429,18 +1452,7 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
     float dcum_a = 0.0f, dcum_b = 0.0f;
     if (carry) {
       const bf16* S = bb[1];  // (p, N)
-#pragma unroll
-      for (int k0 = 0; k0 < N; k0 += 16) {
-        uint32_t af[4];
-        ldsm_x4(af, frag_rows16(ct, ldn, rw, k0));
-#pragma unroll
-        for (int j = 0; j < NP / 2; ++j) {
-          uint32_t bfr[4];
-          ldsm_x4(bfr, frag_cols16(S, ldn, 16 * j, k0));
-          mma(y[2 * j], af, bfr[0], bfr[1]);
-          mma(y[2 * j + 1], af, bfr[2], bfr[3]);
-        }
-      }
+      warp_abt<N, NP>(y, ct, ldn, rw, S, ldn);
       const float ea = ta < len && (first[ta] & kCarries) ? expf(static_cast<float>(cum[ta])) : 0.0f;
       const float eb = tb < len && (first[tb] & kCarries) ? expf(static_cast<float>(cum[tb])) : 0.0f;
       const bf16* dya = dyt + (ta - t0) * ldx;
@@ -1456,19 +1468,7 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
         dcum_b = fmaf(to_f32(dyb[pi]), y[j][2], fmaf(to_f32(dyb[pi + 1]), y[j][3], dcum_b));
       }
       // dC += (e dy) S_in, e_t dy_t rounded to bf16 in the A fragments.
-#pragma unroll
-      for (int k0 = 0; k0 < P; k0 += 16) {
-        uint32_t af[4];
-        ldsm_x4(af, frag_rows16(dyt, ldx, rw, k0));
-        scale_rows(af, ea, eb);
-#pragma unroll
-        for (int j = 0; j < NJ / 2; ++j) {
-          uint32_t bfr[4];
-          ldsm_x4_t(bfr, frag_rows16(S, ldn, k0, 16 * j));
-          mma(dC[2 * j], af, bfr[0], bfr[1]);
-          mma(dC[2 * j + 1], af, bfr[2], bfr[3]);
-        }
-      }
+      warp_scaled_ab<P, NJ>(dC, dyt, ldx, rw, ea, eb, S, ldn);
     }
     __syncthreads();  // S_in is read: its buffer takes the next tiles
     const double cuma = ta < len ? cum[ta] : 0.0, cumb = tb < len ? cum[tb] : 0.0;
@@ -1647,18 +1647,7 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
     // q = f_s (B_s dS_out^T); v_s = dt_s x_s . q.
     const bf16* dS = cb[1];  // (p, N)
     float q[NP][4] = {};
-#pragma unroll
-    for (int k0 = 0; k0 < N; k0 += 16) {
-      uint32_t af[4];
-      ldsm_x4(af, frag_rows16(bs, ldn, rw, k0));
-#pragma unroll
-      for (int j = 0; j < NP / 2; ++j) {
-        uint32_t bfr[4];
-        ldsm_x4(bfr, frag_cols16(dS, ldn, 16 * j, k0));
-        mma(q[2 * j], af, bfr[0], bfr[1]);
-        mma(q[2 * j + 1], af, bfr[2], bfr[3]);
-      }
-    }
+    warp_abt<N, NP>(q, bs, ldn, rw, dS, ldn);
     float xdsb_a = 0.0f, xdsb_b = 0.0f;
     {
       const bf16* xa = xs + (sa - s0) * ldx;
@@ -1675,20 +1664,7 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
       }
     }
     // dB += (f dt x) dS_out, f_s dt_s x_s rounded to bf16 in the A fragments.
-    const float wfa = fa * dta, wfb = fb * dtb;
-#pragma unroll
-    for (int k0 = 0; k0 < P; k0 += 16) {
-      uint32_t af[4];
-      ldsm_x4(af, frag_rows16(xs, ldx, rw, k0));
-      scale_rows(af, wfa, wfb);
-#pragma unroll
-      for (int j = 0; j < NJ / 2; ++j) {
-        uint32_t bfr[4];
-        ldsm_x4_t(bfr, frag_rows16(dS, ldn, k0, 16 * j));
-        mma(dB[2 * j], af, bfr[0], bfr[1]);
-        mma(dB[2 * j + 1], af, bfr[2], bfr[3]);
-      }
-    }
+    warp_scaled_ab<P, NJ>(dB, xs, ldx, rw, fa * dta, fb * dtb, dS, ldn);
     __syncthreads();  // dS_out is read: its buffer takes the next tiles
     float colz_a = 0.0f, colz_b = 0.0f;
     for (int tt = tile; tt < ntiles; ++tt) {
