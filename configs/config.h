@@ -71,6 +71,7 @@ struct RunConfig {
   std::string name = "run";  // the run directory is output_dir/name; loading: the recipe stem
   std::string output_dir = "runs";
   int64_t seed = 1234;  // initialisation and data order
+  bool overwrite = false;  // start afresh in a run directory that already holds a run
   bool operator==(const RunConfig&) const = default;
 };
 
@@ -198,6 +199,7 @@ struct TrainingConfig {
   bool activation_checkpointing = false;
   bool deterministic = true;  // deterministic kernels where a faster variant exists
   int64_t eval_every = 500;   // validation loss every N steps (0: at the end only)
+  int64_t skip_nonfinite_steps = 0;  // steps with a non-finite loss or gradient skipped before the run stops
 
   // Optimizer steps of the run: max_steps, or token_budget / global_batch_tokens rounded up.
   int64_t total_steps() const;
@@ -217,8 +219,10 @@ struct DistributedConfig {
 
 struct CheckpointConfig {
   int64_t every = 1000;         // steps (0: only at the end and on preemption)
+  double every_minutes = 0;     // also every N minutes of wall-clock time (0: off)
   int64_t keep = 3;             // newest checkpoints kept
   std::string resume = "auto";  // auto | none | a checkpoint path
+  bool allow_data_change = false;  // resume on data whose fingerprint differs from the checkpoint's
   bool operator==(const CheckpointConfig&) const = default;
 };
 

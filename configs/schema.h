@@ -30,6 +30,9 @@ void describe(RunConfig& run, V& v) {
           ".yaml)");
   v.field("output_dir", run.output_dir, "directory that holds run directories");
   v.field("seed", run.seed, "seed of initialisation and data order", kNonNegative);
+  v.field("overwrite", run.overwrite,
+          "start afresh in a run directory that already holds a run (its files and checkpoints are "
+          "replaced); false: such a directory is resumed or refused");
 }
 
 // dt initialisation, shared by both Mamba mixers.
@@ -189,6 +192,10 @@ void describe(TrainingConfig& training, V& v) {
           "deterministic kernels where a faster non-deterministic one exists");
   v.field("eval_every", training.eval_every, "validation loss every N steps (0: at the end only)",
           kNonNegative);
+  v.field("skip_nonfinite_steps", training.skip_nonfinite_steps,
+          "steps with a non-finite loss or gradient norm that are skipped (no update) before the run "
+          "stops; 0: the first one stops it",
+          kNonNegative);
 }
 
 template <class V>
@@ -207,9 +214,15 @@ template <class V>
 void describe(CheckpointConfig& checkpoint, V& v) {
   v.field("every", checkpoint.every, "save every N steps (0: only at the end and on preemption)",
           kNonNegative);
+  v.field("every_minutes", checkpoint.every_minutes,
+          "also save when this many minutes of wall-clock time passed since the last save (0: off)",
+          kNonNegative);
   v.field("keep", checkpoint.keep, "newest checkpoints kept", kAtLeastOne);
   v.field("resume", checkpoint.resume,
           "auto (newest valid checkpoint of the run, if any), none, or a checkpoint path");
+  v.field("allow_data_change", checkpoint.allow_data_change,
+          "resume even when the data fingerprint (tokenizer and shard checksums) differs from the "
+          "checkpoint's");
 }
 
 template <class V>

@@ -15,96 +15,12 @@
 
 #include "data/errors.h"
 #include "data/hash.h"
+#include "data/hdf5.h"
 
 namespace ssmtrain::data {
 namespace fs = std::filesystem;
 
 namespace {
-
-// Silences HDF5's own error-stack printing while alive; we report errors ourselves.
-class QuietHdf5 {
- public:
-  QuietHdf5() {
-    H5Eget_auto2(H5E_DEFAULT, &function_, &data_);
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~QuietHdf5() { H5Eset_auto2(H5E_DEFAULT, function_, data_); }
-
- private:
-  H5E_auto2_t function_ = nullptr;
-  void* data_ = nullptr;
-};
-
-// Closes an HDF5 handle of any kind at scope exit.
-class Handle {
- public:
-  explicit Handle(hid_t id = H5I_INVALID_HID) : id_(id) {}
-  ~Handle() {
-    if (id_ >= 0) H5Idec_ref(id_);
-  }
-  Handle(const Handle&) = delete;
-  Handle& operator=(const Handle&) = delete;
-  hid_t get() const { return id_; }
-  bool ok() const { return id_ >= 0; }
-
- private:
-  hid_t id_;
-};
-
-void check(herr_t status, const std::string& what) {
-  if (status < 0) throw DataError(what);
-}
-
-void write_string_attribute(hid_t object, const char* name, const std::string& value,
-                            const std::string& path) {
-  Handle type(H5Tcopy(H5T_C_S1));
-  H5Tset_size(type.get(), std::max<size_t>(1, value.size()));
-  H5Tset_strpad(type.get(), H5T_STR_NULLPAD);
-  Handle space(H5Screate(H5S_SCALAR));
-  Handle attribute(H5Acreate2(object, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT));
-  check(attribute.ok() ? H5Awrite(attribute.get(), type.get(), value.data()) : -1,
-        path + ": cannot write attribute " + name);
-}
-
-void write_u64_attribute(hid_t object, const char* name, uint64_t value, const std::string& path) {
-  Handle space(H5Screate(H5S_SCALAR));
-  Handle attribute(
-      H5Acreate2(object, name, H5T_STD_U64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT));
-  check(attribute.ok() ? H5Awrite(attribute.get(), H5T_NATIVE_UINT64, &value) : -1,
-        path + ": cannot write attribute " + name);
-}
-
-bool has_attribute(hid_t object, const char* name) { return H5Aexists(object, name) > 0; }
-
-std::string read_string_attribute(hid_t object, const char* name, const std::string& path) {
-  if (!has_attribute(object, name))
-    throw DataError(path + ": the attribute '" + std::string(name) + "' is missing");
-  Handle attribute(H5Aopen(object, name, H5P_DEFAULT));
-  Handle type(H5Aget_type(attribute.get()));
-  if (H5Tget_class(type.get()) != H5T_STRING)
-    throw DataError(path + ": the attribute '" + std::string(name) + "' is not a string");
-  if (H5Tis_variable_str(type.get()) > 0) {
-    char* text = nullptr;
-    Handle memory_type(H5Tget_native_type(type.get(), H5T_DIR_ASCEND));
-    check(H5Aread(attribute.get(), memory_type.get(), &text), path + ": cannot read " + name);
-    std::string value = text ? text : "";
-    H5free_memory(text);
-    return value;
-  }
-  std::string value(H5Tget_size(type.get()), '\0');
-  check(H5Aread(attribute.get(), type.get(), value.data()), path + ": cannot read " + name);
-  value.resize(std::strlen(value.c_str()));
-  return value;
-}
-
-uint64_t read_u64_attribute(hid_t object, const char* name, const std::string& path) {
-  if (!has_attribute(object, name))
-    throw DataError(path + ": the attribute '" + std::string(name) + "' is missing");
-  Handle attribute(H5Aopen(object, name, H5P_DEFAULT));
-  uint64_t value = 0;
-  check(H5Aread(attribute.get(), H5T_NATIVE_UINT64, &value), path + ": cannot read " + name);
-  return value;
-}
 
 // A 1-D contiguous dataset: its element count, element size and file offset.
 struct DatasetPlacement {

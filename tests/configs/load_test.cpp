@@ -387,7 +387,7 @@ TEST(Dump, LoadingTheDumpGivesAnEqualConfig) {
 TEST(Dump, WritesEveryKeyInSchemaOrder) {
   const std::string dumped = dump_config(parse_config(kRecipe, "recipe.yaml"));
   EXPECT_EQ(dumped.substr(0, dumped.find("model:")),
-            "run:\n  name: \"recipe\"\n  output_dir: \"runs\"\n  seed: 1234\n");
+            "run:\n  name: \"recipe\"\n  output_dir: \"runs\"\n  seed: 1234\n  overwrite: false\n");
   EXPECT_NE(dumped.find("  mamba1:\n    d_state: 16\n"), std::string::npos) << dumped;
   EXPECT_NE(dumped.find("    dt_rank: 8\n"), std::string::npos) << dumped;
   EXPECT_NE(dumped.find("  betas: [0.9, 0.95]\n"), std::string::npos) << dumped;
