@@ -4,15 +4,12 @@
 #include <vector>
 
 #include "cli/subcommand.h"
+#include "train/version.h"
 
 #if defined(SSMTRAIN_WITH_CUDA)
 #include <cuda_runtime.h>
 #endif
 
-// The build passes the CMake project version; the fallback keeps a bare compile working.
-#ifndef SSMTRAIN_VERSION
-#define SSMTRAIN_VERSION "0.1.0"
-#endif
 
 namespace ssmtrain::cli {
 namespace {
@@ -22,7 +19,7 @@ struct InfoArgs {};
 void info_options(CLI::App&, InfoArgs&) {}
 
 int run_info(const InfoArgs&) {
-  fmt::print("ssmtrain {}\n", SSMTRAIN_VERSION);
+  fmt::print("ssmtrain {} (commit {})\n", ssmtrain_version(), ssmtrain_commit());
 #if defined(SSMTRAIN_WITH_CUDA)
   int runtime_version = 0, driver_version = 0;
   cudaRuntimeGetVersion(&runtime_version);

@@ -1,5 +1,6 @@
-// `ssmtrain train` and `ssmtrain config show`: a recipe (with --set overrides) trained, or
-// resolved and printed with its layout, parameter count and FLOPs per token.
+// `ssmtrain train`, `ssmtrain config show` and `ssmtrain checkpoint info`: a recipe (with --set
+// overrides) trained, or resolved and printed with its layout, parameter count and FLOPs per
+// token; a checkpoint's step, tokens, layout and whether it verifies.
 #include <fmt/core.h>
 
 #include <filesystem>
@@ -15,6 +16,8 @@
 #include "configs/show.h"
 #include "data/errors.h"
 #include "layers/from_config.h"
+#include "train/checkpoint.h"
+#include "train/resume.h"
 #include "train/trainer.h"
 
 namespace ssmtrain::cli {
@@ -57,19 +60,25 @@ void check_data_directories(const configs::Recipe& recipe) {
   }
 }
 
-// Trains the recipe; resuming from checkpoints arrives with the checkpoint issue, so --resume
-// other than none is refused rather than ignored.
+// Trains the recipe, resuming per --resume or the recipe's checkpoint.resume. Exit status: 0
+// when the run finished or a signal stopped it with a checkpoint, 2 for a recipe or input
+// that cannot run, 1 when the run failed (diverged, a file that cannot be written).
 int run_train(const TrainArgs& a) {
   try {
     const configs::Recipe recipe = configs::load_recipe(a.recipe, a.overrides);
     const configs::Config& config = recipe.config;
+    if (!recipe.sweep_variants.empty())
+      throw configs::ConfigError(recipe.locate("sweep"), "sweep",
+                                 fmt::format("this recipe is a sweep of {} variants; `ssmtrain sweep {}` runs them "
+                                             "(train runs one recipe)",
+                                             recipe.sweep_variants.size(), a.recipe));
     check_data_directories(recipe);
-    if (!a.resume.empty() && a.resume != "none" && a.resume != "auto") {
-      fmt::print(stderr, "ssmtrain train: --resume {}: checkpoints are not built yet\n", a.resume);
-      return 2;
-    }
-    const TrainSummary summary = train(config);
-    fmt::print("run directory: {} (config.yaml, metrics.jsonl, loss_curve.svg)\n", summary.run_dir);
+    TrainOptions options;
+    options.resume = a.resume;
+    const TrainSummary summary = train(config, options);
+    if (summary.already_complete) return 0;
+    fmt::print("run directory: {} (config.yaml, metrics.jsonl, loss_curve.svg, checkpoints/)\n", summary.run_dir);
+    if (!summary.stopped_by.empty()) return 0;
     fmt::print("loss {:.4f} -> {:.4f}", summary.first_loss, summary.final_loss);
     if (summary.final_val_loss >= 0) fmt::print(", validation loss {:.4f} nats", summary.final_val_loss);
     if (summary.unigram_entropy > 0)
@@ -80,6 +89,9 @@ int run_train(const TrainArgs& a) {
     fmt::print(stderr, "{}\n", e.what());
     return 2;
   } catch (const data::InputError& e) {
+    fmt::print(stderr, "ssmtrain train: {}\n", e.what());
+    return 2;
+  } catch (const ResumeError& e) {
     fmt::print(stderr, "ssmtrain train: {}\n", e.what());
     return 2;
   } catch (const std::invalid_argument& e) {
@@ -111,6 +123,50 @@ int run_config_show(const ConfigShowArgs& a) {
   }
 }
 
+struct CheckpointInfoArgs {
+  std::string path;
+};
+
+void checkpoint_info_options(CLI::App& app, CheckpointInfoArgs& a) {
+  app.add_option("PATH", a.path, "a checkpoint file, a run directory or its checkpoints/ folder (its `latest`)")
+      ->required();
+}
+
+// One checkpoint, or every checkpoint of a run directory, each verified in full.
+int run_checkpoint_info(const CheckpointInfoArgs& a) {
+  try {
+    const std::filesystem::path file = resolve_checkpoint_path(a.path);
+    const CheckpointReport report = inspect_checkpoint(file);
+    if (!report.ok) {
+      fmt::print(stderr, "{}: {}\n", file.string(), report.problem);
+      return 1;
+    }
+    const CheckpointContents contents = read_checkpoint(file);
+    fmt::print("{}\n", file.string());
+    fmt::print("  step {}, {} tokens seen, {} steps skipped as non-finite\n", contents.progress.step,
+               contents.progress.tokens_seen, contents.progress.skipped_steps);
+    fmt::print("  layout {}, {:.2f}M parameters ({} tensors), optimizer state {}\n", contents.layout,
+               double(contents.num_parameters()) / 1e6, contents.model.size(),
+               contents.optim.empty() ? "absent" : fmt::format("for {} tensors, AdamW step {}", contents.optim.size(),
+                                                               contents.adamw_step));
+    fmt::print("  loader epoch {} cursor {}, {:.0f} s of training\n", contents.progress.loader.epoch,
+               contents.progress.loader.cursor, contents.progress.elapsed_s);
+    if (!contents.progress.losses.empty())
+      fmt::print("  last training loss {:.4f}{}\n", contents.progress.losses.back(),
+                 contents.progress.val_losses.empty()
+                     ? ""
+                     : fmt::format(", last validation loss {:.4f}", contents.progress.val_losses.back()));
+    fmt::print("  written by ssmtrain {} (commit {}); data: tokenizer {}, {} training shards\n",
+               contents.ssmtrain_version, contents.commit, contents.data.tokenizer_checksum,
+               contents.data.shard_checksums.size());
+    fmt::print("  every checksum verifies\n");
+    return 0;
+  } catch (const CheckpointError& e) {
+    fmt::print(stderr, "{}\n", e.what());
+    return 1;
+  }
+}
+
 }  // namespace
 
 std::vector<Subcommand> train_commands() {
@@ -119,6 +175,9 @@ std::vector<Subcommand> train_commands() {
       command<ConfigShowArgs>("config show",
                               "Print the resolved config, layer layout, parameter count and FLOPs per token",
                               config_show_options, run_config_show),
+      command<CheckpointInfoArgs>("checkpoint info",
+                                  "Print a checkpoint's step, tokens, layout and parameter count, and verify it",
+                                  checkpoint_info_options, run_checkpoint_info),
   };
 }
 

@@ -1,16 +1,18 @@
-// See trainer.h.
+// See trainer.h. One Trainer object holds the loop's state: what a checkpoint saves is exactly
+// its model, optimizer, loader state and TrainProgress, so a resumed run continues the same
+// sequence of batches, updates and logged values as one that was never stopped.
 #include "train/trainer.h"
 
 #include <fmt/core.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <optional>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "autograd/allocator.h"
@@ -23,12 +25,30 @@
 #include "layers/from_config.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
+#include "train/checkpoint.h"
+#include "train/preemption.h"
+#include "train/resume.h"
+#include "train/run_files.h"
 #include "train/svg.h"
+#include "train/version.h"
 
 namespace ssmtrain {
 namespace {
 
 namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Prints a line and flushes it, so progress shows through a pipe or in a log file as it
+// happens (a killed run keeps every line it printed).
+template <typename... Args>
+void say(fmt::format_string<Args...> format, Args&&... args) {
+  fmt::print(format, std::forward<Args>(args)...);
+  std::fflush(stdout);
+}
 
 // Dense bf16 tensor-core rate of the GPU by name (datasheet), for MFU; 0 when unknown.
 double peak_flops(const std::string& device_name) {
@@ -54,113 +74,331 @@ double validation_loss(const LanguageModel& model, data::TokenLoader& loader, in
   return total / double(batches);
 }
 
-}  // namespace
+DataFingerprint fingerprint_of(const data::Manifest& manifest) {
+  DataFingerprint f;
+  f.tokenizer_checksum = manifest.tokenizer_checksum;
+  for (const data::ShardInfo& shard : manifest.shards)
+    if (shard.split == "train") f.shard_checksums.push_back(shard.tokens_checksum);
+  return f;
+}
 
-TrainSummary train(const configs::Config& config) {
-  ModelOptions options = model_options(config.model);
-  options.activation_checkpointing = config.training.activation_checkpointing;
-  options.attention.deterministic = config.training.deterministic;
-  const Device device = cuda_available() ? Device::cuda(0) : Device::cpu();
-  const bool bf16 = device.is_cuda() && config.training.precision != configs::Precision::fp32;
-  const std::optional<DType> compute = bf16 ? std::optional<DType>(DType::bf16) : std::nullopt;
+// The files that make a directory a run's: a run directory holding any of them is not
+// started afresh silently.
+const char* const kRunFiles[] = {"config.yaml", "metrics.jsonl", "loss_curve.svg"};
 
-  TrainSummary summary;
-  const fs::path run_dir = fs::path(config.run.output_dir) / config.run.name;
-  fs::create_directories(run_dir);
-  summary.run_dir = run_dir.string();
-  std::ofstream(run_dir / "config.yaml") << configs::dump_config(config);
+bool holds_run(const fs::path& run_dir) {
+  std::error_code ignored;
+  for (const char* file : kRunFiles)
+    if (fs::exists(run_dir / file, ignored)) return true;
+  return fs::exists(checkpoint_folder(run_dir), ignored);
+}
 
-  LanguageModel model(options, uint64_t(config.run.seed));
-  model.to(device);
-  const std::vector<NamedParameter> params = model.named_parameters();
-  AdamW optimizer(params, {config.optim.betas[0], config.optim.betas[1], config.optim.eps, config.optim.weight_decay});
-  ScheduleOptions schedule;
-  schedule.kind = std::string(configs::to_string(config.schedule.kind));
-  schedule.lr = config.optim.lr;
-  schedule.warmup_steps = config.schedule.warmup_steps;
-  schedule.total_steps = config.training.total_steps();
-  schedule.min_lr_ratio = config.schedule.min_lr_ratio;
-  schedule.decay_fraction = config.schedule.decay_fraction;
+// run.overwrite: the run files and checkpoints go; anything else in the directory stays.
+void clear_run(const fs::path& run_dir) {
+  std::error_code error;
+  for (const char* file : kRunFiles) fs::remove(run_dir / file, error);
+  fs::remove_all(checkpoint_folder(run_dir), error);
+  if (error) throw RunFileError(checkpoint_folder(run_dir), "cannot remove for run.overwrite: " + error.message());
+}
+
+bool inside(const fs::path& file, const fs::path& folder) {
+  std::error_code ignored;
+  const fs::path a = fs::weakly_canonical(file, ignored), b = fs::weakly_canonical(folder, ignored);
+  const auto mismatch = std::mismatch(b.begin(), b.end(), a.begin(), a.end());
+  return mismatch.first == b.end();
+}
+
+// A sustained training rate to warn about hopeless recipes before the first step: what the
+// fp32 CPU kernels reach per core (measured on the tiny recipes), or 40% of a GPU's peak.
+double assumed_flops(const Device& device, double gpu_peak) {
+  if (device.is_cuda()) return gpu_peak > 0 ? 0.4 * gpu_peak : 1e14;
+  return 2e9 * std::max(1u, std::thread::hardware_concurrency());
+}
+
+std::string duration_text(double seconds) {
+  if (seconds < 120) return fmt::format("{:.0f} s", seconds);
+  if (seconds < 7200) return fmt::format("{:.0f} min", seconds / 60);
+  if (seconds < 2 * 86400) return fmt::format("{:.1f} h", seconds / 3600);
+  return fmt::format("{:.0f} days", seconds / 86400);
+}
+
+class Trainer {
+ public:
+  Trainer(const configs::Config& config, const TrainOptions& train_options);
+  TrainSummary run();
+
+ private:
+  void choose_start();
+  void build();
+  void restore(const CheckpointContents& contents);
+  CheckpointContents snapshot();
+  void save(const char* why);
+  bool step_once(int64_t step, bool last);
+  void validate(int64_t step);
+  void write_loss_curve();
+  [[noreturn]] void fail_after_saving(const std::exception& error);
+
+  const configs::Config& config_;
+  TrainOptions train_options_;
+  ModelOptions options_;
+  Device device_;
+  bool bf16_ = false;
+  std::optional<DType> compute_;
+  fs::path run_dir_;
+  data::Manifest manifest_;
+  DataFingerprint data_;
+
+  std::optional<fs::path> resume_path_;
+  std::optional<CheckpointContents> resume_;
+
+  std::unique_ptr<LanguageModel> model_;
+  std::vector<NamedParameter> params_;
+  std::unique_ptr<AdamW> optimizer_;
+  ScheduleOptions schedule_;
+  std::unique_ptr<data::TokenLoader> loader_, val_loader_;
+  std::unique_ptr<CheckpointWriter> writer_;
+  MetricsLog metrics_;
+
+  TrainProgress progress_;
+  int64_t total_steps_ = 0, accum_ = 0, tokens_per_step_ = 0;
+  double flops_per_token_ = 0, peak_ = 0;
+  int64_t last_saved_step_ = -1;
+  Clock::time_point last_save_time_;
+  double elapsed_before_ = 0;
+  Clock::time_point start_;
+  TrainSummary summary_;
+};
+
+Trainer::Trainer(const configs::Config& config, const TrainOptions& train_options)
+    : config_(config), train_options_(train_options) {
+  options_ = model_options(config.model);
+  options_.activation_checkpointing = config.training.activation_checkpointing;
+  options_.attention.deterministic = config.training.deterministic;
+  device_ = cuda_available() ? Device::cuda(0) : Device::cpu();
+  bf16_ = device_.is_cuda() && config.training.precision != configs::Precision::fp32;
+  compute_ = bf16_ ? std::optional<DType>(DType::bf16) : std::nullopt;
+  run_dir_ = fs::path(config.run.output_dir) / config.run.name;
+  summary_.run_dir = run_dir_.string();
+  total_steps_ = config.training.total_steps();
+  accum_ = config.training.grad_accum(1);
+  tokens_per_step_ = accum_ * config.training.micro_batch * config.training.seq_len;
+}
+
+// Decides between a fresh start and a resume, before any model or data work: the run
+// directory's rules (run.overwrite) and the checkpoint's fit with the recipe.
+void Trainer::choose_start() {
+  manifest_ = data::read_manifest(config_.data.train);
+  data_ = fingerprint_of(manifest_);
+  const std::string mode = train_options_.resume.empty() ? config_.checkpoint.resume : train_options_.resume;
+  const bool existing = holds_run(run_dir_);
+  const auto warn = [](const std::string& line) { say("warning: {}\n", line); };
+  const std::string remedies = "resume it (checkpoint.resume: auto, or --resume auto), start afresh with --set "
+                               "run.overwrite=true, or choose another run.name";
+  if (mode == "auto" || mode == "none") {
+    if (config_.run.overwrite) {
+      if (existing) {
+        clear_run(run_dir_);
+        say("run.overwrite: starting afresh in {} (its checkpoints and run files were removed)\n", run_dir_.string());
+      }
+      return;
+    }
+    if (mode == "auto") resume_path_ = find_resume_checkpoint(run_dir_, warn);
+    if (!resume_path_ && existing)
+      throw TrainError(fmt::format("{} already holds a run{}; {}", run_dir_.string(),
+                                   mode == "none" ? " (checkpoint.resume: none)" : " but no checkpoint that verifies",
+                                   mode == "none" ? remedies : "start afresh with --set run.overwrite=true, or choose another run.name"));
+  } else {
+    resume_path_ = resolve_checkpoint_path(mode);
+    if (existing && !inside(*resume_path_, run_dir_)) {
+      if (!config_.run.overwrite)
+        throw TrainError(fmt::format("{} already holds a run, and the checkpoint to resume ({}) is not one of its own; "
+                                     "start afresh there with --set run.overwrite=true, or choose another run.name",
+                                     run_dir_.string(), resume_path_->string()));
+      clear_run(run_dir_);
+    }
+  }
+  if (!resume_path_) return;
+  resume_ = read_checkpoint(*resume_path_);
+  const std::vector<std::string> changes =
+      check_resume(resume_path_->string(), *resume_, config_, options_.layout_string(), data_);
+  say("resuming from {} (step {}, {} tokens seen)\n", resume_path_->string(), resume_->progress.step,
+      resume_->progress.tokens_seen);
+  for (const std::string& change : changes) say("  changed since the checkpoint: {}\n", change);
+  if (!(resume_->data == data_))
+    say("  checkpoint.allow_data_change: continuing on other data from its first batch\n");
+}
+
+void Trainer::build() {
+  model_ = std::make_unique<LanguageModel>(options_, uint64_t(config_.run.seed));
+  model_->to(device_);
+  params_ = model_->named_parameters();
+  optimizer_ = std::make_unique<AdamW>(
+      params_, AdamWOptions{config_.optim.betas[0], config_.optim.betas[1], config_.optim.eps, config_.optim.weight_decay});
+  schedule_.kind = std::string(configs::to_string(config_.schedule.kind));
+  schedule_.lr = config_.optim.lr;
+  schedule_.warmup_steps = config_.schedule.warmup_steps;
+  schedule_.total_steps = total_steps_;
+  schedule_.min_lr_ratio = config_.schedule.min_lr_ratio;
+  schedule_.decay_fraction = config_.schedule.decay_fraction;
 
   data::LoaderOptions loader_options;
-  loader_options.data_dir = config.data.train;
-  loader_options.seq_len = config.training.seq_len;
-  loader_options.global_batch = config.training.micro_batch;  // one micro-batch per next()
-  loader_options.seed = uint64_t(config.run.seed);
-  loader_options.device = device;
+  loader_options.data_dir = config_.data.train;
+  loader_options.seq_len = config_.training.seq_len;
+  loader_options.global_batch = config_.training.micro_batch;  // one micro-batch per next()
+  loader_options.seed = uint64_t(config_.run.seed);
+  loader_options.device = device_;
   loader_options.prefetch = 2;
-  data::TokenLoader loader(loader_options);
+  loader_ = std::make_unique<data::TokenLoader>(loader_options);
+
+  // Validation: the val split of data.val (else of data.train). A corpus prepared without one
+  // (val_fraction 0) has no validation loss; a val split that is there but damaged is an error.
   data::LoaderOptions val_options = loader_options;
-  val_options.data_dir = config.data.val.empty() ? config.data.train : config.data.val;
+  val_options.data_dir = config_.data.val.empty() ? config_.data.train : config_.data.val;
   val_options.split = "val";
   val_options.shuffle = false;
   val_options.prefetch = 0;
-  std::unique_ptr<data::TokenLoader> val_loader;
-  try {
-    val_loader = std::make_unique<data::TokenLoader>(val_options);
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "train: no validation loss: {}\n", e.what());
-  }
+  const data::Manifest val_manifest =
+      config_.data.val.empty() ? manifest_ : data::read_manifest(config_.data.val);
+  if (val_manifest.tokens("val") > 0)
+    val_loader_ = std::make_unique<data::TokenLoader>(val_options);
+  else
+    say("note: {} has no validation split (prepared with --val-fraction 0): no validation loss\n",
+        val_options.data_dir);
+  if (resume_) restore(*resume_);
+}
 
-  const int64_t total_steps = config.training.total_steps();
-  const int64_t accum = config.training.grad_accum(1);
-  const int64_t tokens_per_step = accum * config.training.micro_batch * config.training.seq_len;
-  const double flops_per_token = training_flops_per_token(options, config.training.seq_len);
-  const double peak = device.is_cuda() ? peak_flops(cuda_device_name(device.index)) : 0;
-  const bool tty = isatty(fileno(stdout));
-  std::ofstream metrics;
-  if (config.logging.jsonl) metrics.open(run_dir / "metrics.jsonl");
-  std::vector<double> steps_x, losses, val_x, val_y;
-
-  const int64_t parameters = model.num_parameters(), active = model.active_parameters();
-  fmt::print("train {}: {} on {}, {:.1f}M parameters{}, {} steps of {} tokens ({} x {} micro-batches)\n",
-             config.run.name, configs::to_string(config.model.family), device.str(), double(parameters) / 1e6,
-             active < parameters ? fmt::format(" ({:.1f}M active)", double(active) / 1e6) : "", total_steps,
-             tokens_per_step, accum, config.training.micro_batch);
-  fmt::print("layout {} (M Mamba, A attention; - none, F MLP, E MoE), {} precision{}\n", options.layout_string(),
-             bf16 ? "bf16 mixed" : "fp32",
-             config.training.deterministic ? "" : ", non-deterministic kernels allowed (training.deterministic: false)");
-  summary.unigram_entropy = loader.manifest().unigram_entropy.count("train") ? loader.manifest().unigram_entropy.at("train") : 0;
-  const auto start = std::chrono::steady_clock::now();
-  for (int64_t step = 0; step < total_steps; ++step) {
-    const auto step_start = std::chrono::steady_clock::now();
-    model.zero_grad();
-    const bool last = step + 1 == total_steps;
-    const bool log_line = step % std::max<int64_t>(1, config.logging.every) == 0 || last;
-    double loss_sum = 0;
-    Tensor aux_sum;                     // {}, the MoE losses summed on the device: read once a step
-    std::vector<Tensor> expert_counts;  // per MoE layer, summed over the step's micro-batches (log steps)
-    for (int64_t micro = 0; micro < accum; ++micro) {
-      data::Batch batch = loader.next();
-      if (batch.ready) batch.ready->wait(current_stream(device.index));
-      const LossTerms terms = model.losses(batch.inputs, batch.targets, batch.doc_index, compute);
-      mul(terms.total, 1.0 / double(accum)).backward();
-      loss_sum += terms.lm.item();
-      if (terms.aux.total.defined()) {
-        const Tensor aux = terms.aux.total.detach();
-        aux_sum = aux_sum.defined() ? add(aux_sum, aux) : aux;
-      }
-      for (size_t i = 0; log_line && metrics.is_open() && i < terms.aux.expert_counts.size(); ++i) {
-        const Tensor counts = cast(terms.aux.expert_counts[i], DType::f32);
-        if (expert_counts.size() <= i) expert_counts.push_back(counts);
-        else expert_counts[i] = add(expert_counts[i], counts);
-      }
+void Trainer::restore(const CheckpointContents& contents) {
+  load_model_arrays(*model_, contents.model, resume_path_->string());
+  if (!contents.optim.empty()) {
+    NoGradGuard no_grad;
+    for (auto& [name, moments] : optimizer_->state()) {
+      const auto it = contents.optim.find(name);
+      if (it == contents.optim.end())
+        throw CheckpointError(resume_path_->string(), "has no optimizer state for " + name);
+      copy_into(moments.exp_avg, Tensor::from_vector(it->second.exp_avg.values, it->second.exp_avg.shape, DType::f32));
+      copy_into(moments.exp_avg_sq,
+                Tensor::from_vector(it->second.exp_avg_sq.values, it->second.exp_avg_sq.shape, DType::f32));
     }
-    const double loss = loss_sum / double(accum);  // next-token cross-entropy, without the MoE losses
-    // Clipping is folded into the update: one pass over the gradients fewer.
-    const double grad_norm = global_grad_norm(params);
-    const double lr = learning_rate(schedule, step);
-    optimizer.step(lr, clip_scale(grad_norm, config.optim.grad_clip));
-    if (device.is_cuda()) synchronize(device.index);
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - step_start).count();
-    const double tok_s = double(tokens_per_step) / (ms / 1000.0);
-    const double mfu = peak > 0 ? flops_per_token * tok_s / peak : 0;
-    const double mem_gib = device.is_cuda() ? double(cuda_memory_stats(device.index).peak_allocated) / (1 << 30) : 0;
-    if (step == 0) summary.first_loss = loss;
-    summary.final_loss = loss;
-    steps_x.push_back(double(step));
-    losses.push_back(loss);
+    optimizer_->set_steps(contents.adamw_step);
+  }
+  optimizer_->refresh_compute_copies();
+  progress_ = contents.progress;
+  if (!(contents.data == data_)) progress_.loader = {};
+  loader_->restore(progress_.loader);
+  elapsed_before_ = progress_.elapsed_s;
+  last_saved_step_ = progress_.step;
+  summary_.resumed_from = progress_.step;
+  summary_.checkpoint = resume_path_->string();
+}
+
+// Host copies of everything a resume needs, taken at a step boundary.
+CheckpointContents Trainer::snapshot() {
+  CheckpointContents c;
+  c.config_yaml = configs::dump_config(config_);
+  c.layout = options_.layout_string();
+  c.ssmtrain_version = ssmtrain_version();
+  c.commit = ssmtrain_commit();
+  c.data = data_;
+  c.model = model_arrays(*model_);
+  for (auto& [name, moments] : optimizer_->state()) {
+    const auto host = [](const Tensor& t) {
+      const Tensor h = t.detach().to(Device::cpu()).to(DType::f32).contiguous();
+      return HostArray{h.shape(), std::vector<float>(h.data_ptr<float>(), h.data_ptr<float>() + h.numel())};
+    };
+    c.optim.emplace(name, CheckpointContents::Moments{host(moments.exp_avg), host(moments.exp_avg_sq)});
+  }
+  c.adamw_step = optimizer_->steps();
+  c.progress = progress_;
+  c.progress.elapsed_s = elapsed_before_ + seconds_since(start_);
+  return c;
+}
+
+void Trainer::save(const char* why) {
+  if (last_saved_step_ == progress_.step) return;
+  const auto begin = Clock::now();
+  CheckpointContents contents = snapshot();
+  writer_->save(std::move(contents));  // waits for the previous write; rethrows its failure
+  const double blocked_ms = 1000 * seconds_since(begin);
+  last_saved_step_ = progress_.step;
+  last_save_time_ = Clock::now();
+  const fs::path file = checkpoint_folder(run_dir_) / checkpoint_file_name(progress_.step);
+  summary_.checkpoint = file.string();
+  say("step {:>6} | checkpoint ({}) -> {} | loop blocked {:.0f} ms, writing in the background\n", progress_.step - 1,
+      why, file.string(), blocked_ms);
+  if (metrics_.is_open())
+    metrics_.write(fmt::format("{{\"step\": {}, \"checkpoint\": \"{}\", \"save_blocked_ms\": {:.1f}}}",
+                               progress_.step - 1, file.filename().string(), blocked_ms));
+  if (config_.logging.svg) write_loss_curve();
+}
+
+void Trainer::write_loss_curve() {
+  std::vector<Series> series{{"train loss", "#1f77b4", progress_.loss_steps, progress_.losses}};
+  if (!progress_.val_steps.empty()) series.push_back({"validation loss", "#d62728", progress_.val_steps, progress_.val_losses});
+  // The bar a model must beat: the loss of predicting tokens by their frequency alone.
+  if (summary_.unigram_entropy > 0 && !progress_.loss_steps.empty())
+    series.push_back({"unigram entropy", "#7f7f7f", {progress_.loss_steps.front(), progress_.loss_steps.back()},
+                      {summary_.unigram_entropy, summary_.unigram_entropy}});
+  write_run_file(run_dir_ / "loss_curve.svg",
+                 line_chart_svg(config_.run.name + ": loss", "step", "loss (nats)", series));
+}
+
+// One optimizer step; false when it was skipped for a non-finite loss or gradient norm.
+bool Trainer::step_once(int64_t step, bool last) {
+  const auto step_start = Clock::now();
+  model_->zero_grad();
+  const bool log_line = step % std::max<int64_t>(1, config_.logging.every) == 0 || last;
+  double loss_sum = 0;
+  Tensor aux_sum;                     // {}, the MoE losses summed on the device: read once a step
+  std::vector<Tensor> expert_counts;  // per MoE layer, summed over the step's micro-batches (log steps)
+  for (int64_t micro = 0; micro < accum_; ++micro) {
+    data::Batch batch = loader_->next();
+    if (batch.ready) batch.ready->wait(current_stream(device_.index));
+    const LossTerms terms = model_->losses(batch.inputs, batch.targets, batch.doc_index, compute_);
+    mul(terms.total, 1.0 / double(accum_)).backward();
+    loss_sum += terms.lm.item();
+    if (terms.aux.total.defined()) {
+      const Tensor aux = terms.aux.total.detach();
+      aux_sum = aux_sum.defined() ? add(aux_sum, aux) : aux;
+    }
+    for (size_t i = 0; log_line && metrics_.is_open() && i < terms.aux.expert_counts.size(); ++i) {
+      const Tensor counts = cast(terms.aux.expert_counts[i], DType::f32);
+      if (expert_counts.size() <= i) expert_counts.push_back(counts);
+      else expert_counts[i] = add(expert_counts[i], counts);
+    }
+  }
+  progress_.loader = loader_->state();
+  progress_.tokens_seen += tokens_per_step_;
+  const double loss = loss_sum / double(accum_);  // next-token cross-entropy, without the MoE losses
+  const double grad_norm = global_grad_norm(params_);
+  const double lr = learning_rate(schedule_, step);
+  if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
+    if (metrics_.is_open())
+      metrics_.write(fmt::format("{{\"step\": {}, \"loss\": {}, \"grad_norm\": {}, \"lr\": {:.6g}, \"skipped\": true}}",
+                                 step, json_number(loss), json_number(grad_norm), lr));
+    if (progress_.skipped_steps < config_.training.skip_nonfinite_steps) {
+      ++progress_.skipped_steps;
+      say("step {:>6} | loss {} | grad norm {} | skipped: non-finite ({} of training.skip_nonfinite_steps {})\n", step,
+          loss, grad_norm, progress_.skipped_steps, config_.training.skip_nonfinite_steps);
+      return false;
+    }
+    writer_->wait();
+    const std::string kept = summary_.checkpoint.empty() ? "no checkpoint was saved before it"
+                                                         : "the last good checkpoint is " + summary_.checkpoint;
+    throw TrainError(fmt::format(
+        "step {}: training diverged: the loss is {} and the gradient norm {} (learning rate {:.3g}); {}. Lower "
+        "optim.lr or raise schedule.warmup_steps, or let training.skip_nonfinite_steps skip such steps",
+        step, loss, grad_norm, lr, kept));
+  }
+  // Clipping is folded into the update: one pass over the gradients fewer.
+  optimizer_->step(lr, clip_scale(grad_norm, config_.optim.grad_clip));
+  if (device_.is_cuda()) synchronize(device_.index);
+  const double ms = 1000 * seconds_since(step_start);
+  const double tok_s = double(tokens_per_step_) / (ms / 1000.0);
+  const double mfu = peak_ > 0 ? flops_per_token_ * tok_s / peak_ : 0;
+  const double mem_gib = device_.is_cuda() ? double(cuda_memory_stats(device_.index).peak_allocated) / (1 << 30) : 0;
+  progress_.loss_steps.push_back(double(step));
+  progress_.losses.push_back(loss);
+  if (metrics_.is_open()) {
     if (!expert_counts.empty()) {
       // Tokens routed to each expert of each MoE layer in this step (the load balance).
       std::string layers;
@@ -169,45 +407,134 @@ TrainSummary train(const configs::Config& config) {
         for (float c : counts.to_vector()) row += (row.empty() ? "" : ", ") + fmt::format("{:.0f}", c);
         layers += (layers.empty() ? "[" : ", [") + row + "]";
       }
-      metrics << fmt::format("{{\"step\": {}, \"expert_counts\": [{}]}}\n", step, layers) << std::flush;
+      metrics_.write(fmt::format("{{\"step\": {}, \"expert_counts\": [{}]}}", step, layers));
     }
-    if (metrics.is_open())
-      metrics << fmt::format("{{\"step\": {}, \"loss\": {:.6f}, \"aux_loss\": {:.6f}, \"grad_norm\": {:.6f}, "
-                             "\"lr\": {:.6g}, \"ms\": {:.3f}, \"tokens_per_s\": {:.1f}, \"mfu\": {:.4f}, \"mem_gib\": {:.3f}}}\n",
-                             step, loss, aux_sum.defined() ? aux_sum.item() / double(accum) : 0.0, grad_norm, lr, ms,
-                             tok_s, mfu, mem_gib)
-              << std::flush;
-    if (log_line) {
-      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      const double eta = elapsed / double(step + 1) * double(total_steps - step - 1);
-      fmt::print("step {:>6} | loss {:.4f} | grad norm {:.3f} | lr {:.3g} | {:.0f} ms | {:.0f} tok/s | MFU {} | mem {} | ETA {:.0f} s\n",
-                 step, loss, grad_norm, lr, ms, tok_s, peak > 0 ? fmt::format("{:.1f}%", 100 * mfu) : "-",
-                 device.is_cuda() ? fmt::format("{:.2f} GiB", mem_gib) : "-", eta);
-      if (tty) std::fflush(stdout);
-    }
-    const int64_t every = config.training.eval_every;
-    if (val_loader && (last || (every > 0 && (step + 1) % every == 0))) {
-      const double v = validation_loss(model, *val_loader, config.eval.perplexity_tokens, compute);
-      val_x.push_back(double(step));
-      val_y.push_back(v);
-      summary.final_val_loss = v;
-      fmt::print("step {:>6} | validation loss {:.4f} | perplexity {:.2f}\n", step, v, std::exp(v));
-      if (metrics.is_open()) metrics << fmt::format("{{\"step\": {}, \"val_loss\": {:.6f}}}\n", step, v) << std::flush;
-    }
+    metrics_.write(fmt::format("{{\"step\": {}, \"loss\": {:.6f}, \"aux_loss\": {}, \"grad_norm\": {:.6f}, "
+                               "\"lr\": {:.6g}, \"ms\": {:.3f}, \"tokens_per_s\": {:.1f}, \"mfu\": {:.4f}, "
+                               "\"mem_gib\": {:.3f}}}",
+                               step, loss, json_number(aux_sum.defined() ? aux_sum.item() / double(accum_) : 0.0),
+                               grad_norm, lr, ms, tok_s, mfu, mem_gib));
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  summary.steps = total_steps;
-  summary.tokens_per_second = double(total_steps * tokens_per_step) / std::max(seconds, 1e-9);
-  if (config.logging.svg) {
-    std::vector<Series> series{{"train loss", "#1f77b4", steps_x, losses}};
-    if (!val_x.empty()) series.push_back({"validation loss", "#d62728", val_x, val_y});
-    // The bar a model must beat: the loss of predicting tokens by their frequency alone.
-    if (summary.unigram_entropy > 0 && !steps_x.empty())
-      series.push_back({"unigram entropy", "#7f7f7f", {steps_x.front(), steps_x.back()},
-                        {summary.unigram_entropy, summary.unigram_entropy}});
-    std::ofstream(run_dir / "loss_curve.svg") << line_chart_svg(config.run.name + ": loss", "step", "loss (nats)", series);
+  if (log_line) {
+    const int64_t done_here = step + 1 - std::max<int64_t>(0, summary_.resumed_from);
+    const double eta = seconds_since(start_) / double(std::max<int64_t>(1, done_here)) * double(total_steps_ - step - 1);
+    say("step {:>6} | loss {:.4f} | grad norm {:.3f} | lr {:.3g} | {:.0f} ms | {:.0f} tok/s | MFU {} | mem {} | ETA {}\n",
+        step, loss, grad_norm, lr, ms, tok_s, peak_ > 0 ? fmt::format("{:.1f}%", 100 * mfu) : "-",
+        device_.is_cuda() ? fmt::format("{:.2f} GiB", mem_gib) : "-", duration_text(eta));
   }
-  return summary;
+  return true;
+}
+
+void Trainer::validate(int64_t step) {
+  const double v = validation_loss(*model_, *val_loader_, config_.eval.perplexity_tokens, compute_);
+  progress_.val_steps.push_back(double(step));
+  progress_.val_losses.push_back(v);
+  say("step {:>6} | validation loss {:.4f} | perplexity {:.2f}\n", step, v, std::exp(v));
+  if (metrics_.is_open()) metrics_.write(fmt::format("{{\"step\": {}, \"val_loss\": {}}}", step, json_number(v)));
+}
+
+// A run file that cannot be written ends the run, after an attempt to keep its progress.
+void Trainer::fail_after_saving(const std::exception& error) {
+  try {
+    if (writer_ && model_ && last_saved_step_ != progress_.step && progress_.step > 0) {
+      metrics_ = MetricsLog();  // the file that failed may be this one: the checkpoint line is not needed
+      save("before stopping on the error below");
+      writer_->wait();
+    }
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "checkpoint before stopping failed too: {}\n", e.what());
+  }
+  throw;
+}
+
+TrainSummary Trainer::run() {
+  choose_start();
+  build();
+  const int64_t parameters = model_->num_parameters(), active = model_->active_parameters();
+  flops_per_token_ = training_flops_per_token(options_, config_.training.seq_len);
+  peak_ = device_.is_cuda() ? peak_flops(cuda_device_name(device_.index)) : 0;
+  summary_.unigram_entropy = manifest_.unigram_entropy.count("train") ? manifest_.unigram_entropy.at("train") : 0;
+  say("train {}: {} on {}, {:.1f}M parameters{}, {} steps of {} tokens ({} x {} micro-batches)\n", config_.run.name,
+      configs::to_string(config_.model.family), device_.str(), double(parameters) / 1e6,
+      active < parameters ? fmt::format(" ({:.1f}M active)", double(active) / 1e6) : "", total_steps_,
+      tokens_per_step_, accum_, config_.training.micro_batch);
+  say("layout {} (M Mamba, A attention; - none, F MLP, E MoE), {} precision{}\n", options_.layout_string(),
+      bf16_ ? "bf16 mixed" : "fp32",
+      config_.training.deterministic ? "" : ", non-deterministic kernels allowed (training.deterministic: false)");
+
+  if (progress_.step >= total_steps_) {
+    say("{} is already at step {} of {}: nothing to train (raise training.max_steps to continue, or start afresh "
+        "with --set run.overwrite=true)\n",
+        resume_path_->string(), progress_.step, total_steps_);
+    summary_.already_complete = true;
+    summary_.steps = progress_.step;
+    if (!progress_.losses.empty()) summary_.first_loss = progress_.losses.front(), summary_.final_loss = progress_.losses.back();
+    if (!progress_.val_losses.empty()) summary_.final_val_loss = progress_.val_losses.back();
+    return summary_;
+  }
+  const double estimate = double(total_steps_ - progress_.step) * double(tokens_per_step_) * flops_per_token_ /
+                          assumed_flops(device_, peak_);
+  if (estimate > 24 * 3600)
+    say("warning: this recipe needs about {:.2g} FLOPs: roughly {} on {} at the rate ssmtrain reaches there{}\n",
+        double(total_steps_ - progress_.step) * double(tokens_per_step_) * flops_per_token_, duration_text(estimate),
+        device_.str(), device_.is_cuda() ? "" : " (a GPU build trains it; recipes/tiny/ is what CPUs train in minutes)");
+
+  fs::create_directories(run_dir_);
+  write_run_file(run_dir_ / "config.yaml", configs::dump_config(config_));
+  if (config_.logging.jsonl)
+    metrics_ = resume_ ? MetricsLog::resume(run_dir_ / "metrics.jsonl", progress_.step)
+                       : MetricsLog::create(run_dir_ / "metrics.jsonl");
+  writer_ = std::make_unique<CheckpointWriter>(run_dir_, config_.checkpoint.keep);
+  progress_.rng_seed = uint64_t(config_.run.seed);  // training draws no random numbers; init is seeded
+
+  StopSignals signals;
+  start_ = Clock::now();
+  last_save_time_ = start_;
+  const int64_t first_step = progress_.step;
+  try {
+    for (int64_t step = first_step; step < total_steps_; ++step) {
+      const bool last = step + 1 == total_steps_;
+      step_once(step, last);
+      progress_.step = step + 1;
+      const int64_t every = config_.training.eval_every;
+      if (val_loader_ && (last || (every > 0 && (step + 1) % every == 0))) validate(step);
+      writer_->check();
+      const int64_t save_every = config_.checkpoint.every;
+      if (save_every > 0 && progress_.step % save_every == 0) save("checkpoint.every");
+      else if (config_.checkpoint.every_minutes > 0 &&
+               seconds_since(last_save_time_) >= 60 * config_.checkpoint.every_minutes)
+        save("checkpoint.every_minutes");
+      if (const int signal = signals.requested(); signal != 0 && !last) {
+        save(StopSignals::name(signal));
+        writer_->wait();
+        summary_.stopped_by = StopSignals::name(signal);
+        say("stopped by {} after step {}: checkpoint {}; the same command resumes it\n", summary_.stopped_by, step,
+            summary_.checkpoint);
+        break;
+      }
+    }
+    save("end of run");
+    writer_->wait();
+    if (config_.logging.svg) write_loss_curve();
+  } catch (const RunFileError& e) {
+    fail_after_saving(e);
+  }
+  const double seconds = seconds_since(start_);
+  summary_.steps = progress_.step;
+  summary_.tokens_per_second = double((progress_.step - first_step) * tokens_per_step_) / std::max(seconds, 1e-9);
+  if (!progress_.losses.empty()) {
+    summary_.first_loss = progress_.losses.front();
+    summary_.final_loss = progress_.losses.back();
+  }
+  if (!progress_.val_losses.empty()) summary_.final_val_loss = progress_.val_losses.back();
+  return summary_;
+}
+
+}  // namespace
+
+TrainSummary train(const configs::Config& config, const TrainOptions& options) {
+  Trainer trainer(config, options);
+  return trainer.run();
 }
 
 }  // namespace ssmtrain

@@ -1,29 +1,50 @@
 // The training loop of `ssmtrain train`: the model of the recipe, AdamW with its schedule,
 // gradient accumulation over micro-batches from the token loader, gradient clipping, periodic
-// validation loss; one step line `step | loss | grad norm | lr | ms | tok/s | MFU | mem`
-// (with ETA on a terminal), metrics.jsonl, config.yaml and loss_curve.svg in the run
-// directory. bf16 activations with f32 master weights on a GPU, f32 on the CPU.
+// validation loss; one step line `step | loss | grad norm | lr | ms | tok/s | MFU | mem | ETA`
+// (flushed as printed), metrics.jsonl, config.yaml and loss_curve.svg in the run directory,
+// and checkpoints (train/checkpoint.h) it resumes from bit for bit. SIGTERM, SIGUSR1 and
+// SIGINT stop it at a step boundary with a checkpoint. bf16 activations with f32 master
+// weights on a GPU, f32 on the CPU.
 #pragma once
 
+#include <stdexcept>
 #include <string>
 
 #include "configs/config.h"
 
 namespace ssmtrain {
 
+struct TrainOptions {
+  // auto, none or a checkpoint path; empty: the recipe's checkpoint.resume.
+  std::string resume;
+};
+
 struct TrainSummary {
   std::string run_dir;
-  int64_t steps = 0;
+  int64_t steps = 0;           // optimizer steps completed, including those of earlier runs resumed
+  int64_t resumed_from = -1;   // the step of the checkpoint this run continued (-1: a fresh start)
   double first_loss = 0;       // training loss of step 0
   double final_loss = 0;       // training loss of the last step
   double final_val_loss = -1;  // validation loss at the end (-1: no validation data)
-  double tokens_per_second = 0;
+  double tokens_per_second = 0;  // of this invocation's steps
   double unigram_entropy = 0;  // of the training tokens, from the data manifest (0: not recorded)
+  std::string checkpoint;      // the newest checkpoint written (empty: none)
+  std::string stopped_by;      // "SIGTERM" etc. when a signal ended the run early
+  bool already_complete = false;  // the checkpoint resumed was already at the last step
+};
+
+// A run that cannot go on: diverged (a non-finite loss beyond training.skip_nonfinite_steps),
+// a run directory that holds another run, a checkpoint that does not fit. what() is one or
+// two lines saying what happened, where, and what was kept.
+class TrainError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
 };
 
 // Runs the whole job of a loaded config on the first GPU when one is visible, else the CPU.
-// Throws std::invalid_argument for what the recipe asks but ssmtrain cannot build yet, and
-// the data layer's errors for a missing or corrupt corpus.
-TrainSummary train(const configs::Config& config);
+// Throws TrainError (above), RunFileError (train/run_files.h) and CheckpointError
+// (train/checkpoint.h) naming the file, std::invalid_argument for what the recipe asks but
+// ssmtrain cannot build yet, and the data layer's errors for a missing or corrupt corpus.
+TrainSummary train(const configs::Config& config, const TrainOptions& options = {});
 
 }  // namespace ssmtrain
