@@ -83,14 +83,26 @@ DataFingerprint fingerprint_of(const data::Manifest& manifest) {
 }
 
 // The files that make a directory a run's: a run directory holding any of them is not
-// started afresh silently.
+// started afresh silently. (Something else in the way of a run file is reported when the file
+// is written.)
 const char* const kRunFiles[] = {"config.yaml", "metrics.jsonl", "loss_curve.svg"};
 
 bool holds_run(const fs::path& run_dir) {
   std::error_code ignored;
   for (const char* file : kRunFiles)
-    if (fs::exists(run_dir / file, ignored)) return true;
-  return fs::exists(checkpoint_folder(run_dir), ignored);
+    if (fs::is_regular_file(run_dir / file, ignored)) return true;
+  return fs::is_directory(checkpoint_folder(run_dir), ignored);
+}
+
+// Whether the run directory has any checkpoint file, usable or not.
+bool has_checkpoint_files(const fs::path& run_dir) {
+  std::error_code ignored;
+  if (!fs::is_directory(checkpoint_folder(run_dir), ignored)) return false;
+  for (const fs::directory_entry& entry : fs::directory_iterator(checkpoint_folder(run_dir), ignored)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("step_", 0) == 0 && name.find(".tmp-") == std::string::npos) return true;
+  }
+  return false;
 }
 
 // run.overwrite: the run files and checkpoints go; anything else in the directory stays.
@@ -129,6 +141,7 @@ class Trainer {
 
  private:
   void choose_start();
+  void read_resume_checkpoint();
   void build();
   void restore(const CheckpointContents& contents);
   CheckpointContents snapshot();
@@ -202,22 +215,34 @@ void Trainer::choose_start() {
       }
       return;
     }
-    if (mode == "auto") resume_path_ = find_resume_checkpoint(run_dir_, warn);
-    if (!resume_path_ && existing)
-      throw TrainError(fmt::format("{} already holds a run{}; {}", run_dir_.string(),
-                                   mode == "none" ? " (checkpoint.resume: none)" : " but no checkpoint that verifies",
-                                   mode == "none" ? remedies : "start afresh with --set run.overwrite=true, or choose another run.name"));
-  } else {
-    resume_path_ = resolve_checkpoint_path(mode);
-    if (existing && !inside(*resume_path_, run_dir_)) {
-      if (!config_.run.overwrite)
-        throw TrainError(fmt::format("{} already holds a run, and the checkpoint to resume ({}) is not one of its own; "
-                                     "start afresh there with --set run.overwrite=true, or choose another run.name",
-                                     run_dir_.string(), resume_path_->string()));
-      clear_run(run_dir_);
-    }
+    if (mode == "none" && existing)
+      throw TrainError(fmt::format("{} already holds a run (checkpoint.resume: none); {}", run_dir_.string(), remedies));
+    if (mode == "none" || !existing) return;
+    resume_path_ = find_resume_checkpoint(run_dir_, warn);
+    if (resume_path_) return read_resume_checkpoint();
+    if (has_checkpoint_files(run_dir_))
+      throw TrainError(fmt::format("{} holds checkpoints but none that verifies (see the warnings above); start "
+                                   "afresh with --set run.overwrite=true, or choose another run.name",
+                                   run_dir_.string()));
+    // An attempt that ended before its first checkpoint: nothing to resume, nothing to lose.
+    say("note: {} has no checkpoint yet (an earlier attempt stopped before its first): starting afresh\n",
+        run_dir_.string());
+    clear_run(run_dir_);
+    return;
   }
-  if (!resume_path_) return;
+  resume_path_ = resolve_checkpoint_path(mode);
+  if (existing && !inside(*resume_path_, run_dir_)) {
+    if (!config_.run.overwrite)
+      throw TrainError(fmt::format("{} already holds a run, and the checkpoint to resume ({}) is not one of its own; "
+                                   "start afresh there with --set run.overwrite=true, or choose another run.name",
+                                   run_dir_.string(), resume_path_->string()));
+    clear_run(run_dir_);
+  }
+  read_resume_checkpoint();
+}
+
+// Reads the checkpoint chosen to resume and checks that it fits the recipe.
+void Trainer::read_resume_checkpoint() {
   resume_ = read_checkpoint(*resume_path_);
   const std::vector<std::string> changes =
       check_resume(resume_path_->string(), *resume_, config_, options_.layout_string(), data_);
