@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "autograd/node.h"
+#include "autograd/stream.h"
 #include "configs/load.h"
 #include "data/errors.h"
 #include "data/hash.h"
@@ -37,7 +38,7 @@ using data::Handle;
 
 int64_t CheckpointContents::num_parameters() const {
   int64_t n = 0;
-  for (const auto& [name, array] : model) n += int64_t(array.values.size());
+  for (const auto& [name, array] : model) n += array.size();
   return n;
 }
 
@@ -170,9 +171,9 @@ class FileWriter {
     faults_.pass("dataset");
   }
   void array(const std::string& name, const HostArray& a) {
-    if (int64_t(a.values.size()) != shape_numel(a.shape))
-      throw CheckpointError(path_, fmt::format("{}: {} values for shape {}", name, a.values.size(), shape_str(a.shape)));
-    dataset(name, a.shape, a.values.data(), H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, sizeof(float));
+    if (a.size() != shape_numel(a.shape))
+      throw CheckpointError(path_, fmt::format("{}: {} values for shape {}", name, a.size(), shape_str(a.shape)));
+    dataset(name, a.shape, a.data(), H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, sizeof(float));
   }
   void doubles(const std::string& name, const std::vector<double>& values) {
     dataset(name, {int64_t(values.size())}, values.data(), H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, sizeof(double));
@@ -646,6 +647,41 @@ void CheckpointWriter::check() {
 fs::path CheckpointWriter::last_written() const {
   std::lock_guard<std::mutex> lock(state_->mutex);
   return state_->last;
+}
+
+// ---- snapshots ----
+
+void CheckpointStaging::reserve(const std::string& key, const Tensor& like) {
+  if (buffers_.count(key)) return;
+  Tensor buffer;
+  if (like.device().is_cuda()) {
+    try {
+      buffer = Tensor::empty_pinned(like.shape(), DType::f32);
+    } catch (const std::exception&) {
+      buffer = Tensor::empty(like.shape(), DType::f32);  // too much to lock: pageable copies, slower
+    }
+  } else {
+    buffer = Tensor::empty(like.shape(), DType::f32);
+  }
+  bytes_ += buffer.numel() * int64_t(sizeof(float));
+  buffers_.emplace(key, buffer);
+}
+
+HostArray CheckpointStaging::stage(const std::string& key, const Tensor& tensor) {
+  reserve(key, tensor);
+  const Tensor& buffer = buffers_.at(key);
+  if (buffer.shape() != tensor.shape())
+    throw std::logic_error("CheckpointStaging: " + key + " changed shape from " + shape_str(buffer.shape()) + " to " +
+                           shape_str(tensor.shape()));
+  NoGradGuard no_grad;
+  const Tensor source = tensor.dtype() == DType::f32 ? tensor.detach() : tensor.detach().to(DType::f32);
+  if (source.device().is_cuda()) copy_into_async(buffer, source.contiguous());
+  else copy_into(buffer, source);
+  return HostArray{buffer.shape(), {}, buffer};
+}
+
+void CheckpointStaging::finish(Device device) {
+  if (device.is_cuda()) synchronize(device.index);
 }
 
 // ---- models ----

@@ -40,10 +40,34 @@ class CheckpointError : public std::runtime_error {
   std::string path_, problem_;
 };
 
-// An fp32 array on the host with its global shape.
+// An fp32 array on the host with its global shape: its values in `values`, or, for a
+// snapshot taken through CheckpointStaging, in the contiguous f32 CPU tensor `host`.
 struct HostArray {
   Shape shape;
   std::vector<float> values;
+  Tensor host;
+  const float* data() const { return host.defined() ? host.data_ptr<float>() : values.data(); }
+  int64_t size() const { return host.defined() ? host.numel() : int64_t(values.size()); }
+};
+
+// Page-locked host buffers for a run's snapshots, one per tensor, allocated up front and reused
+// by every save: taking a snapshot is one device-to-host copy per tensor at the copy engine's
+// speed (no allocation, no page faults). The arrays it hands out alias its buffers, so the next
+// stage() must wait until the checkpoint written from them is on disk (CheckpointWriter::wait).
+class CheckpointStaging {
+ public:
+  // Allocates a buffer for `key` of `like`'s shape (pinned memory where a GPU is present).
+  void reserve(const std::string& key, const Tensor& like);
+  // Queues the copy of `tensor` into the buffer of `key` (reserved on first use) and returns
+  // the array; the values are there after finish().
+  HostArray stage(const std::string& key, const Tensor& tensor);
+  // Waits for the queued copies.
+  void finish(Device device);
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  std::map<std::string, Tensor> buffers_;
+  int64_t bytes_ = 0;
 };
 
 // The data a run trains on, as the manifest records it: resuming on other data is refused

@@ -170,6 +170,7 @@ class Trainer {
   ScheduleOptions schedule_;
   std::unique_ptr<data::TokenLoader> loader_, val_loader_;
   std::unique_ptr<CheckpointWriter> writer_;
+  CheckpointStaging staging_;
   MetricsLog metrics_;
 
   TrainProgress progress_;
@@ -324,14 +325,11 @@ CheckpointContents Trainer::snapshot() {
   c.ssmtrain_version = ssmtrain_version();
   c.commit = ssmtrain_commit();
   c.data = data_;
-  c.model = model_arrays(*model_);
-  for (auto& [name, moments] : optimizer_->state()) {
-    const auto host = [](const Tensor& t) {
-      const Tensor h = t.detach().to(Device::cpu()).to(DType::f32).contiguous();
-      return HostArray{h.shape(), std::vector<float>(h.data_ptr<float>(), h.data_ptr<float>() + h.numel())};
-    };
-    c.optim.emplace(name, CheckpointContents::Moments{host(moments.exp_avg), host(moments.exp_avg_sq)});
-  }
+  for (const NamedParameter& p : params_) c.model.emplace_back(p.name, staging_.stage("model/" + p.name, *p.value));
+  for (auto& [name, moments] : optimizer_->state())
+    c.optim.emplace(name, CheckpointContents::Moments{staging_.stage("exp_avg/" + name, moments.exp_avg),
+                                                      staging_.stage("exp_avg_sq/" + name, moments.exp_avg_sq)});
+  staging_.finish(device_);
   c.adamw_step = optimizer_->steps();
   c.progress = progress_;
   c.progress.elapsed_s = elapsed_before_ + seconds_since(start_);
@@ -341,8 +339,9 @@ CheckpointContents Trainer::snapshot() {
 void Trainer::save(const char* why) {
   if (last_saved_step_ == progress_.step) return;
   const auto begin = Clock::now();
+  writer_->wait();  // the staging buffers hold the previous checkpoint until it is on disk
   CheckpointContents contents = snapshot();
-  writer_->save(std::move(contents));  // waits for the previous write; rethrows its failure
+  writer_->save(std::move(contents));
   const double blocked_ms = 1000 * seconds_since(begin);
   last_saved_step_ = progress_.step;
   last_save_time_ = Clock::now();
@@ -510,6 +509,11 @@ TrainSummary Trainer::run() {
     metrics_ = resume_ ? MetricsLog::resume(run_dir_ / "metrics.jsonl", progress_.step)
                        : MetricsLog::create(run_dir_ / "metrics.jsonl");
   writer_ = std::make_unique<CheckpointWriter>(run_dir_, config_.checkpoint.keep);
+  for (const NamedParameter& p : params_) staging_.reserve("model/" + p.name, *p.value);
+  for (auto& [name, moments] : optimizer_->state()) {
+    staging_.reserve("exp_avg/" + name, moments.exp_avg);
+    staging_.reserve("exp_avg_sq/" + name, moments.exp_avg_sq);
+  }
   progress_.rng_seed = uint64_t(config_.run.seed);  // training draws no random numbers; init is seeded
 
   StopSignals signals;
