@@ -270,7 +270,9 @@ void Trainer::build() {
   data::LoaderOptions loader_options;
   loader_options.data_dir = config_.data.train;
   loader_options.seq_len = config_.training.seq_len;
-  loader_options.global_batch = config_.training.micro_batch;  // one micro-batch per next()
+  // One next() per step: the step's sequences, cut into micro-batches here, so that a rank's
+  // micro-batches are consecutive rows of the global batch.
+  loader_options.global_batch = accum_ * config_.training.micro_batch;
   loader_options.seed = uint64_t(config_.run.seed);
   loader_options.device = device_;
   loader_options.prefetch = 2;
@@ -283,6 +285,7 @@ void Trainer::build() {
   val_options.split = "val";
   val_options.shuffle = false;
   val_options.prefetch = 0;
+  val_options.global_batch = config_.training.micro_batch;
   const data::Manifest val_manifest =
       config_.data.val.empty() ? manifest_ : data::read_manifest(config_.data.val);
   if (val_manifest.tokens("val") > 0)
@@ -374,10 +377,12 @@ bool Trainer::step_once(int64_t step, bool last) {
   double loss_sum = 0;
   Tensor aux_sum;                     // {}, the MoE losses summed on the device: read once a step
   std::vector<Tensor> expert_counts;  // per MoE layer, summed over the step's micro-batches (log steps)
+  data::Batch batch = loader_->next();  // (accum x micro_batch, seq_len)
+  if (batch.ready) batch.ready->wait(current_stream(device_.index));
+  const int64_t rows = config_.training.micro_batch;
   for (int64_t micro = 0; micro < accum_; ++micro) {
-    data::Batch batch = loader_->next();
-    if (batch.ready) batch.ready->wait(current_stream(device_.index));
-    const LossTerms terms = model_->losses(batch.inputs, batch.targets, batch.doc_index, compute_);
+    const auto part = [&](const Tensor& t) { return narrow(t, 0, micro * rows, rows); };
+    const LossTerms terms = model_->losses(part(batch.inputs), part(batch.targets), part(batch.doc_index), compute_);
     mul(terms.total, 1.0 / double(accum_)).backward();
     loss_sum += terms.lm.item();
     if (terms.aux.total.defined()) {
