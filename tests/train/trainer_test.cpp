@@ -115,5 +115,23 @@ TEST_F(TrainerTest, SameSeedSameBits) {
   EXPECT_EQ(a.final_val_loss, b.final_val_loss);
 }
 
+// A validation shard that is there but damaged stops the run before training, naming the
+// file (it used to cost only the validation loss, with a line on stderr).
+TEST_F(TrainerTest, ADamagedValidationShardIsAnError) {
+  const std::filesystem::path copy = *dir_ / "damaged-val";
+  std::filesystem::copy(*dir_ / "data", copy, std::filesystem::copy_options::recursive);
+  const std::filesystem::path shard = copy / "val-00000.h5";
+  std::filesystem::resize_file(shard, std::filesystem::file_size(shard) / 2);
+  configs::Config cfg = config("damaged");
+  cfg.data.train = copy.string();
+  try {
+    train(cfg);
+    FAIL() << "trained with a damaged validation shard";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("val-00000.h5"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(std::filesystem::path(cfg.run.output_dir) / "damaged" / "metrics.jsonl"));
+}
+
 }  // namespace
 }  // namespace ssmtrain
