@@ -1,10 +1,11 @@
 // ssmtrain_bench_foundation [--out FILE.json] [--reps N]: times the foundation CUDA kernels
-// (GEMM, RMSNorm, cross-entropy, SiLU, softmax) at LLM-sized shapes and reports each as a
+// (GEMM, RMSNorm, cross-entropy, SiLU, softmax, the mixers' layout-changing copies) at LLM-sized shapes and reports each as a
 // fraction of this GPU's copy bandwidth or bf16 GEMM rate, measured in the same run.
 #include <fmt/core.h>
 
 #include <cstdint>
 #include <exception>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -158,6 +159,38 @@ void bench_softmax(Report& report, Timer& timer) {
                  });
 }
 
+// ---- layout changes of the Mamba mixers: copy_strided between (b, l, c) and (b, c, l) ----
+
+// mamba2-130m at 8 x 2048: the conv1d's input, the xBC columns of the in_proj output
+// (b, l, 3864) read as (b, c, l) with c = 1792, and the conv output (b, c, l) back to (b, l, c).
+void bench_transposes(Report& report, Timer& timer) {
+  const int64_t b = 8, l = 2048, c = 1792, row = 3864, first = 1536;
+  cudaStream_t s = timer.stream();
+  DeviceBuffer projected(b * l * row * 2), channels(b * c * l * 2), tokens(b * l * c * 2);
+  bench::fill_random(DType::bf16, projected.get(), b * l * row, 50, s);
+  const auto layout = [](std::initializer_list<int64_t> shape, std::initializer_list<int64_t> strides) {
+    kernels::Layout out;
+    for (int64_t v : shape) out.shape[out.ndim++] = v;
+    int d = 0;
+    for (int64_t v : strides) out.strides[d++] = v;
+    return out;
+  };
+  const kernels::Layout slice_as_bcl = layout({b, c, l}, {l * row, 1, row});
+  const kernels::Layout contiguous_bcl = layout({b, c, l}, {c * l, l, 1});
+  const kernels::Layout bcl_as_blc = layout({b, c, l}, {l * c, 1, c});
+  const double bytes = 2 * kBf16 * static_cast<double>(b * c * l);
+  const std::string shape = fmt::format("b={} l={} c={} bf16", b, l, c);
+  report.measure("copy_strided (b, l, c) slice -> (b, c, l)", shape, Bound::memory, bytes, 0, [&] {
+    return timer.time([&] {
+      kernels::cuda::copy_strided(projected.as<uint16_t>() + first, slice_as_bcl, channels.get(), contiguous_bcl, 2, s);
+    });
+  });
+  report.measure("copy_strided (b, c, l) -> (b, l, c)", shape, Bound::memory, bytes, 0, [&] {
+    return timer.time(
+        [&] { kernels::cuda::copy_strided(channels.get(), contiguous_bcl, tokens.get(), bcl_as_blc, 2, s); });
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -169,5 +202,6 @@ int main(int argc, char** argv) {
                              bench_cross_entropy(report, timer);
                              bench_silu(report, timer);
                              bench_softmax(report, timer);
+                             bench_transposes(report, timer);
                            });
 }

@@ -1,11 +1,13 @@
 // Data movement on the GPU: strided copies of any element size (contiguous copies become one
-// cudaMemcpyAsync), dtype casts among f32 / bf16 / f16 / i32 / i64, and constant fills.
+// cudaMemcpyAsync, batched transposes go through shared-memory tiles), dtype casts among
+// f32 / bf16 / f16 / i32 / i64, and constant fills.
 // Same contracts as kernels/cpu/copy.cpp (kernels/copy.h).
 #include "kernels/copy.h"
 
 #include <cstring>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -79,6 +81,76 @@ void launch_copy_strided(const void* src, const Layout& src_layout, void* dst,
                          const Layout& dst_layout, int64_t numel, cudaStream_t stream) {
   copy_strided_kernel<Word><<<grid_for(numel, kThreads), kThreads, 0, stream>>>(
       static_cast<const Word*>(src), src_layout, static_cast<Word*>(dst), dst_layout, numel);
+  SSM_CUDA_CHECK_LAUNCH();
+}
+
+// Batched 2-D transposes: copies whose dst-contiguous dimension `a` is not the src-contiguous
+// one `b` (the (b, l, c) <-> (b, c, l) layout changes of the Mamba mixers). Element by element
+// such a copy reads or writes with a stride, at a fraction of copy bandwidth; here a 32 x 32
+// tile of (a, b) goes through shared memory so that both the reads (along b) and the writes
+// (along a) are coalesced. The other dimensions (`rest`) index whole tiles.
+struct TransposePlan {
+  int64_t na = 0, nb = 0;        // sizes of dimensions a and b
+  int64_t src_a = 0, dst_b = 0;  // src stride of a, dst stride of b (src stride of b and dst stride of a are 1)
+  Layout rest_src, rest_dst;     // the remaining dimensions, in order
+  int64_t rest_numel = 1;
+};
+
+constexpr int kTransposeTile = 32;
+constexpr int kTransposeRows = 8;  // blockDim (32, 8): each thread moves 4 elements of a tile
+
+template <typename Word>
+__global__ void __launch_bounds__(kTransposeTile* kTransposeRows)
+    copy_transpose_kernel(const Word* src, Word* dst, TransposePlan plan, int64_t tiles_b) {
+  __shared__ Word tile[kTransposeTile][kTransposeTile + 1];  // +1: no bank conflicts down a column
+  const int64_t a0 = int64_t(blockIdx.x / tiles_b) * kTransposeTile;
+  const int64_t b0 = int64_t(blockIdx.x % tiles_b) * kTransposeTile;
+  for (int64_t r = blockIdx.y; r < plan.rest_numel; r += gridDim.y) {
+    const Word* from = src + strided_offset(r, plan.rest_src);
+    Word* to = dst + strided_offset(r, plan.rest_dst);
+    for (int k = threadIdx.y; k < kTransposeTile; k += kTransposeRows) {
+      const int64_t a = a0 + k, b = b0 + threadIdx.x;
+      if (a < plan.na && b < plan.nb) tile[k][threadIdx.x] = from[a * plan.src_a + b];
+    }
+    __syncthreads();
+    for (int k = threadIdx.y; k < kTransposeTile; k += kTransposeRows) {
+      const int64_t b = b0 + k, a = a0 + threadIdx.x;
+      if (a < plan.na && b < plan.nb) to[b * plan.dst_b + a] = tile[threadIdx.x][k];
+    }
+    __syncthreads();
+  }
+}
+
+// The plan for a simplified pair of layouts, when the copy is such a transpose.
+bool plan_transpose(const Layout& src, const Layout& dst, TransposePlan* plan) {
+  int a = -1, b = -1;
+  for (int dim = 0; dim < src.ndim; ++dim) {
+    if (dst.strides[dim] == 1) a = dim;
+    if (src.strides[dim] == 1) b = dim;
+  }
+  if (a < 0 || b < 0 || a == b) return false;
+  plan->na = src.shape[a];
+  plan->nb = src.shape[b];
+  plan->src_a = src.strides[a];
+  plan->dst_b = dst.strides[b];
+  for (int dim = 0; dim < src.ndim; ++dim) {
+    if (dim == a || dim == b) continue;
+    const int r = plan->rest_src.ndim++;
+    plan->rest_dst.ndim++;
+    plan->rest_src.shape[r] = plan->rest_dst.shape[r] = src.shape[dim];
+    plan->rest_src.strides[r] = src.strides[dim];
+    plan->rest_dst.strides[r] = dst.strides[dim];
+    plan->rest_numel *= src.shape[dim];
+  }
+  return true;
+}
+
+template <typename Word>
+void launch_copy_transpose(const void* src, void* dst, const TransposePlan& plan, cudaStream_t stream) {
+  const int64_t tiles_a = ceil_div(plan.na, int64_t(kTransposeTile)), tiles_b = ceil_div(plan.nb, int64_t(kTransposeTile));
+  const dim3 grid(unsigned(tiles_a * tiles_b), unsigned(std::min<int64_t>(plan.rest_numel, 65535)));
+  copy_transpose_kernel<Word><<<grid, dim3(kTransposeTile, kTransposeRows), 0, stream>>>(
+      static_cast<const Word*>(src), static_cast<Word*>(dst), plan, tiles_b);
   SSM_CUDA_CHECK_LAUNCH();
 }
 
@@ -194,6 +266,16 @@ void copy_strided(const void* src, const Layout& src_layout, void* dst, const La
     SSM_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<size_t>(numel * elem_size),
                                    cudaMemcpyDeviceToDevice, stream));
     return;
+  }
+  TransposePlan plan;
+  if (plan_transpose(from, to, &plan) && ceil_div(plan.na, int64_t(kTransposeTile)) * ceil_div(plan.nb, int64_t(kTransposeTile)) < (int64_t(1) << 31)) {
+    switch (elem_size) {
+      case 1: launch_copy_transpose<uint8_t>(src, dst, plan, stream); return;
+      case 2: launch_copy_transpose<uint16_t>(src, dst, plan, stream); return;
+      case 4: launch_copy_transpose<uint32_t>(src, dst, plan, stream); return;
+      case 8: launch_copy_transpose<uint64_t>(src, dst, plan, stream); return;
+      default: break;
+    }
   }
   switch (elem_size) {
     case 1: launch_copy_strided<uint8_t>(src, from, dst, to, numel, stream); return;

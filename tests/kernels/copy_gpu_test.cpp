@@ -77,6 +77,18 @@ std::vector<StridedCase> strided_cases() {
   // 5-d permutation: src contiguous (b, h, l, n, p) = (2, 4, 3, 6, 5) read as (b, l, h, p, n)
   c.push_back({"permute 5d", make_layout({2, 3, 4, 5, 6}, {360, 30, 90, 1, 5}),
                contiguous({2, 3, 4, 5, 6}), 720, 720, 0});
+  // The Mamba mixers' layout changes, at sizes that are not multiples of the 32 x 32 tile:
+  // columns [5, 75) of a (2, 100, 150) in_proj output read as (b, c, l), and back into a
+  // column slice of a wider destination.
+  c.push_back({"slice as (b, c, l)", make_layout({2, 70, 100}, {15000, 1, 150}), contiguous({2, 70, 100}), 30000,
+               14000, 5});
+  c.push_back({"(b, c, l) into a slice of (b, l, w)", contiguous({2, 70, 100}), make_layout({2, 70, 100}, {15000, 1, 150}),
+               14000, 30000, 0});
+  // Large enough for many tiles, with the tiled dimensions apart: (4, 33, 5, 65) read from
+  // a (4, 5, 65, 33) buffer.
+  c.push_back({"4d tiles apart", make_layout({4, 33, 5, 65}, {10725, 1, 2145, 33}), contiguous({4, 33, 5, 65}),
+               42900, 42900, 0});
+  c.push_back({"transpose 257 x 129", make_layout({129, 257}, {1, 129}), contiguous({129, 257}), 33153, 33153, 0});
   return c;
 }
 
