@@ -15,7 +15,9 @@
 #include "configs/load.h"
 #include "configs/show.h"
 #include "data/errors.h"
+#include "autograd/device.h"
 #include "layers/from_config.h"
+#include "layers/preflight.h"
 #include "train/checkpoint.h"
 #include "train/resume.h"
 #include "train/trainer.h"
@@ -72,6 +74,7 @@ int run_train(const TrainArgs& a) {
                                  fmt::format("this recipe is a sweep of {} variants; `ssmtrain sweep {}` runs them "
                                              "(train runs one recipe)",
                                              recipe.sweep_variants.size(), a.recipe));
+    check_kernels_support(recipe, cuda_available());
     check_data_directories(recipe);
     TrainOptions options;
     options.resume = a.resume;
@@ -107,7 +110,9 @@ int run_train(const TrainArgs& a) {
 // CPU) and the training FLOPs per token.
 int run_config_show(const ConfigShowArgs& a) {
   try {
-    const configs::Config config = configs::load_config(a.recipe, a.overrides);
+    const configs::Recipe recipe = configs::load_recipe(a.recipe, a.overrides);
+    check_kernels_support(recipe, cuda_available());
+    const configs::Config& config = recipe.config;
     const ModelOptions options = model_options(config.model);
     LanguageModel model(options, config.run.seed);
     const configs::ModelCost cost{model.num_parameters(), model.active_parameters(),
