@@ -1,7 +1,9 @@
 // Device parsing and GPU discovery.
 #include "autograd/device.h"
 
+#include <fstream>
 #include <stdexcept>
+#include <string>
 
 #if SSMTRAIN_WITH_CUDA
 #include <cuda_runtime.h>
@@ -44,6 +46,34 @@ std::string cuda_device_name(int index) {
   (void)index;
 #endif
   return "";
+}
+
+MemoryInfo cuda_memory_info(int index) {
+  MemoryInfo info;
+#if SSMTRAIN_WITH_CUDA
+  int current = 0;
+  if (index < 0 || index >= cuda_device_count() || cudaGetDevice(&current) != cudaSuccess) return info;
+  size_t free = 0, total = 0;
+  if (cudaSetDevice(index) == cudaSuccess && cudaMemGetInfo(&free, &total) == cudaSuccess) info = {free, total};
+  (void)cudaGetLastError();
+  cudaSetDevice(current);
+#else
+  (void)index;
+#endif
+  return info;
+}
+
+MemoryInfo host_memory_info() {
+  MemoryInfo info;
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit) {
+    if (key == "MemAvailable:") info.free = kib * 1024;
+    if (key == "MemTotal:") info.total = kib * 1024;
+  }
+  return info;
 }
 
 }  // namespace ssmtrain

@@ -26,5 +26,13 @@ bool cuda_available();
 int cuda_device_count();
 // The GPU's name ("NVIDIA H100 80GB HBM3"); empty without CUDA or without that device.
 std::string cuda_device_name(int index);
+// Bytes free and in all on that GPU ({0, 0} without CUDA or without that device).
+struct MemoryInfo {
+  uint64_t free = 0, total = 0;
+};
+MemoryInfo cuda_memory_info(int index);
+// Bytes of host memory available to a new allocation (MemAvailable of /proc/meminfo; 0 when
+// unknown) and in all.
+MemoryInfo host_memory_info();
 
 }  // namespace ssmtrain

@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <exception>
 #include <map>
 #include <sstream>
@@ -78,6 +79,40 @@ void register_subcommands(CLI::App& app, Run& selected) {
   }
 }
 
+// The command words of argv ("eval", "bogus") checked against the table before CLI11 parses,
+// so a mistyped command is named with the ones there are instead of "arguments were not
+// expected". Returns the message, empty when the words lead to a command or stop at an option.
+std::string unknown_command(int argc, char** argv) {
+  const std::vector<Subcommand> table = subcommand_table();
+  std::string prefix;
+  for (int i = 1; i < argc; ++i) {
+    const std::string word = argv[i];
+    if (word.empty() || word[0] == '-') return "";
+    const std::string path = prefix.empty() ? word : prefix + " " + word;
+    std::vector<std::string> children;
+    bool leaf = false, group = false;
+    for (const Subcommand& sub : table) {
+      if (sub.path == path) leaf = true;
+      if (sub.path.rfind(path + " ", 0) == 0) group = true;
+      if (prefix.empty() || sub.path.rfind(prefix + " ", 0) == 0) {
+        const std::vector<std::string> words = split_words(sub.path);
+        const size_t depth = prefix.empty() ? 0 : split_words(prefix).size();
+        if (words.size() > depth && std::find(children.begin(), children.end(), words[depth]) == children.end())
+          children.push_back(words[depth]);
+      }
+    }
+    if (leaf) return "";
+    if (!group) {
+      std::string list;
+      for (const std::string& c : children) list += (list.empty() ? "" : ", ") + c;
+      return fmt::format("unknown command '{}'; the commands{} are: {}", path,
+                         prefix.empty() ? "" : " of '" + prefix + "'", list);
+    }
+    prefix = path;
+  }
+  return "";
+}
+
 }  // namespace
 }  // namespace ssmtrain::cli
 
@@ -88,6 +123,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   Run selected;
   register_subcommands(app, selected);
+  if (const std::string unknown = unknown_command(argc, argv); !unknown.empty()) {
+    fmt::print(stderr, "ssmtrain: {} (see ssmtrain --help)\n", unknown);
+    return 2;
+  }
 
   try {
     app.parse(argc, argv);

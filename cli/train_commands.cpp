@@ -15,6 +15,9 @@
 #include "configs/load.h"
 #include "configs/show.h"
 #include "data/errors.h"
+#include "data/hash.h"
+#include "data/shard.h"
+#include "data/tokenizer.h"
 #include "autograd/device.h"
 #include "layers/from_config.h"
 #include "layers/preflight.h"
@@ -34,6 +37,7 @@ struct TrainArgs {
 struct ConfigShowArgs {
   std::string recipe;
   std::vector<std::string> overrides;
+  std::string device;  // whose kernels the recipe is checked against; empty: the GPU when one is visible
 };
 
 void train_options(CLI::App& app, TrainArgs& a) {
@@ -48,6 +52,10 @@ void train_options(CLI::App& app, TrainArgs& a) {
 void config_show_options(CLI::App& app, ConfigShowArgs& a) {
   add_recipe(app, a.recipe);
   add_overrides(app, a.overrides);
+  app.add_option("--device", a.device,
+                 "check the recipe against the kernels of this device (cpu or cuda), also on a machine "
+                 "without it; default: cuda when a GPU is visible, else cpu")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
 }
 
 // A recipe whose data directories were never prepared fails before any work, at its line.
@@ -59,6 +67,43 @@ void check_data_directories(const configs::Recipe& recipe) {
         recipe.locate(key), key,
         fmt::format("no prepared corpus at '{}' ({} is missing); write it with `ssmtrain data prepare --out {}`", dir,
                     std::filesystem::exists(dir) ? "its manifest.json" : "the directory", dir));
+  }
+}
+
+// The tokenizer the corpus was prepared with (data.tokenizer, else the copy beside the shards)
+// must be the one the manifest names by checksum and must load, and the embedding must hold its
+// vocabulary: each is a clear error here rather than a wrong id deep in the first step.
+void check_tokenizer(const configs::Recipe& recipe) {
+  const configs::Config& config = recipe.config;
+  if (config.data.train.empty()) return;
+  const data::Manifest manifest = data::read_manifest(config.data.train);
+  if (config.model.vocab_size < manifest.vocab_size) {
+    throw configs::ConfigError(
+        recipe.locate("model.vocab_size"), "model.vocab_size",
+        fmt::format("expected at least the tokenizer's vocabulary of {} (the corpus at '{}'), found {}",
+                    manifest.vocab_size, config.data.train, config.model.vocab_size));
+  }
+  std::filesystem::path path = config.data.tokenizer;
+  if (path.empty()) {
+    if (manifest.tokenizer_file.empty()) return;
+    path = std::filesystem::path(config.data.train) / manifest.tokenizer_file;
+    if (!std::filesystem::exists(path))
+      throw data::InputError(fmt::format("{}: missing: the manifest of '{}' names it as the corpus's tokenizer",
+                                         path.string(), config.data.train));
+  } else if (!std::filesystem::is_regular_file(path)) {
+    throw configs::ConfigError(recipe.locate("data.tokenizer"), "data.tokenizer",
+                               fmt::format("no tokenizer file at '{}'", path.string()));
+  }
+  const std::string checksum = data::file_checksum(path.string());
+  if (!manifest.tokenizer_checksum.empty() && checksum != manifest.tokenizer_checksum) {
+    throw data::InputError(fmt::format(
+        "{}: checksum {} differs from the {} the corpus at '{}' was prepared with: this is not its tokenizer",
+        path.string(), checksum, manifest.tokenizer_checksum, config.data.train));
+  }
+  const data::Tokenizer tokenizer(path.string());  // a file SentencePiece cannot read is an InputError
+  if (tokenizer.vocab_size() != manifest.vocab_size) {
+    throw data::InputError(fmt::format("{}: a vocabulary of {}, but the corpus at '{}' records {}", path.string(),
+                                       tokenizer.vocab_size(), config.data.train, manifest.vocab_size));
   }
 }
 
@@ -75,7 +120,10 @@ int run_train(const TrainArgs& a) {
                                              "(train runs one recipe)",
                                              recipe.sweep_variants.size(), a.recipe));
     check_kernels_support(recipe, cuda_available());
+    if (const std::string warning = check_memory_fits(recipe, cuda_available()); !warning.empty())
+      fmt::print(stderr, "{}\n", warning);
     check_data_directories(recipe);
+    check_tokenizer(recipe);
     TrainOptions options;
     options.resume = a.resume;
     const TrainSummary summary = train(config, options);
@@ -106,16 +154,16 @@ int run_train(const TrainArgs& a) {
   }
 }
 
-// The resolved config, the layout, the parameter count (from the model itself, built on the
-// CPU) and the training FLOPs per token.
+// The resolved config, the layout, the parameter count (from the shapes, so a recipe too large
+// for this machine is shown in milliseconds) and the training FLOPs per token.
 int run_config_show(const ConfigShowArgs& a) {
   try {
     const configs::Recipe recipe = configs::load_recipe(a.recipe, a.overrides);
-    check_kernels_support(recipe, cuda_available());
+    check_kernels_support(recipe, a.device.empty() ? cuda_available() : a.device == "cuda");
     const configs::Config& config = recipe.config;
     const ModelOptions options = model_options(config.model);
-    LanguageModel model(options, config.run.seed);
-    const configs::ModelCost cost{model.num_parameters(), model.active_parameters(),
+    const ParameterCounts counts = parameter_counts(options);  // from the shapes: nothing is allocated
+    const configs::ModelCost cost{counts.total, counts.active,
                                   training_flops_per_token(options, config.training.seq_len)};
     fmt::print("{}", configs::render_config_show(config, cost));
     return 0;

@@ -112,6 +112,15 @@ std::vector<bool> ratio_layers(int64_t n_layers, const std::string& ratio) {
     if (position >= n_layers) break;
     in_group[position] = true;
   }
+  // A ratio that asks for attention but places none on this stack is a mistake, not a pure
+  // Mamba model: say how deep the stack must be.
+  const int64_t first = *attention > 0 ? group / (2 * *attention) : 0;
+  if (*attention > 0 && first >= n_layers) {
+    invalid({kRatio, kLayers},
+            fmt::format("\"{}\" places its first attention layer at layer {} (0-based), which needs n_layers >= {}, "
+                        "found n_layers = {}: no layer would be attention (use \"0:1\" for none)",
+                        ratio, first, first + 1, n_layers));
+  }
   std::vector<bool> placed(n_layers);
   for (int64_t layer = 0; layer < n_layers; ++layer) placed[layer] = in_group[layer % group];
   return placed;

@@ -92,8 +92,24 @@ void record_locations(const YAML::Node& map, const std::string& prefix, SourceTr
   }
 }
 
+// YAML indents with spaces only; yaml-cpp's own message for a tab there is obscure (or the tab
+// silently changes the nesting), so the first one is named at its line and column.
+void check_no_tab_indentation(std::string_view text, const std::string& source) {
+  int line = 1;
+  for (size_t start = 0; start <= text.size(); ++line) {
+    const size_t end = std::min(text.find('\n', start), text.size());
+    for (size_t i = start; i < end && (text[i] == ' ' || text[i] == '\t'); ++i) {
+      if (text[i] == '\t')
+        throw ConfigError(Location{source, line, int(i - start) + 1}, "",
+                          "a tab in the indentation: YAML indents with spaces only");
+    }
+    start = end + 1;
+  }
+}
+
 SourceTree parse_tree(std::string_view text, const std::string& source) {
   SourceTree tree{source, {}, {}};
+  check_no_tab_indentation(text, source);
   try {
     tree.root = YAML::Load(std::string(text));
   } catch (const YAML::ParserException& error) {

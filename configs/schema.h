@@ -124,8 +124,10 @@ void describe(ModelConfig& model, V& v) {
   v.field("vocab_size", model.vocab_size, "embedding rows; at least the tokenizer's vocabulary",
           kAtLeastOne);
   v.field("d_model", model.d_model, "width of the residual stream", kAtLeastOne);
+  // The bound keeps the layout's per-layer tables small: a typo of 10^9 layers is an error at
+  // its line, not minutes of allocation.
   v.field("n_layers", model.n_layers, "blocks (one mixer and an optional feed-forward each)",
-          kAtLeastOne);
+          Rule{.min = 1, .max = 100000});
   v.field("tie_embeddings", model.tie_embeddings, "the LM head shares the embedding matrix");
   v.field("norm_eps", model.norm_eps, "RMSNorm epsilon", kPositive);
   v.section("mamba1", model.mamba1, "Mamba-1 mixer (selective scan)");

@@ -3,6 +3,7 @@
 // the run has one length. Then the `auto` values those checks allow are resolved.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "configs/layout.h"
@@ -78,9 +79,14 @@ void check_mamba2(const ModelConfig& model) {
 void check_attention(const ModelConfig& model) {
   const AttentionConfig& attention = model.attention;
   if (attention.head_dim == 0 && model.d_model % attention.n_heads != 0) {
+    // n_heads is often the default (12) the recipe never wrote: name it and what would work.
+    std::string divisors;
+    for (int64_t n = 1; n <= std::min<int64_t>(model.d_model, 64); ++n)
+      if (model.d_model % n == 0) divisors += (divisors.empty() ? "" : ", ") + std::to_string(n);
     invalid({"model.attention.n_heads", "model.d_model"},
-            fmt::format("expected a divisor of d_model = {} (head_dim is auto), found {}",
-                        model.d_model, attention.n_heads));
+            fmt::format("model.attention.n_heads = {} does not divide d_model = {} (head_dim is auto): set "
+                        "model.attention.n_heads to a divisor of {} ({}) or set model.attention.head_dim",
+                        attention.n_heads, model.d_model, model.d_model, divisors));
   }
   if (attention.n_kv_heads != 0 && attention.n_heads % attention.n_kv_heads != 0) {
     invalid({"model.attention.n_kv_heads", "model.attention.n_heads"},
@@ -153,8 +159,10 @@ void check_training(const TrainingConfig& training, const ScheduleConfig& schedu
                         training.global_batch_tokens, training.token_budget));
   }
   if (schedule.warmup_steps > training.total_steps()) {
-    invalid({"schedule.warmup_steps"}, fmt::format("expected at most the run's {} steps, found {}",
-                                                   training.total_steps(), schedule.warmup_steps));
+    invalid({"schedule.warmup_steps"},
+            fmt::format("expected at most the run's {} steps, found {}: shorten the warmup with the run, e.g. "
+                        "--set schedule.warmup_steps={}",
+                        training.total_steps(), schedule.warmup_steps, training.total_steps() / 10));
   }
 }
 

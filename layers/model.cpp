@@ -115,6 +115,41 @@ double training_flops_per_token(const ModelOptions& o, int64_t seq_len) {
   return 6.0 * per_token;
 }
 
+ParameterCounts parameter_counts(const ModelOptions& o) {
+  const int64_t d = o.d_model;
+  ParameterCounts c;
+  c.total = o.vocab_size * d + d + (o.tie_embeddings ? 0 : d * o.vocab_size);  // embedding, norm_f, lm_head
+  int64_t inactive = 0;
+  for (int64_t i = 0; i < o.n_layers; ++i) {
+    const LayerKind k = o.layer(i);
+    c.total += d;  // norm
+    if (k.mixer == MixerKind::mamba1) {
+      Mamba1Options m = o.mamba1;
+      m.d_model = d;
+      const int64_t e = m.d_inner(), n = m.d_state, r = m.rank();
+      c.total += d * 2 * e + e * m.d_conv + e + e * (r + 2 * n) + r * e + e + e * n + e + e * d;
+      if (m.dt_bc_norm) c.total += r + 2 * n;
+    } else if (k.mixer == MixerKind::mamba2) {
+      Mamba2Options m = o.mamba2;
+      m.d_model = d;
+      const int64_t e = m.d_inner(), gn = m.ngroups * m.d_state, h = m.nheads(), conv = e + 2 * gn;
+      c.total += d * (2 * e + 2 * gn + h) + conv * m.d_conv + conv + 3 * h + e + e * d;
+    } else {
+      AttentionOptions a = o.attention;
+      a.d_model = d;
+      const int64_t q = a.n_heads * a.dim_per_head(), kv = a.kv_heads() * a.dim_per_head();
+      c.total += d * q + 2 * d * kv + q * d;
+    }
+    if (k.ffn == FfnKind::mlp) c.total += d + 3 * d * o.mlp.d_ff;
+    if (k.ffn == FfnKind::moe) {
+      c.total += d + o.moe.n_experts * d + 3 * o.moe.n_experts * o.moe.d_ff * d;
+      inactive += (o.moe.n_experts - o.moe.top_k) * 3 * d * o.moe.d_ff;
+    }
+  }
+  c.active = c.total - inactive;
+  return c;
+}
+
 Block::Block(const ModelOptions& o, LayerKind kind, Generator& gen, DType dtype)
     : norm_(register_module("norm", std::make_unique<RMSNorm>(o.d_model, o.norm_eps, dtype))),
       mixer_(register_module("mixer", make_mixer(o, kind.mixer, gen, dtype))) {

@@ -56,6 +56,15 @@ struct ModelOptions {
 // token); the scans and convolutions are left out, as MFU usually does.
 double training_flops_per_token(const ModelOptions& options, int64_t seq_len);
 
+// The parameter counts of the model `options` describes, from the shapes alone (nothing is
+// allocated: `config show` and the memory check use it on recipes too large to build). Equal
+// to LanguageModel::num_parameters() and active_parameters() (tests/layers/model_test.cpp).
+struct ParameterCounts {
+  int64_t total = 0;
+  int64_t active = 0;  // per token: MoE layers count top_k of their experts
+};
+ParameterCounts parameter_counts(const ModelOptions& options);
+
 class Block : public Module {
  public:
   Block(const ModelOptions& options, LayerKind kind, Generator& gen, DType dtype);

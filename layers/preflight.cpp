@@ -7,6 +7,7 @@
 #include <map>
 #include <string>
 
+#include "autograd/device.h"
 #include "kernels/support.h"
 #include "layers/from_config.h"
 
@@ -91,6 +92,52 @@ void check_kernels_support(const configs::Recipe& recipe, bool cuda) {
     s.d_ff = o.moe.d_ff;
     check(recipe, kernels::moe_support(s, cuda), {{"experts", "model.moe.n_experts"}}, {{"experts", s.experts}}, cuda);
   }
+}
+
+MemoryEstimate estimate_training_memory(const configs::Config& config, bool bf16) {
+  const ModelOptions o = model_options(config.model);
+  const ParameterCounts counts = parameter_counts(o);
+  MemoryEstimate m;
+  m.state = uint64_t(counts.total) * (16 + (bf16 ? 2 : 0));
+  const double tokens = double(config.training.micro_batch) * double(config.training.seq_len);
+  const double bytes = bf16 ? 2 : 4;
+  double per_token = 0;  // elements saved for the backward per token
+  for (int64_t i = 0; i < o.n_layers; ++i) {
+    const LayerKind k = o.layer(i);
+    per_token += 4.0 * double(o.d_model);  // norms and residual stream
+    if (k.mixer == MixerKind::mamba1) per_token += 8.0 * double(o.mamba1.expand * o.d_model);
+    if (k.mixer == MixerKind::mamba2)
+      per_token += 6.0 * double(o.mamba2.expand * o.d_model) + 4.0 * double(o.mamba2.ngroups * o.mamba2.d_state);
+    if (k.mixer == MixerKind::attention) per_token += 6.0 * double(o.d_model);
+    if (k.ffn == FfnKind::mlp) per_token += 3.0 * double(o.mlp.d_ff);
+    if (k.ffn == FfnKind::moe) per_token += 3.0 * double(o.moe.top_k * o.moe.d_ff) + double(o.moe.n_experts);
+  }
+  m.activations = uint64_t(tokens * (per_token * bytes + double(o.vocab_size) * 8.0));
+  return m;
+}
+
+std::string check_memory_fits(const configs::Recipe& recipe, bool cuda) {
+  const bool bf16 = cuda && recipe.config.training.precision != configs::Precision::fp32;
+  const MemoryEstimate need = estimate_training_memory(recipe.config, bf16);
+  const MemoryInfo have = cuda ? cuda_memory_info(0) : host_memory_info();
+  if (have.free == 0) return "";  // unknown: nothing to compare with
+  const std::string where = cuda ? fmt::format("the GPU ({})", cuda_device_name(0)) : std::string("this machine");
+  const auto gib = [](uint64_t b) { return double(b) / double(1ull << 30); };
+  const int64_t params = parameter_counts(model_options(recipe.config.model)).total;
+  if (need.state > have.free) {
+    throw configs::ConfigError(
+        recipe.locate("model.d_model"), "model.d_model",
+        fmt::format("the model's {} parameters need {:.1f} GiB for weights, gradients and AdamW state ({} bytes "
+                    "each) before any activation, but {} has {:.1f} GiB free: make the model smaller",
+                    params, gib(need.state), bf16 ? 18 : 16, where, gib(have.free)));
+  }
+  if (need.state + need.activations > have.free) {
+    return fmt::format("warning: this run may not fit: {:.1f} GiB of training state and an estimated {:.1f} GiB of "
+                       "activations per micro-batch against {:.1f} GiB free on {} (lower training.micro_batch or "
+                       "set training.activation_checkpointing: true)",
+                       gib(need.state), gib(need.activations), gib(have.free), where);
+  }
+  return "";
 }
 
 }  // namespace ssmtrain

@@ -136,10 +136,10 @@ TEST(Layout, AttentionRatioPlacesAttentionEvenly) {
   model.n_layers = 12;  // a partial last group keeps its first layers
   model.layout.attention_ratio = "1:7";
   EXPECT_EQ(resolve_layout(model).mixer_string(), "MMMMAMMMMMMM");
-  model.n_layers = 3;  // fewer layers than one group
-  EXPECT_EQ(resolve_layout(model).mixer_string(), "MMM");
+  model.n_layers = 3;  // fewer layers than the first attention layer needs: an error, not pure Mamba
+  EXPECT_THROW(resolve_layout(model), ConfigError);
   model.layout.attention_ratio = "1:999999999";  // one attention layer far beyond the model
-  EXPECT_EQ(resolve_layout(model).mixer_string(), "MMM");
+  EXPECT_THROW(resolve_layout(model), ConfigError);
   model.layout.attention_ratio = "999999999:1";
   EXPECT_EQ(resolve_layout(model).mixer_string(), "AAA");
 }

@@ -188,8 +188,9 @@ TEST(Load, Mamba2GroupsMustDivideHeads) {
 
 TEST(Load, AttentionHeadsMustDivide) {
   EXPECT_EQ(load_error(edited(kHybrid, "n_heads: 4", "n_heads: 6")),
-            "recipe.yaml:8:5: model.attention.n_heads: expected a divisor of d_model = 128 "
-            "(head_dim is auto), found 6");
+            "recipe.yaml:8:5: model.attention.n_heads: model.attention.n_heads = 6 does not divide d_model = 128 "
+            "(head_dim is auto): set model.attention.n_heads to a divisor of 128 (1, 2, 4, 8, 16, 32, 64) or set "
+            "model.attention.head_dim");
   EXPECT_EQ(load_error(edited(kHybrid, "n_kv_heads: 2", "n_kv_heads: 3")),
             "recipe.yaml:9:5: model.attention.n_kv_heads: expected a divisor of n_heads = 4, "
             "found 3");
@@ -235,7 +236,7 @@ TEST(Load, RunLengthIsStepsOrTokens) {
   EXPECT_EQ(by_tokens.training.total_steps(), 977);  // ceil(1e6 / 1024)
   EXPECT_EQ(load_error(kRecipe + "schedule:\n  warmup_steps: 300\n"),
             "recipe.yaml:11:3: schedule.warmup_steps: expected at most the run's 200 steps, "
-            "found 300");
+            "found 300: shorten the warmup with the run, e.g. --set schedule.warmup_steps=20");
 }
 
 TEST(Load, ValidateWithoutAFileNamesTheKey) {

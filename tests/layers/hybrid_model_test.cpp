@@ -76,6 +76,33 @@ TEST(HybridModel, LayoutNamesAndParameterCounts) {
   EXPECT_EQ(model.num_parameters() - model.active_parameters(), 2 * 2 * expert);
 }
 
+// The counts from the shapes alone equal the built model's, for every mixer and feed-forward,
+// tied or untied embeddings, GQA, ngroups 2 and the Mamba-1 dt/B/C norms.
+TEST(HybridModel, ParameterCountsFromShapesEqualTheBuiltModel) {
+  std::vector<ModelOptions> cases{tiny_hybrid()};
+  ModelOptions v = tiny_hybrid();
+  v.tie_embeddings = !v.tie_embeddings;
+  v.mamba2.ngroups = 2;
+  v.mamba1.dt_bc_norm = false;
+  v.mamba1.dt_rank = 0;  // auto
+  cases.push_back(v);
+  ModelOptions plain;
+  plain.vocab_size = 13;
+  plain.d_model = 16;
+  plain.n_layers = 2;
+  plain.mixer = MixerKind::mamba1;
+  cases.push_back(plain);
+  plain.mixer = MixerKind::mamba2;
+  plain.mamba2.headdim = 8;
+  cases.push_back(plain);
+  for (const ModelOptions& o : cases) {
+    LanguageModel model(o, 3);
+    const ParameterCounts c = parameter_counts(o);
+    EXPECT_EQ(c.total, model.num_parameters()) << o.layout_string();
+    EXPECT_EQ(c.active, model.active_parameters()) << o.layout_string();
+  }
+}
+
 TEST(HybridModel, FlopsPerTokenCountAttentionAndActiveExperts) {
   ModelOptions o = tiny_hybrid();
   o.layers = {{MixerKind::attention, FfnKind::moe}};
