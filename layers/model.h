@@ -113,6 +113,7 @@ class LanguageModel : public Module {
   Tensor loss(const Tensor& ids, const Tensor& targets, const Tensor& doc_index = Tensor(),
               std::optional<DType> compute_dtype = std::nullopt) const;
   const ModelOptions& options() const { return options_; }
+  Device device() const { return embedding_.table.device(); }  // where the parameters are
 
   // Generation (eval/generate.h builds on these). A zeroed cache on the parameters' device,
   // activations in compute_dtype (default: the parameters' dtype).
