@@ -197,7 +197,8 @@ int run_generate(const GenerateArgs& a) {
   size_t printed = 0;
   if (stream) fmt::print("{}", a.prompts[0]);
   auto on_token = [&](int64_t, int64_t token) {
-    if (!stream || token == tok.eos_id()) return;
+    // Ids past the tokenizer's pieces (a model vocabulary padded beyond it) decode to nothing.
+    if (!stream || token == tok.eos_id() || token >= tok.vocab_size()) return;
     so_far.push_back(int(token));
     const std::string text = tok.decode(so_far);
     if (text.size() > printed) {
@@ -214,7 +215,7 @@ int run_generate(const GenerateArgs& a) {
   for (size_t i = 0; i < out.size(); ++i) {
     std::vector<int> ids;
     for (int64_t t : out[i].tokens)
-      if (t != tok.eos_id()) ids.push_back(int(t));
+      if (t != tok.eos_id() && t < tok.vocab_size()) ids.push_back(int(t));
     fmt::print("=== {} ===\n{}{}\n", i, a.prompts[i], tok.decode(ids));
   }
   return 0;
