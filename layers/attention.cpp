@@ -1,6 +1,7 @@
 // See attention.h.
 #include "layers/attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -67,6 +68,85 @@ Tensor AttentionMixer::forward(const Tensor& x, const Tensor& doc_index) const {
   }
   const Tensor y = attention(q, k, v, doc_index, 0.0, options_.deterministic);                             // (b, l, h, dh)
   return o_proj_.forward(reshape(y, {b, l, options_.n_heads * dh}));          // (b, l, d)
+}
+
+MixerCache AttentionMixer::new_cache(int64_t batch, int64_t max_len, DType dtype, Device device) const {
+  MixerCache c;
+  c.k = Tensor::zeros({batch, max_len, options_.kv_heads(), options_.dim_per_head()}, dtype, device);  // (b, max_len, kv, dh)
+  c.v = Tensor::zeros({batch, max_len, options_.kv_heads(), options_.dim_per_head()}, dtype, device);
+  return c;
+}
+
+Tensor AttentionMixer::prefill(const Tensor& x, const MixerCache& cache) const {
+  const int64_t b = x.shape()[0], l = x.shape()[1], dh = options_.dim_per_head();
+  if (l > cache.k.size(1))
+    throw std::invalid_argument("attention prefill: " + std::to_string(l) + " tokens do not fit the KV cache of " +
+                                std::to_string(cache.k.size(1)));
+  Tensor q = reshape(q_proj_.forward(x), {b, l, options_.n_heads, dh});     // (b, l, h, dh)
+  Tensor k = reshape(k_proj_.forward(x), {b, l, options_.kv_heads(), dh});  // (b, l, kv, dh)
+  const Tensor v = reshape(v_proj_.forward(x), {b, l, options_.kv_heads(), dh});
+  if (options_.rope) {
+    const RotaryTables tables = rotary_tables(l, dh, options_.rope_theta, q.dtype(), q.device());
+    q = rotary_embedding(q, tables);
+    k = rotary_embedding(k, tables);
+  }
+  copy_into(narrow(cache.k, 1, 0, l), k);
+  copy_into(narrow(cache.v, 1, 0, l), v);
+  const Tensor y = attention(q, k, v, Tensor(), 0.0, options_.deterministic);  // (b, l, h, dh)
+  return o_proj_.forward(reshape(y, {b, l, options_.n_heads * dh}));          // (b, l, d)
+}
+
+Tensor AttentionMixer::step(const Tensor& x, const MixerCache& cache, const std::vector<int64_t>& positions) const {
+  const int64_t b = x.shape()[0], dh = options_.dim_per_head(), h = options_.n_heads, kv = options_.kv_heads(),
+                group = h / kv, max_len = cache.k.size(1);
+  if (int64_t(positions.size()) != b)
+    throw std::invalid_argument("attention step: " + std::to_string(positions.size()) + " positions for a batch of " +
+                                std::to_string(b));
+  int64_t longest = 0;
+  for (int64_t pos : positions) {
+    if (pos < 0 || pos >= max_len)
+      throw std::invalid_argument("attention step: position " + std::to_string(pos) + " is outside the KV cache of " +
+                                  std::to_string(max_len) + " tokens");
+    longest = std::max(longest, pos + 1);
+  }
+  Tensor q = reshape(q_proj_.forward(x), {b, 1, h, dh});   // (b, 1, h, dh)
+  Tensor k = reshape(k_proj_.forward(x), {b, 1, kv, dh});  // (b, 1, kv, dh)
+  const Tensor v = reshape(v_proj_.forward(x), {b, 1, kv, dh});
+  if (options_.rope) {
+    // Each sequence's own position: angle tables (b, 1, 1, dh/2).
+    const int64_t half = dh / 2;
+    std::vector<float> cos_table(size_t(b * half)), sin_table(size_t(b * half));
+    for (int64_t i = 0; i < b; ++i)
+      for (int64_t j = 0; j < half; ++j) {
+        const double angle = double(positions[size_t(i)]) * std::pow(options_.rope_theta, -2.0 * double(j) / double(dh));
+        cos_table[size_t(i * half + j)] = float(std::cos(angle));
+        sin_table[size_t(i * half + j)] = float(std::sin(angle));
+      }
+    const RotaryTables tables{cast(to_device(Tensor::from_vector(cos_table, {b, 1, 1, half}), q.device()), q.dtype()),
+                              cast(to_device(Tensor::from_vector(sin_table, {b, 1, 1, half}), q.device()), q.dtype())};
+    q = rotary_embedding(q, tables);
+    k = rotary_embedding(k, tables);
+  }
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t pos = positions[size_t(i)];
+    copy_into(narrow(narrow(cache.k, 0, i, 1), 1, pos, 1), narrow(k, 0, i, 1));
+    copy_into(narrow(narrow(cache.v, 0, i, 1), 1, pos, 1), narrow(v, 0, i, 1));
+  }
+  // Query head hh reads kv head hh / group, so the h heads are (kv, group) in that order.
+  const Tensor keys = reshape(transpose(narrow(cache.k, 1, 0, longest), 1, 2), {b * kv, longest, dh});    // (b kv, t, dh)
+  const Tensor values = reshape(transpose(narrow(cache.v, 1, 0, longest), 1, 2), {b * kv, longest, dh});  // (b kv, t, dh)
+  Tensor scores = mul(matmul(reshape(q, {b * kv, group, dh}), keys, false, true), 1.0 / std::sqrt(double(dh)));  // (b kv, group, t)
+  bool ragged = false;
+  for (int64_t pos : positions) ragged = ragged || pos + 1 != longest;
+  if (ragged) {  // a shorter sequence does not see the cache rows past its own position
+    std::vector<float> mask(size_t(b * longest), 0.0f);
+    for (int64_t i = 0; i < b; ++i)
+      for (int64_t t = positions[size_t(i)] + 1; t < longest; ++t) mask[size_t(i * longest + t)] = -1e30f;
+    const Tensor m = cast(to_device(Tensor::from_vector(mask, {b, 1, 1, longest}), q.device()), scores.dtype());
+    scores = reshape(add(reshape(scores, {b, kv, group, longest}), m), {b * kv, group, longest});
+  }
+  const Tensor y = matmul(softmax(scores, -1), values);               // (b kv, group, dh)
+  return o_proj_.forward(reshape(y, {b, 1, h * dh}));                 // (b, 1, d)
 }
 
 }  // namespace ssmtrain

@@ -5,6 +5,8 @@
 // Glossary: b batch, l sequence length, d d_model, h query heads, kv key/value heads, dh head dim.
 #pragma once
 
+#include <vector>
+
 #include "layers/basic.h"
 
 namespace ssmtrain {
@@ -29,6 +31,9 @@ class AttentionMixer : public Mixer {
   AttentionMixer(const AttentionOptions& options, Generator& gen, DType dtype = DType::f32);
   // x (b, l, d) -> (b, l, d); with doc_index a token attends only within its own document.
   Tensor forward(const Tensor& x, const Tensor& doc_index) const override;
+  MixerCache new_cache(int64_t batch, int64_t max_len, DType dtype, Device device) const override;
+  Tensor prefill(const Tensor& x, const MixerCache& cache) const override;
+  Tensor step(const Tensor& x, const MixerCache& cache, const std::vector<int64_t>& positions) const override;
 
  private:
   AttentionOptions options_;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "autograd/conv_ops.h"
+#include "autograd/decode_ops.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"
 #include "autograd/scan_ops.h"
@@ -49,13 +50,16 @@ Mamba1Mixer::Mamba1Mixer(const Mamba1Options& o, Generator& gen, DType dtype)
   }
 }
 
-Tensor Mamba1Mixer::forward(const Tensor& x, const Tensor& doc_index) const {
+Tensor Mamba1Mixer::forward(const Tensor& x, const Tensor& doc_index) const { return run(x, doc_index, nullptr); }
+
+Tensor Mamba1Mixer::run(const Tensor& x, const Tensor& doc_index, const MixerCache* cache) const {
   const int64_t b = x.size(0), l = x.size(1), e = options_.d_inner(), n = options_.d_state, r = options_.rank();
   std::vector<Tensor> xz = split(in_proj_.forward(x), {e, e}, -1);  // 2 x (b, l, e)
   const Tensor x_bel = transpose(xz[0], 1, 2);                        // (b, e, l)
   const Tensor z_bel = transpose(xz[1], 1, 2);                        // (b, e, l)
   CausalConv1dInputs conv{x_bel, conv_weight_, conv_bias_, {}, doc_index, true};
-  const Tensor u = causal_conv1d(conv).out;                           // (b, e, l)
+  const CausalConv1dOutputs conv_out = causal_conv1d(conv, cache != nullptr);
+  const Tensor& u = conv_out.out;                                     // (b, e, l)
   const Tensor u_ble = transpose(u, 1, 2);                            // (b, l, e)
   std::vector<Tensor> dbc = split(x_proj_.forward(u_ble), {r, n, n}, -1);  // (b, l, r), (b, l, n) x 2
   Tensor dt = dbc[0], B = dbc[1], C = dbc[2];
@@ -68,8 +72,46 @@ Tensor Mamba1Mixer::forward(const Tensor& x, const Tensor& doc_index) const {
   const Tensor B_bgnl = reshape(transpose(B, 1, 2), {b, 1, n, l});                  // (b, 1, n, l)
   const Tensor C_bgnl = reshape(transpose(C, 1, 2), {b, 1, n, l});
   SelectiveScanInputs scan{u, delta, neg(exp(A_log_)), B_bgnl, C_bgnl, D_, z_bel, *dt_proj_.bias, {}, doc_index, true};
-  const Tensor y = selective_scan(scan).out;                          // (b, e, l)
-  return out_proj_.forward(transpose(y, 1, 2));                       // (b, l, d)
+  const SelectiveScanOutputs scanned = selective_scan(scan, cache != nullptr);  // (b, e, l)
+  if (cache) {
+    copy_into(cache->conv, conv_out.final_state);
+    copy_into(cache->ssm, scanned.final_state);
+  }
+  return out_proj_.forward(transpose(scanned.out, 1, 2));            // (b, l, d)
+}
+
+MixerCache Mamba1Mixer::new_cache(int64_t batch, int64_t, DType dtype, Device device) const {
+  const DType state_dtype = dtype == DType::f64 ? DType::f64 : DType::f32;
+  MixerCache c;
+  c.conv = Tensor::zeros({batch, options_.d_inner(), options_.d_conv - 1}, dtype, device);  // (b, e, w-1)
+  c.ssm = Tensor::zeros({batch, options_.d_inner(), options_.d_state}, state_dtype, device);  // (b, e, n)
+  return c;
+}
+
+Tensor Mamba1Mixer::prefill(const Tensor& x, const MixerCache& cache) const { return run(x, Tensor(), &cache); }
+
+Tensor Mamba1Mixer::step(const Tensor& x, const MixerCache& cache, const std::vector<int64_t>&) const {
+  const int64_t b = x.size(0), e = options_.d_inner(), n = options_.d_state, r = options_.rank();
+  std::vector<Tensor> xz = split(reshape(in_proj_.forward(x), {b, 2 * e}), {e, e}, -1);  // 2 x (b, e)
+  const Tensor u = causal_conv1d_step(xz[0], conv_weight_, conv_bias_, cache.conv, true);  // (b, e)
+  std::vector<Tensor> dbc = split(x_proj_.forward(u), {r, n, n}, -1);  // (b, r), (b, n) x 2
+  Tensor dt = dbc[0], B = dbc[1], C = dbc[2];
+  if (dt_norm_) {
+    dt = dt_norm_->forward(dt);
+    B = B_norm_->forward(B);
+    C = C_norm_->forward(C);
+  }
+  SelectiveScanStepInputs in;
+  in.u = u;
+  in.delta = linear(dt, weight_for(dt_proj_.weight, dt));  // (b, e)
+  in.A = neg(exp(A_log_));                                 // (e, n)
+  in.B = reshape(B, {b, 1, n});
+  in.C = reshape(C, {b, 1, n});
+  in.D = D_;
+  in.z = xz[1];
+  in.delta_bias = *dt_proj_.bias;
+  const Tensor y = selective_scan_step(in, cache.ssm);     // (b, e)
+  return out_proj_.forward(reshape(y, {b, 1, e}));         // (b, 1, d)
 }
 
 }  // namespace ssmtrain

@@ -6,6 +6,8 @@
 // r dt_rank, w d_conv.
 #pragma once
 
+#include <vector>
+
 #include <memory>
 
 #include "layers/basic.h"
@@ -32,6 +34,13 @@ class Mamba1Mixer : public Mixer {
   // x (b, l, d) -> (b, l, d); doc_index (b, l) i32 or undefined resets the state and the
   // convolution window at document starts.
   Tensor forward(const Tensor& x, const Tensor& doc_index) const override;
+  MixerCache new_cache(int64_t batch, int64_t max_len, DType dtype, Device device) const override;
+  Tensor prefill(const Tensor& x, const MixerCache& cache) const override;
+  Tensor step(const Tensor& x, const MixerCache& cache, const std::vector<int64_t>& positions) const override;
+
+ private:
+  // forward; with a cache, also the final conv window and SSM state written into it.
+  Tensor run(const Tensor& x, const Tensor& doc_index, const MixerCache* cache) const;
 
  private:
   Mamba1Options options_;

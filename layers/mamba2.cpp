@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "autograd/conv_ops.h"
+#include "autograd/decode_ops.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"
 #include "autograd/ssd_ops.h"
@@ -56,14 +57,17 @@ Mamba2Mixer::Mamba2Mixer(const Mamba2Options& o, Generator& gen, DType dtype)
   copy_into(out_proj_.weight, mul(out_proj_.weight, 1.0 / std::sqrt(double(std::max<int64_t>(o.n_layers, 1)))));
 }
 
-Tensor Mamba2Mixer::forward(const Tensor& x, const Tensor& doc_index) const {
+Tensor Mamba2Mixer::forward(const Tensor& x, const Tensor& doc_index) const { return run(x, doc_index, nullptr); }
+
+Tensor Mamba2Mixer::run(const Tensor& x, const Tensor& doc_index, const MixerCache* cache) const {
   const Mamba2Options& o = options_;
   const int64_t b = x.size(0), l = x.size(1), e = o.d_inner(), h = o.nheads(), p = o.headdim, g = o.ngroups,
                 n = o.d_state, gn = g * n;
   std::vector<Tensor> parts = split(in_proj_.forward(x), {e, e + 2 * gn, h}, -1);  // z, xBC, dt
   const Tensor& z = parts[0];                                                       // (b, l, e)
   CausalConv1dInputs conv{transpose(parts[1], 1, 2), conv_weight_, conv_bias_, {}, doc_index, true};
-  const Tensor xBC = transpose(causal_conv1d(conv).out, 1, 2);                      // (b, l, e + 2gn)
+  const CausalConv1dOutputs conv_out = causal_conv1d(conv, cache != nullptr);
+  const Tensor xBC = transpose(conv_out.out, 1, 2);                                 // (b, l, e + 2gn)
   std::vector<Tensor> xbc = split(xBC, {e, gn, gn}, -1);
   SsdInputs in;
   in.x = reshape(xbc[0], {b, l, h, p});
@@ -75,9 +79,46 @@ Tensor Mamba2Mixer::forward(const Tensor& x, const Tensor& doc_index) const {
   in.dt_bias = dt_bias_;
   in.doc_index = doc_index;
   in.chunk_size = o.chunk_size;
-  const Tensor y = reshape(ssd(in).out, {b, l, e});                                 // (b, l, e)
+  const SsdOutputs scanned = ssd(in, cache != nullptr);
+  if (cache) {
+    copy_into(cache->conv, conv_out.final_state);
+    copy_into(cache->ssm, scanned.final_states);
+  }
+  const Tensor y = reshape(scanned.out, {b, l, e});                                 // (b, l, e)
   const Tensor normed = gated_rmsnorm(y, z, weight_for(norm_weight_, y), o.norm_eps, e / g);
   return out_proj_.forward(normed);                                                 // (b, l, d)
+}
+
+MixerCache Mamba2Mixer::new_cache(int64_t batch, int64_t, DType dtype, Device device) const {
+  const Mamba2Options& o = options_;
+  const DType state_dtype = dtype == DType::f64 ? DType::f64 : DType::f32;
+  MixerCache c;
+  c.conv = Tensor::zeros({batch, conv_dim(o), o.d_conv - 1}, dtype, device);                    // (b, e + 2gn, w-1)
+  c.ssm = Tensor::zeros({batch, o.nheads(), o.headdim, o.d_state}, state_dtype, device);     // (b, h, p, n)
+  return c;
+}
+
+Tensor Mamba2Mixer::prefill(const Tensor& x, const MixerCache& cache) const { return run(x, Tensor(), &cache); }
+
+Tensor Mamba2Mixer::step(const Tensor& x, const MixerCache& cache, const std::vector<int64_t>&) const {
+  const Mamba2Options& o = options_;
+  const int64_t b = x.size(0), e = o.d_inner(), h = o.nheads(), p = o.headdim, g = o.ngroups, n = o.d_state,
+                gn = g * n;
+  std::vector<Tensor> parts = split(reshape(in_proj_.forward(x), {b, 2 * e + 2 * gn + h}), {e, e + 2 * gn, h}, -1);
+  const Tensor xBC = causal_conv1d_step(parts[1], conv_weight_, conv_bias_, cache.conv, true);  // (b, e + 2gn)
+  std::vector<Tensor> xbc = split(xBC, {e, gn, gn}, -1);
+  SsdStepInputs in;
+  in.x = reshape(xbc[0], {b, h, p});
+  in.dt = parts[2];  // (b, h)
+  in.A = neg(exp(A_log_));
+  in.B = reshape(xbc[1], {b, g, n});
+  in.C = reshape(xbc[2], {b, g, n});
+  in.D = D_;
+  in.dt_bias = dt_bias_;
+  const Tensor y = reshape(ssd_step(in, cache.ssm), {b, 1, e});  // (b, 1, e)
+  const Tensor z = reshape(parts[0], {b, 1, e});
+  const Tensor normed = gated_rmsnorm(y, z, weight_for(norm_weight_, y), o.norm_eps, e / g);
+  return out_proj_.forward(normed);  // (b, 1, d)
 }
 
 }  // namespace ssmtrain

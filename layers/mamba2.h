@@ -6,6 +6,8 @@
 // p headdim, g ngroups, n d_state, w d_conv.
 #pragma once
 
+#include <vector>
+
 #include "layers/basic.h"
 
 namespace ssmtrain {
@@ -32,6 +34,13 @@ class Mamba2Mixer : public Mixer {
   // not divide the heads.
   Mamba2Mixer(const Mamba2Options& options, Generator& gen, DType dtype = DType::f32);
   Tensor forward(const Tensor& x, const Tensor& doc_index) const override;  // (b, l, d) -> (b, l, d)
+  MixerCache new_cache(int64_t batch, int64_t max_len, DType dtype, Device device) const override;
+  Tensor prefill(const Tensor& x, const MixerCache& cache) const override;
+  Tensor step(const Tensor& x, const MixerCache& cache, const std::vector<int64_t>& positions) const override;
+
+ private:
+  // forward; with a cache, also the final conv window and SSM state written into it.
+  Tensor run(const Tensor& x, const Tensor& doc_index, const MixerCache* cache) const;
 
  private:
   Mamba2Options options_;

@@ -1,6 +1,7 @@
 // See model.h.
 #include "layers/model.h"
 
+#include <stdexcept>
 #include <string>
 
 #include "autograd/checkpoint.h"
@@ -159,14 +160,36 @@ Block::Block(const ModelOptions& o, LayerKind kind, Generator& gen, DType dtype)
   }
 }
 
-Block::Stream Block::forward(const Stream& in, const Tensor& doc_index, AuxLosses* aux) const {
+template <typename Mix>
+Block::Stream Block::run(const Stream& in, Mix&& mix, AuxLosses* aux) const {
   AddRmsnormOutputs a = add_norm(in.delta, in.residual, norm_);  // (b, l, d)
-  Stream out{mixer_.forward(a.normed, doc_index), a.sum};
+  Stream out{mix(a.normed), a.sum};
   if (ffn_) {
     a = add_norm(out.delta, out.residual, *ffn_norm_);
     out = {ffn_->forward(a.normed, aux), a.sum};
   }
   return out;
+}
+
+Block::Stream Block::forward(const Stream& in, const Tensor& doc_index, AuxLosses* aux) const {
+  return run(in, [&](const Tensor& x) { return mixer_.forward(x, doc_index); }, aux);
+}
+
+Block::Stream Block::prefill(const Stream& in, const MixerCache& cache) const {
+  return run(in, [&](const Tensor& x) { return mixer_.prefill(x, cache); }, nullptr);
+}
+
+Block::Stream Block::step(const Stream& in, const MixerCache& cache, const std::vector<int64_t>& positions) const {
+  return run(in, [&](const Tensor& x) { return mixer_.step(x, cache, positions); }, nullptr);
+}
+
+InferenceCache InferenceCache::row(int64_t i) const {
+  InferenceCache r;
+  r.dtype = dtype;
+  r.batch = 1;
+  r.max_len = max_len;
+  for (const MixerCache& c : layers) r.layers.push_back(c.row(i));
+  return r;
 }
 
 LanguageModel::LanguageModel(const ModelOptions& o, uint64_t seed, DType dtype)
@@ -194,9 +217,48 @@ Tensor LanguageModel::logits(const Tensor& ids, const Tensor& doc_index, std::op
   const bool recompute = options_.activation_checkpointing && grad_enabled();
   for (const Block* block : blocks_)
     stream = recompute ? checkpointed(block, stream, doc_index, aux) : block->forward(stream, doc_index, aux);
+  return head(stream);
+}
+
+Tensor LanguageModel::head(const Block::Stream& stream) const {
   Tensor h = add_norm(stream.delta, stream.residual, *final_norm_).normed;
   h = reshape(h, {-1, options_.d_model});  // (b l, d)
   return lm_head_ ? lm_head_->forward(h) : matmul(h, weight_for(embedding_.table, h), false, true);
+}
+
+InferenceCache LanguageModel::new_inference_cache(int64_t batch, int64_t max_len,
+                                                  std::optional<DType> compute_dtype) const {
+  if (batch < 1 || max_len < 1)
+    throw std::invalid_argument("inference cache: batch and max_len must be positive, got " + std::to_string(batch) +
+                                " and " + std::to_string(max_len));
+  InferenceCache cache;
+  cache.dtype = compute_dtype.value_or(embedding_.table.dtype());
+  cache.batch = batch;
+  cache.max_len = max_len;
+  for (const Block* block : blocks_)
+    cache.layers.push_back(block->mixer().new_cache(batch, max_len, cache.dtype, embedding_.table.device()));
+  return cache;
+}
+
+Tensor LanguageModel::prefill(const Tensor& ids, const InferenceCache& cache) const {
+  if (ids.dim() != 2 || ids.size(0) != cache.batch)
+    throw std::invalid_argument("prefill: ids must be (" + std::to_string(cache.batch) + ", l) for this cache, got " +
+                                ids.str());
+  if (ids.size(1) > cache.max_len)
+    throw std::invalid_argument("prefill: " + std::to_string(ids.size(1)) + " tokens exceed the cache's max_len " +
+                                std::to_string(cache.max_len));
+  Block::Stream stream{cast(embedding_.forward(ids), cache.dtype), Tensor()};  // (b, l, d)
+  for (size_t i = 0; i < blocks_.size(); ++i) stream = blocks_[i]->prefill(stream, cache.layers[i]);
+  return head(stream);
+}
+
+Tensor LanguageModel::step(const Tensor& ids, const InferenceCache& cache, const std::vector<int64_t>& positions) const {
+  if (ids.dim() != 1 || ids.size(0) != cache.batch || int64_t(positions.size()) != cache.batch)
+    throw std::invalid_argument("step: ids (" + std::to_string(cache.batch) + ") and as many positions expected, got " +
+                                ids.str() + " and " + std::to_string(positions.size()) + " positions");
+  Block::Stream stream{cast(embedding_.forward(reshape(ids, {cache.batch, 1})), cache.dtype), Tensor()};  // (b, 1, d)
+  for (size_t i = 0; i < blocks_.size(); ++i) stream = blocks_[i]->step(stream, cache.layers[i], positions);
+  return head(stream);  // (b, vocab)
 }
 
 LossTerms LanguageModel::losses(const Tensor& ids, const Tensor& targets, const Tensor& doc_index,

@@ -75,10 +75,15 @@ class Block : public Module {
     Tensor delta, residual;
   };
   Stream forward(const Stream& in, const Tensor& doc_index, AuxLosses* aux) const;
+  // Decoding (see Mixer): the forward of a prompt filling the mixer's cache, and one token.
+  Stream prefill(const Stream& in, const MixerCache& cache) const;
+  Stream step(const Stream& in, const MixerCache& cache, const std::vector<int64_t>& positions) const;
   const Mixer& mixer() const { return mixer_; }
   const FeedForward* ffn() const { return ffn_; }
 
  private:
+  // norm -> mix -> (norm -> ffn): the block around any way of running its mixer.
+  template <typename Mix> Stream run(const Stream& in, Mix&& mix, AuxLosses* aux) const;
   RMSNorm& norm_;
   Mixer& mixer_;
   RMSNorm* ffn_norm_ = nullptr;
@@ -89,6 +94,15 @@ struct LossTerms {
   Tensor total;  // {}: what backward() runs on, lm + aux
   Tensor lm;     // {}: mean next-token cross-entropy
   AuxLosses aux;  // MoE losses and expert counts (empty without MoE layers)
+};
+
+// The decoding state of a whole model for `batch` sequences of at most `max_len` tokens: one
+// MixerCache per layer (feed-forwards, MLP and MoE alike, keep nothing between tokens).
+struct InferenceCache {
+  std::vector<MixerCache> layers;
+  DType dtype = DType::f32;  // the activation dtype the cache was made for
+  int64_t batch = 0, max_len = 0;
+  InferenceCache row(int64_t i) const;  // sequence i alone (batch 1), sharing storage
 };
 
 class LanguageModel : public Module {
@@ -108,6 +122,19 @@ class LanguageModel : public Module {
   Tensor loss(const Tensor& ids, const Tensor& targets, const Tensor& doc_index = Tensor(),
               std::optional<DType> compute_dtype = std::nullopt) const;
   const ModelOptions& options() const { return options_; }
+  Device device() const { return embedding_.table.device(); }  // where the parameters are
+
+  // Generation (eval/generate.h builds on these). A zeroed cache on the parameters' device,
+  // activations in compute_dtype (default: the parameters' dtype).
+  InferenceCache new_inference_cache(int64_t batch, int64_t max_len,
+                                     std::optional<DType> compute_dtype = std::nullopt) const;
+  // ids (b, l), every sequence starting at position 0 (cache.batch == b) -> logits
+  // (b * l, vocab), the same as logits(ids); the cache then holds the state after token l-1.
+  Tensor prefill(const Tensor& ids, const InferenceCache& cache) const;
+  // One token per sequence: ids (b), sequence i having positions[i] tokens in the cache ->
+  // logits (b, vocab) for the next token. O(1) in the context for Mamba layers, O(context)
+  // for attention (one pass over its KV cache).
+  Tensor step(const Tensor& ids, const InferenceCache& cache, const std::vector<int64_t>& positions) const;
   // Parameters one token uses (all but the experts a token is not routed to).
   int64_t active_parameters();
 
@@ -117,6 +144,7 @@ class LanguageModel : public Module {
   std::vector<Block*> blocks_;
   RMSNorm* final_norm_ = nullptr;
   Linear* lm_head_ = nullptr;  // untied only
+  Tensor head(const Block::Stream& stream) const;  // final norm + LM head: (b l, vocab)
 };
 
 }  // namespace ssmtrain

@@ -48,4 +48,9 @@ Tensor weight_for(const Tensor& weight, const Tensor& x) {
   return weight.dtype() == x.dtype() ? weight : cast(weight, x.dtype());
 }
 
+MixerCache MixerCache::row(int64_t i) const {
+  auto at = [i](const Tensor& t) { return t.defined() ? narrow(t, 0, i, 1) : Tensor(); };
+  return {at(conv), at(ssm), at(k), at(v)};
+}
+
 }  // namespace ssmtrain

@@ -53,11 +53,31 @@ class Module {
   std::vector<std::pair<std::string, std::unique_ptr<Module>>> children_;
 };
 
+// What one mixer keeps between decoding steps for a batch of sequences. Mamba layers: the
+// convolution window (the last w-1 inputs) and the SSM state, both O(1) in the context;
+// attention: a key/value cache preallocated to the longest context. Undefined members are
+// not used by that mixer. Row i of every tensor belongs to sequence i, so row(i) gives a
+// batch-1 view that a prefill can fill in place.
+struct MixerCache {
+  Tensor conv;  // (b, channels, w-1), the activation dtype
+  Tensor ssm;   // Mamba-1 (b, e, n), Mamba-2 (b, h, p, n); f32 (f64 for f64 models on the CPU)
+  Tensor k, v;  // (b, max_len, kv, dh), the activation dtype
+  MixerCache row(int64_t i) const;
+};
+
 // A sequence mixer of a block (Mamba-1, Mamba-2, attention): x (b, l, d) -> (b, l, d), with a
 // per-token document index (b, l) i32 (or undefined) marking where packed documents start.
 class Mixer : public Module {
  public:
   virtual Tensor forward(const Tensor& x, const Tensor& doc_index) const = 0;
+  // A zeroed cache for `batch` sequences of at most `max_len` tokens, activations in `dtype`.
+  virtual MixerCache new_cache(int64_t batch, int64_t max_len, DType dtype, Device device) const = 0;
+  // The parallel forward of x (b, l, d) starting at position 0, leaving in `cache` (batch b)
+  // the state after the last token. Returns what forward(x, {}) returns.
+  virtual Tensor prefill(const Tensor& x, const MixerCache& cache) const = 0;
+  // One token per sequence: x (b, 1, d), where sequence i already holds positions[i] tokens
+  // in `cache`; updates the cache in place and returns (b, 1, d).
+  virtual Tensor step(const Tensor& x, const MixerCache& cache, const std::vector<int64_t>& positions) const = 0;
 };
 
 // What MoE feed-forwards add to the training loss beyond next-token cross-entropy, summed over

@@ -1,0 +1,154 @@
+// See decode_ops.h. Shape checks name the op and the tensor; the kernels run on the inputs'
+// device (kernels/<op>.h: cpu::*_step is the reference, cuda::*_step the same contract).
+#include "autograd/decode_ops.h"
+
+#include <string>
+
+#include "autograd/dispatch.h"
+#include "kernels/causal_conv1d.h"
+#include "kernels/selective_scan.h"
+#include "kernels/ssd.h"
+
+namespace ssmtrain {
+namespace {
+
+void expect(const char* op, const Tensor& t, const Shape& shape, const char* name, bool required = false) {
+  if (!t.defined()) {
+    if (required) detail::op_error(op, std::string(name) + " is required");
+    return;
+  }
+  if (t.shape() != shape) detail::op_error(op, std::string(name) + " must be " + shape_str(shape) + ", got " + t.str());
+  if (!t.is_contiguous()) detail::op_error(op, std::string(name) + " must be contiguous");
+}
+
+template <typename T> const T* ptr(const Tensor& t) { return t.defined() ? static_cast<const T*>(t.data()) : nullptr; }
+template <typename T> T* mut(const Tensor& t) { return t.defined() ? static_cast<T*>(t.data()) : nullptr; }
+const void* vptr(const Tensor& t) { return t.defined() ? t.data() : nullptr; }
+
+Tensor contig(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
+
+}  // namespace
+
+Tensor causal_conv1d_step(const Tensor& x_raw, const Tensor& weight_raw, const Tensor& bias_raw, const Tensor& state,
+                          bool silu) {
+  const char* op = "causal_conv1d_step";
+  const Tensor x = contig(x_raw), weight = contig(weight_raw), bias = contig(bias_raw);
+  if (!x.defined() || x.dim() != 2) detail::op_error(op, "x must be (b, d), got " + x.str());
+  if (!weight.defined() || weight.dim() != 2) detail::op_error(op, "weight must be (d, w), got " + weight.str());
+  kernels::Conv1dShape s;
+  s.batch = x.size(0);
+  s.dim = x.size(1);
+  s.seqlen = 1;
+  s.width = weight.size(1);
+  s.silu = silu;
+  expect(op, weight, {s.dim, s.width}, "weight");
+  expect(op, bias, {s.dim}, "bias");
+  expect(op, state, {s.batch, s.dim, s.width - 1}, "state", true);
+  detail::common_device(op, {&x, &weight, &state});
+  detail::check_same_dtype(op, {&x, &state});
+  Tensor out = Tensor::empty({s.batch, s.dim}, x.dtype(), x.device());
+  if (x.device().is_cpu()) {
+    detail::check_same_dtype(op, {&x, &weight});
+    detail::cpu_float_dispatch(op, x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      kernels::Conv1dArgs<T, T> a{nullptr, ptr<T>(weight), ptr<T>(bias), nullptr, nullptr};
+      kernels::cpu::causal_conv1d_step<T>(s, a, ptr<T>(x), mut<T>(state), mut<T>(out));
+    });
+  } else {
+    if (weight.dtype() != DType::f32) detail::op_error(op, "on the GPU, weight and bias must be f32; got " + weight.str());
+    [[maybe_unused]] kernels::Conv1dArgs<void, float> a{nullptr, ptr<float>(weight), ptr<float>(bias), nullptr, nullptr};
+    SSM_CUDA_BRANCH(x, kernels::cuda::causal_conv1d_step(s, x.dtype(), a, x.data(), state.data(), out.data(), stream));
+  }
+  return out;
+}
+
+Tensor selective_scan_step(const SelectiveScanStepInputs& raw, const Tensor& state) {
+  const char* op = "selective_scan_step";
+  SelectiveScanStepInputs in = raw;
+  for (Tensor* t : {&in.u, &in.delta, &in.A, &in.B, &in.C, &in.D, &in.z, &in.delta_bias}) *t = contig(*t);
+  if (!in.u.defined() || in.u.dim() != 2) detail::op_error(op, "u must be (b, d), got " + in.u.str());
+  if (!in.B.defined() || in.B.dim() != 3) detail::op_error(op, "B must be (b, g, n), got " + in.B.str());
+  kernels::ScanShape s;
+  s.batch = in.u.size(0);
+  s.dim = in.u.size(1);
+  s.seqlen = 1;
+  s.ngroups = in.B.size(1);
+  s.dstate = in.B.size(2);
+  s.delta_softplus = in.delta_softplus;
+  expect(op, in.delta, {s.batch, s.dim}, "delta", true);
+  expect(op, in.A, {s.dim, s.dstate}, "A", true);
+  expect(op, in.B, {s.batch, s.ngroups, s.dstate}, "B", true);
+  expect(op, in.C, {s.batch, s.ngroups, s.dstate}, "C", true);
+  expect(op, in.D, {s.dim}, "D");
+  expect(op, in.z, {s.batch, s.dim}, "z");
+  expect(op, in.delta_bias, {s.dim}, "delta_bias");
+  expect(op, state, {s.batch, s.dim, s.dstate}, "state", true);
+  if (s.dim % s.ngroups != 0) detail::op_error(op, "the groups of B and C must divide the channels");
+  detail::common_device(op, {&in.u, &in.delta, &in.A, &in.B, &in.C, &state});
+  Tensor out = Tensor::empty({s.batch, s.dim}, in.u.dtype(), in.u.device());
+  if (in.u.device().is_cpu()) {
+    detail::check_same_dtype(op, {&in.u, &in.delta, &in.A, &in.B, &in.C, &state});
+    detail::cpu_float_dispatch(op, in.u.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      kernels::ScanArgs<T, T> a{ptr<T>(in.u), ptr<T>(in.delta), ptr<T>(in.A), ptr<T>(in.B), ptr<T>(in.C),
+                                ptr<T>(in.D), ptr<T>(in.z), ptr<T>(in.delta_bias), nullptr, nullptr};
+      kernels::cpu::selective_scan_step<T>(s, a, mut<T>(state), mut<T>(out));
+    });
+  } else {
+    detail::check_same_dtype(op, {&in.u, &in.delta, &in.B, &in.C});
+    if (state.dtype() != DType::f32 || in.A.dtype() != DType::f32)
+      detail::op_error(op, "on the GPU, A and the state must be f32; got " + in.A.str() + ", " + state.str());
+    [[maybe_unused]] kernels::ScanArgs<void, float> a{in.u.data(), in.delta.data(), ptr<float>(in.A), in.B.data(), in.C.data(),
+                                     ptr<float>(in.D), vptr(in.z), ptr<float>(in.delta_bias), nullptr, nullptr};
+    SSM_CUDA_BRANCH(in.u, kernels::cuda::selective_scan_step(s, in.u.dtype(), a, mut<float>(state), out.data(), stream));
+  }
+  return out;
+}
+
+Tensor ssd_step(const SsdStepInputs& raw, const Tensor& states) {
+  const char* op = "ssd_step";
+  SsdStepInputs in = raw;
+  for (Tensor* t : {&in.x, &in.dt, &in.A, &in.B, &in.C, &in.D, &in.z, &in.dt_bias}) *t = contig(*t);
+  if (!in.x.defined() || in.x.dim() != 3) detail::op_error(op, "x must be (b, h, p), got " + in.x.str());
+  if (!in.B.defined() || in.B.dim() != 3) detail::op_error(op, "B must be (b, g, n), got " + in.B.str());
+  kernels::SsdShape s;
+  s.batch = in.x.size(0);
+  s.seqlen = 1;
+  s.nheads = in.x.size(1);
+  s.headdim = in.x.size(2);
+  s.ngroups = in.B.size(1);
+  s.dstate = in.B.size(2);
+  s.dt_softplus = in.dt_softplus;
+  s.D_has_headdim = in.D.defined() && in.D.dim() == 2;
+  expect(op, in.dt, {s.batch, s.nheads}, "dt", true);
+  expect(op, in.A, {s.nheads}, "A", true);
+  expect(op, in.B, {s.batch, s.ngroups, s.dstate}, "B", true);
+  expect(op, in.C, {s.batch, s.ngroups, s.dstate}, "C", true);
+  if (s.D_has_headdim) expect(op, in.D, {s.nheads, s.headdim}, "D");
+  else expect(op, in.D, {s.nheads}, "D");
+  expect(op, in.z, {s.batch, s.nheads, s.headdim}, "z");
+  expect(op, in.dt_bias, {s.nheads}, "dt_bias");
+  expect(op, states, {s.batch, s.nheads, s.headdim, s.dstate}, "states", true);
+  if (s.nheads % s.ngroups != 0) detail::op_error(op, "the groups of B and C must divide the heads");
+  detail::common_device(op, {&in.x, &in.dt, &in.A, &in.B, &in.C, &states});
+  Tensor out = Tensor::empty({s.batch, s.nheads, s.headdim}, in.x.dtype(), in.x.device());
+  if (in.x.device().is_cpu()) {
+    detail::check_same_dtype(op, {&in.x, &in.dt, &in.A, &in.B, &in.C, &states});
+    detail::cpu_float_dispatch(op, in.x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      kernels::SsdArgs<T, T> a{ptr<T>(in.x), ptr<T>(in.dt), ptr<T>(in.A), ptr<T>(in.B), ptr<T>(in.C),
+                               ptr<T>(in.D), ptr<T>(in.z), ptr<T>(in.dt_bias), nullptr, nullptr};
+      kernels::cpu::ssd_step<T>(s, a, mut<T>(states), mut<T>(out));
+    });
+  } else {
+    detail::check_same_dtype(op, {&in.x, &in.dt, &in.B, &in.C});
+    if (states.dtype() != DType::f32 || in.A.dtype() != DType::f32)
+      detail::op_error(op, "on the GPU, A and the states must be f32; got " + in.A.str() + ", " + states.str());
+    [[maybe_unused]] kernels::SsdArgs<void, float> a{in.x.data(), in.dt.data(), ptr<float>(in.A), in.B.data(), in.C.data(),
+                                    ptr<float>(in.D), vptr(in.z), ptr<float>(in.dt_bias), nullptr, nullptr};
+    SSM_CUDA_BRANCH(in.x, kernels::cuda::ssd_step(s, in.x.dtype(), a, mut<float>(states), out.data(), stream));
+  }
+  return out;
+}
+
+}  // namespace ssmtrain

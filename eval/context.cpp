@@ -1,0 +1,43 @@
+// See context.h.
+#include "eval/context.h"
+
+#include <stdexcept>
+
+#include "autograd/device.h"
+#include "data/errors.h"
+
+namespace ssmtrain::eval {
+
+EvalContext open_checkpoint(const std::filesystem::path& checkpoint, const std::string& data_dir) {
+  EvalContext c;
+  c.device = cuda_available() ? Device::cuda(0) : Device::cpu();
+  c.loaded = load_model(checkpoint, c.device);
+  const configs::Config& config = c.loaded.config;
+  const configs::Precision precision = config.training.precision;
+  c.compute = c.device.is_cuda() && precision != configs::Precision::fp32 ? DType::bf16 : DType::f32;
+  c.data_dir = !data_dir.empty() ? data_dir : !config.data.val.empty() ? config.data.val : config.data.train;
+  std::string tokenizer = config.data.tokenizer;
+  if (tokenizer.empty() && !c.data_dir.empty()) {
+    const data::Manifest manifest = data::read_manifest(c.data_dir);
+    tokenizer = (std::filesystem::path(c.data_dir) / manifest.tokenizer_file).string();
+  }
+  if (!tokenizer.empty()) c.tokenizer = std::make_unique<data::Tokenizer>(tokenizer);
+  return c;
+}
+
+std::vector<int64_t> held_out_tokens(const std::string& data_dir, int64_t max_tokens) {
+  const data::Manifest manifest = data::read_manifest(data_dir);
+  std::vector<int64_t> out;
+  for (const data::ShardInfo& info : manifest.shards) {
+    if (info.split != "val") continue;
+    const data::MappedShard shard(manifest, info);
+    for (uint64_t i = 0; i < shard.tokens(); ++i) {
+      if (max_tokens > 0 && int64_t(out.size()) >= max_tokens) return out;
+      out.push_back(int64_t(shard.token(i)));
+    }
+  }
+  if (out.empty()) throw data::DataError(data_dir + "/manifest.json: no held-out (val) tokens; prepare the data with --val-fraction > 0");
+  return out;
+}
+
+}  // namespace ssmtrain::eval
