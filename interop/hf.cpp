@@ -11,6 +11,7 @@
 
 #include "configs/layout.h"
 #include "configs/load.h"
+#include "data/shard.h"
 #include "interop/safetensors.h"
 #include "layers/from_config.h"
 
@@ -500,6 +501,36 @@ std::vector<std::pair<std::string, Shape>> shapes_of(LanguageModel& model) {
   return out;
 }
 
+// The recipe's SentencePiece model: data.tokenizer, else the one data.train's manifest names;
+// empty when neither is there (a checkpoint moved away from its corpus).
+fs::path find_tokenizer(const configs::Config& config) {
+  if (!config.data.tokenizer.empty()) return fs::exists(config.data.tokenizer) ? fs::path(config.data.tokenizer) : fs::path();
+  if (config.data.train.empty() || !fs::exists(fs::path(config.data.train) / "manifest.json")) return {};
+  try {
+    const data::Manifest manifest = data::read_manifest(config.data.train);
+    const fs::path file = fs::path(config.data.train) / manifest.tokenizer_file;
+    return fs::exists(file) ? file : fs::path();
+  } catch (const std::exception&) {
+    return {};
+  }
+}
+
+// tokenizer.model with the files AutoTokenizer reads: LlamaTokenizer over the SentencePiece
+// model, which `ssmtrain data tokenizer` trains with unk 0, bos 1, eos 2 and no pad, and which
+// the data pipeline encodes without adding bos or eos.
+void write_tokenizer(const fs::path& model_file, const fs::path& out, int64_t max_length) {
+  fs::copy_file(model_file, out / "tokenizer.model", fs::copy_options::overwrite_existing);
+  const json config = {{"tokenizer_class", "LlamaTokenizer"}, {"model_max_length", max_length},
+                       {"unk_token", "<unk>"},          {"bos_token", "<s>"},
+                       {"eos_token", "</s>"},           {"pad_token", nullptr},
+                       {"add_bos_token", false},        {"add_eos_token", false},
+                       {"legacy", false},               {"add_prefix_space", true},
+                       {"clean_up_tokenization_spaces", false}, {"sp_model_kwargs", json::object()}};
+  write_text(out / "tokenizer_config.json", config.dump(2) + "\n");
+  const json special = {{"unk_token", "<unk>"}, {"bos_token", "<s>"}, {"eos_token", "</s>"}};
+  write_text(out / "special_tokens_map.json", special.dump(2) + "\n");
+}
+
 }  // namespace
 
 ImportedModel read_hf_model(const fs::path& dir) {
@@ -583,6 +614,12 @@ HfFamily export_hf(const fs::path& checkpoint, const fs::path& out, const std::f
   write_text(out / "config.json", hf_config(m, family).dump(2) + "\n");
   json generation = {{"bos_token_id", 1}, {"eos_token_id", 2}, {"pad_token_id", 0}, {"do_sample", false}};
   write_text(out / "generation_config.json", generation.dump(2) + "\n");
+  const fs::path tokenizer = find_tokenizer(loaded.config);
+  if (!tokenizer.empty()) {
+    write_tokenizer(tokenizer, out, loaded.config.training.seq_len);
+  } else if (note) {
+    note("no tokenizer found (data.tokenizer, or the manifest of data.train): the directory has no tokenizer files");
+  }
   if (note) note(std::string("wrote ") + hf_class_name(family) + " to " + out.string());
   return family;
 }
