@@ -224,7 +224,9 @@ json hf_config(const configs::ModelConfig& m, HfFamily f) {
       c["conv_kernel"] = m.mamba2.d_conv;
       c["expand"] = m.mamba2.expand;
       c["chunk_size"] = m.mamba2.chunk_size;
-      c["time_step_min"] = m.mamba2.dt_min;
+      // NemotronH clamps dt from below at time_step_min (its time_step_limit); ssmtrain does
+      // not clamp, so the export sets it to 0 (it only shapes the initialisation otherwise).
+      c["time_step_min"] = 0.0;
       c["time_step_max"] = m.mamba2.dt_max;
       c["time_step_floor"] = m.mamba2.dt_init_floor;
       c["use_conv_bias"] = true;
@@ -321,6 +323,11 @@ configs::ModelConfig model_config_from_hf(const json& c, HfFamily& family) {
       m.mamba2.ngroups = r.integer_or("n_groups", 1);
       m.mamba2.chunk_size = r.integer_or("chunk_size", 256);
       m.mamba2.dt_min = r.number_or("time_step_min", 0.001);
+      if (nemo && m.mamba2.dt_min > 0)
+        throw InteropError("nemotron_h: config.json 'time_step_min' " + c["time_step_min"].dump() +
+                           " is not supported: NemotronH clamps dt at time_step_min and ssmtrain does not clamp dt "
+                           "(a model exported by ssmtrain has 0)");
+      if (m.mamba2.dt_min <= 0) m.mamba2.dt_min = 0.001;  // the initialisation range only
       m.mamba2.dt_max = r.number_or("time_step_max", 0.1);
       m.mamba2.dt_init_floor = r.number_or("time_step_floor", 1e-4);
       const int64_t heads = r.integer(nemo ? "mamba_num_heads" : "num_heads");
@@ -599,6 +606,9 @@ HfFamily export_hf(const fs::path& checkpoint, const fs::path& out, const std::f
   for (const MappedParameter& row : table) {
     if (row.name == "lm_head.weight" && m.tie_embeddings) continue;
     const HostArray* a = by_name.at(row.name);
+    // NemotronH does not tie lm_head to the embedding on load (transformers 5 reports it
+    // missing), so a tied model stores the shared matrix under both names.
+    if (row.name == "embedding.weight" && m.tie_embeddings && family == HfFamily::nemotron_h) tensors.emplace_back("lm_head.weight", *a);
     int64_t offset = 0;
     for (const HfPart& part : row.hf) {
       HostArray piece;
