@@ -11,7 +11,7 @@ if(NOT IS_DIRECTORY "${ROOT}")
   message(FATAL_ERROR "check_layering: ROOT=${ROOT} is not a directory")
 endif()
 
-set(chain_text "kernels <- autograd <- layers <- {optim, data} <- distributed <- train <- eval <- cli; configs is a leaf that anything above kernels may read")
+set(chain_text "kernels <- autograd <- layers <- {optim, data} <- distributed <- train <- {eval, interop} <- cli; configs is a leaf that anything above kernels may read")
 
 # Rank of each library folder along the chain; a folder may include only folders of lower rank.
 set(rank_kernels 0)
@@ -22,8 +22,9 @@ set(rank_data 3)
 set(rank_distributed 4)
 set(rank_train 5)
 set(rank_eval 6)
+set(rank_interop 6)
 set(rank_cli 7)
-set(chain_folders kernels autograd layers optim data distributed train eval cli)
+set(chain_folders kernels autograd layers optim data distributed train eval interop cli)
 set(scanned_folders ${chain_folders} configs)
 # Folders no library code may include at all.
 set(outside_folders tests bench)

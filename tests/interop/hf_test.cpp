@@ -1,0 +1,296 @@
+// interop/hf.h against transformers: the committed fixtures of tests/fixtures/hf/ (made by
+// tests/fixtures/make_hf_fixtures.py with transformers on the CPU) import into ssmtrain and give
+// the same logits (within 1e-4, fp32) and the same 32 greedy tokens; tiny ssmtrain models of
+// each family export and import back bit for bit; what a class cannot express, and a directory
+// with a foreign, missing or misshapen tensor or an unsupported config value, are refused with
+// a message naming it.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "autograd/node.h"
+#include "autograd/ops.h"
+#include "autograd/rng.h"
+#include "configs/load.h"
+#include "interop/hf.h"
+#include "interop/safetensors.h"
+#include "layers/from_config.h"
+
+namespace ssmtrain::interop {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kFixtures = fs::path(SSMTRAIN_SOURCE_DIR) / "tests" / "fixtures" / "hf";
+
+fs::path temp_dir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("ssmtrain_hf_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::vector<int64_t> as_ids(const HostArray& a) {
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < a.size(); ++i) ids.push_back(int64_t(std::lround(a.data()[i])));
+  return ids;
+}
+
+std::unique_ptr<LanguageModel> build(const ImportedModel& m) {
+  auto model = std::make_unique<LanguageModel>(model_options(m.config.model), 0);
+  load_model_arrays(*model, m.parameters, "test");
+  return model;
+}
+
+// 32 greedy tokens after `prompt`, each from a full forward over the sequence so far.
+std::vector<int64_t> greedy(const LanguageModel& model, std::vector<int64_t> seq, int64_t steps, int64_t vocab) {
+  NoGradGuard no_grad;
+  std::vector<int64_t> added;
+  for (int64_t s = 0; s < steps; ++s) {
+    const std::vector<float> logits = model.logits(Tensor::from_vector(seq, {1, int64_t(seq.size())})).to_vector();
+    const auto last = logits.begin() + int64_t(logits.size()) - vocab;
+    const int64_t next = std::max_element(last, logits.end()) - last;
+    seq.push_back(next);
+    added.push_back(next);
+  }
+  return added;
+}
+
+class Fixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Fixture, ImportGivesTransformersLogitsAndGreedyTokens) {
+  const fs::path dir = kFixtures / GetParam();
+  const ImportedModel imported = read_hf_model(dir);
+  EXPECT_EQ(hf_model_type(imported.family), GetParam());
+  const TensorFile expected = read_safetensors(dir / "expected.safetensors");
+  const HostArray& input = *expected.find("input_ids");
+  const HostArray& want = *expected.find("logits");  // (b, l, vocab)
+  const auto model = build(imported);
+  NoGradGuard no_grad;
+  const std::vector<float> got = model->logits(Tensor::from_vector(as_ids(input), input.shape)).to_vector();
+  ASSERT_EQ(int64_t(got.size()), want.size());
+  double worst = 0, scale = 0;
+  for (int64_t i = 0; i < want.size(); ++i) {
+    const double d = std::abs(got[size_t(i)] - want.data()[i]);
+    worst = std::max(worst, d);
+    scale = std::max(scale, double(std::abs(want.data()[i])));
+  }
+  EXPECT_GT(scale, 0.5) << "the fixture's logits are too small to test anything";
+  EXPECT_LE(worst, 1e-4) << GetParam() << ": max |ssmtrain - transformers| over the logits (max |logit| " << scale << ")";
+
+  const std::vector<int64_t> tokens =
+      greedy(*model, as_ids(*expected.find("prompt")), 32, imported.config.model.vocab_size);
+  EXPECT_EQ(tokens, as_ids(*expected.find("greedy"))) << GetParam() << ": greedy continuation differs";
+}
+
+INSTANTIATE_TEST_SUITE_P(Hf, Fixture, ::testing::Values("mamba", "mamba2", "jamba", "nemotron_h"));
+
+// A tiny recipe of each family, shrunk for speed.
+configs::Config tiny(const std::string& recipe, std::vector<std::string> overrides) {
+  overrides.insert(overrides.end(), {"model.vocab_size=96", "model.d_model=32"});
+  return configs::load_config(fs::path(SSMTRAIN_SOURCE_DIR) / "recipes" / "tiny" / recipe, overrides);
+}
+
+// A checkpoint of the model `config` describes, its initial weights moved by N(0, 0.1) (0.3
+// for vectors) so that no norm weight or D keeps the value 1 that would hide a transposition.
+fs::path save_checkpoint(const configs::Config& config, const fs::path& dir) {
+  LanguageModel model(model_options(config.model), 77);
+  {
+    NoGradGuard no_grad;
+    Generator gen(4242);
+    for (const NamedParameter& p : model.named_parameters()) {
+      const double scale = p.value->shape().size() <= 1 ? 0.3 : 0.1;
+      copy_into(*p.value, add(*p.value, mul(Tensor::randn(p.value->shape(), gen), scale)));
+    }
+  }
+  CheckpointContents c;
+  c.config_yaml = configs::dump_config(config);
+  c.layout = model.options().layout_string();
+  c.model = model_arrays(model);
+  const fs::path path = dir / "step_00000000.h5";
+  write_checkpoint(path, c);
+  return path;
+}
+
+struct RoundTrip {
+  std::string recipe;
+  std::vector<std::string> overrides;
+  HfFamily family;
+};
+
+class Export : public ::testing::TestWithParam<RoundTrip> {};
+
+TEST_P(Export, ExportThenImportIsExact) {
+  const RoundTrip& p = GetParam();
+  const fs::path dir = temp_dir("export_" + std::string(hf_model_type(p.family)));
+  const configs::Config config = tiny(p.recipe, p.overrides);
+  const fs::path checkpoint = save_checkpoint(config, dir);
+  EXPECT_EQ(export_hf(checkpoint, dir / "hf"), p.family);
+  const json hf = json::parse(std::ifstream(dir / "hf" / "config.json"));
+  EXPECT_EQ(hf["architectures"][0], hf_class_name(p.family));
+  EXPECT_TRUE(fs::exists(dir / "hf" / "generation_config.json"));
+
+  import_hf(dir / "hf", dir / "imported.h5");
+  const CheckpointContents original = read_checkpoint(checkpoint), back = read_checkpoint(dir / "imported.h5");
+  EXPECT_EQ(back.layout, original.layout);
+  ASSERT_EQ(back.model.size(), original.model.size());
+  for (size_t i = 0; i < back.model.size(); ++i) {
+    EXPECT_EQ(back.model[i].first, original.model[i].first);
+    EXPECT_EQ(back.model[i].second.shape, original.model[i].second.shape) << back.model[i].first;
+    EXPECT_TRUE(std::equal(back.model[i].second.data(), back.model[i].second.data() + back.model[i].second.size(),
+                           original.model[i].second.data()))
+        << back.model[i].first << " changed in the round trip";
+  }
+  // The recipe beside the checkpoint parses back to the imported model.
+  const configs::Config recipe = configs::load_config(dir / "imported.yaml");
+  EXPECT_EQ(model_options(recipe.model).layout_string(), original.layout);
+  EXPECT_EQ(recipe.model.d_model, config.model.d_model);
+  fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Hf, Export,
+    ::testing::Values(RoundTrip{"mamba1.yaml", {}, HfFamily::mamba},
+                      RoundTrip{"mamba2.yaml", {"model.tie_embeddings=false"}, HfFamily::mamba2},
+                      RoundTrip{"jamba.yaml", {"model.moe.d_ff_expert=64", "model.mlp.d_ff=64", "model.norm_eps=1e-6"}, HfFamily::jamba},
+                      RoundTrip{"hybrid-mamba2.yaml", {"model.n_layers=4", "model.layout.mixer_pattern=MAMA"}, HfFamily::nemotron_h}),
+    [](const auto& info) { return std::string(hf_model_type(info.param.family)); });
+
+// The ssmtrain side of the live check against transformers (tests/fixtures/check_hf_export.py):
+// each family's tiny model exported to $SSMTRAIN_HF_LIVE_DIR/<model_type> (a temporary folder
+// when unset) with expected.safetensors holding ssmtrain's logits for fixed ids and its 32
+// greedy tokens after a prompt, in the layout of the committed fixtures.
+TEST(HfLive, ExportsTinyModelsWithTheirLogits) {
+  const char* env = std::getenv("SSMTRAIN_HF_LIVE_DIR");
+  const fs::path root = env ? fs::path(env) : temp_dir("live");
+  const std::vector<RoundTrip> cases = {
+      {"mamba1.yaml", {}, HfFamily::mamba},
+      {"mamba2.yaml", {"model.tie_embeddings=false"}, HfFamily::mamba2},
+      {"jamba.yaml", {"model.moe.d_ff_expert=64", "model.mlp.d_ff=64", "model.norm_eps=1e-6"}, HfFamily::jamba},
+      {"hybrid-mamba2.yaml", {"model.n_layers=4", "model.layout.mixer_pattern=MAMA"}, HfFamily::nemotron_h}};
+  for (const RoundTrip& c : cases) {
+    const fs::path dir = root / hf_model_type(c.family);
+    fs::create_directories(dir);
+    const configs::Config config = tiny(c.recipe, c.overrides);
+    const fs::path checkpoint = save_checkpoint(config, dir);
+    EXPECT_EQ(export_hf(checkpoint, dir), c.family);
+    const LoadedModel loaded = load_model(checkpoint, Device::cpu());
+    fs::remove(checkpoint);
+    const int64_t vocab = config.model.vocab_size;
+    std::vector<int64_t> ids, prompt;
+    for (int64_t i = 0; i < 2 * 12; ++i) ids.push_back(3 + (i * 37 + 11) % (vocab - 3));
+    for (int64_t i = 0; i < 5; ++i) prompt.push_back(3 + (i * 53 + 7) % (vocab - 3));
+    std::vector<float> logits;
+    {
+      NoGradGuard no_grad;
+      logits = loaded.model->logits(Tensor::from_vector(ids, {2, 12})).to_vector();
+    }
+    const std::vector<int64_t> tokens = greedy(*loaded.model, prompt, 32, vocab);
+    auto floats = [](const std::vector<int64_t>& v) { return std::vector<float>(v.begin(), v.end()); };
+    write_safetensors(dir / "expected.safetensors",
+                      {{"input_ids", HostArray{{2, 12}, floats(ids)}},
+                       {"logits", HostArray{{2, 12, vocab}, logits}},
+                       {"prompt", HostArray{{1, 5}, floats(prompt)}},
+                       {"greedy", HostArray{{1, 32}, floats(tokens)}}});
+    EXPECT_TRUE(fs::exists(dir / "model.safetensors"));
+    EXPECT_TRUE(fs::exists(dir / "config.json"));
+  }
+  if (!env) fs::remove_all(root);
+}
+
+std::string refusal(const configs::Config& config) {
+  try {
+    choose_family(config.model);
+  } catch (const InteropError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(HfExport, RefusesWhatNoClassExpresses) {
+  EXPECT_NE(refusal(tiny("hybrid-mamba2.yaml", {"model.layout.ffn=mlp"})).find("feed-forward"), std::string::npos);
+  EXPECT_NE(refusal(tiny("hybrid-mamba2.yaml", {"model.attention.rope=true"})).find("RoPE"), std::string::npos);
+  EXPECT_NE(refusal(tiny("jamba.yaml", {"model.norm_eps=1e-6"})).find("one intermediate_size"), std::string::npos);
+  EXPECT_NE(refusal(tiny("jamba.yaml", {"model.moe.d_ff_expert=384"})).find("model.norm_eps"), std::string::npos);
+  EXPECT_NE(refusal(tiny("jamba.yaml", {"model.mlp.d_ff=128", "model.norm_eps=1e-6", "model.layout.ffn=none",
+                                        "model.layout.moe_period=0", "model.layout.moe_offset=0"}))
+                .find("without a feed-forward"),
+            std::string::npos);
+  EXPECT_NE(refusal(tiny("jamba.yaml", {"model.mlp.d_ff=128", "model.norm_eps=1e-6", "model.layout.attention_period=0", "model.layout.attention_offset=0",
+                                        "model.layout.mixer_pattern=MAAMMMMM"}))
+                .find("not periodic"),
+            std::string::npos);
+  EXPECT_NE(refusal(tiny("mamba1.yaml", {"model.mamba1.dt_bc_norm=true"})).find("dt_bc_norm"), std::string::npos);
+}
+
+// A copy of a fixture to damage.
+fs::path copy_fixture(const std::string& family, const std::string& name) {
+  const fs::path dir = temp_dir(name);
+  for (const char* f : {"config.json", "model.safetensors"}) fs::copy_file(kFixtures / family / f, dir / f);
+  return dir;
+}
+
+std::string import_error(const fs::path& dir) {
+  try {
+    read_hf_model(dir);
+  } catch (const InteropError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(HfImport, NamesTheTensorOrConfigValueItCannotUse) {
+  const fs::path dir = copy_fixture("mamba", "bad_import");
+  TensorFile f = read_safetensors(dir / "model.safetensors");
+  auto rewrite = [&](const TensorFile& t) { write_safetensors(dir / "model.safetensors", t.tensors); };
+
+  TensorFile extra = f;
+  extra.tensors.emplace_back("backbone.layers.0.mixer.mystery", HostArray{{2}, {1, 2}});
+  rewrite(extra);
+  EXPECT_NE(import_error(dir).find("tensor backbone.layers.0.mixer.mystery (2) has no place"), std::string::npos) << import_error(dir);
+
+  TensorFile missing = f;
+  missing.tensors.erase(std::find_if(missing.tensors.begin(), missing.tensors.end(),
+                                     [](const auto& t) { return t.first == "backbone.layers.1.mixer.D"; }));
+  rewrite(missing);
+  EXPECT_NE(import_error(dir).find("tensor backbone.layers.1.mixer.D (for blocks.1.mixer.D) is missing"), std::string::npos);
+
+  TensorFile misshapen = f;
+  for (auto& [name, a] : misshapen.tensors)
+    if (name == "backbone.layers.0.mixer.A_log") a.shape = {8, 64};
+  rewrite(misshapen);
+  EXPECT_NE(import_error(dir).find("backbone.layers.0.mixer.A_log has shape (8, 64), config.json implies (64, 8)"), std::string::npos)
+      << import_error(dir);
+
+  rewrite(f);
+  json config = json::parse(std::ifstream(dir / "config.json"));
+  config["use_bias"] = true;
+  std::ofstream(dir / "config.json") << config.dump();
+  EXPECT_NE(import_error(dir).find("'use_bias' = true is not supported"), std::string::npos) << import_error(dir);
+  config["use_bias"] = false;
+  config["model_type"] = "llama";
+  std::ofstream(dir / "config.json") << config.dump();
+  EXPECT_NE(import_error(dir).find("model_type 'llama' is not supported"), std::string::npos);
+  config.erase("model_type");
+  config["model_type"] = "mamba";
+  config.erase("hidden_size");
+  std::ofstream(dir / "config.json") << config.dump();
+  EXPECT_NE(import_error(dir).find("lacks 'hidden_size'"), std::string::npos);
+  fs::remove_all(dir);
+
+  const fs::path nemo = copy_fixture("nemotron_h", "bad_nemotron");
+  json nc = json::parse(std::ifstream(nemo / "config.json"));
+  nc["layers_block_type"][1] = "mlp";
+  std::ofstream(nemo / "config.json") << nc.dump();
+  EXPECT_NE(import_error(nemo).find("layer 1 is 'mlp'"), std::string::npos) << import_error(nemo);
+  fs::remove_all(nemo);
+}
+
+}  // namespace
+}  // namespace ssmtrain::interop
