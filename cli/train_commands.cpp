@@ -127,7 +127,7 @@ int run_train(const TrainArgs& a) {
     TrainOptions options;
     options.resume = a.resume;
     const TrainSummary summary = train(config, options);
-    if (summary.already_complete) return 0;
+    if (summary.already_complete || summary.rank != 0) return 0;  // rank 0 reports for the job
     fmt::print("run directory: {} (config.yaml, metrics.jsonl, loss_curve.svg, checkpoints/)\n", summary.run_dir);
     if (!summary.stopped_by.empty()) return 0;
     fmt::print("loss {:.4f} -> {:.4f}", summary.first_loss, summary.final_loss);

@@ -8,9 +8,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -22,6 +24,8 @@
 #include "autograd/stream.h"
 #include "configs/load.h"
 #include "data/loader.h"
+#include "distributed/communicator.h"
+#include "distributed/reducer.h"
 #include "layers/from_config.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
@@ -42,10 +46,15 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// Under data parallelism only rank 0 prints progress (the other ranks stay quiet; errors
+// still reach stderr from every rank).
+bool g_quiet = false;
+
 // Prints a line and flushes it, so progress shows through a pipe or in a log file as it
 // happens (a killed run keeps every line it printed).
 template <typename... Args>
 void say(fmt::format_string<Args...> format, Args&&... args) {
+  if (g_quiet) return;
   fmt::print(format, std::forward<Args>(args)...);
   std::fflush(stdout);
 }
@@ -150,9 +159,17 @@ class Trainer {
   void validate(int64_t step);
   void write_loss_curve();
   [[noreturn]] void fail_after_saving(const std::exception& error);
+  void start_distributed();
+  void check_ranks_agree();
+  int agreed_stop_signal(int local_signal);
+  bool minutes_due();
+  bool writes_files() const { return comm_->rank() == 0; }
 
   const configs::Config& config_;
   TrainOptions train_options_;
+  std::unique_ptr<dist::Communicator> comm_;
+  std::unique_ptr<dist::GradientReducer> reducer_;
+  int64_t world_ = 1;
   ModelOptions options_;
   Device device_;
   bool bf16_ = false;
@@ -194,8 +211,71 @@ Trainer::Trainer(const configs::Config& config, const TrainOptions& train_option
   run_dir_ = fs::path(config.run.output_dir) / config.run.name;
   summary_.run_dir = run_dir_.string();
   total_steps_ = config.training.total_steps();
-  accum_ = config.training.grad_accum(1);
-  tokens_per_step_ = accum_ * config.training.micro_batch * config.training.seq_len;
+  comm_ = dist::make_communicator(std::string(configs::to_string(config.distributed.backend)), device_.is_cuda(),
+                                  config.distributed.timeout_s);
+  world_ = comm_->world_size();
+  g_quiet = comm_->rank() != 0;
+  summary_.rank = comm_->rank();
+  summary_.world_size = int(world_);
+  configs::check_world_size(config, world_);
+  accum_ = config.training.grad_accum(world_);  // micro-batches per rank
+  tokens_per_step_ = accum_ * world_ * config.training.micro_batch * config.training.seq_len;
+}
+
+// Rank 0 decides how the run starts (it alone touches the run directory); the others follow
+// its choice of checkpoint.
+void Trainer::start_distributed() {
+  std::string chosen;
+  if (comm_->rank() == 0) {
+    choose_start();
+    chosen = resume_path_ ? resume_path_->string() : "";
+  }
+  if (world_ == 1) return;
+  chosen = comm_->all_gather_bytes(chosen)[0];
+  if (comm_->rank() == 0) return;
+  manifest_ = data::read_manifest(config_.data.train);
+  data_ = fingerprint_of(manifest_);
+  if (!chosen.empty()) {
+    resume_path_ = fs::path(chosen);
+    read_resume_checkpoint();
+  }
+}
+
+// Every rank must train the same recipe on the same data: a rank started with other
+// overrides or another copy of the corpus would silently train something else.
+void Trainer::check_ranks_agree() {
+  if (world_ == 1) return;
+  std::string shards;
+  for (const std::string& c : data_.shard_checksums) shards += c + " ";
+  const std::string mine = configs::dump_config(config_) + "\n# data " + data_.tokenizer_checksum + " " + shards;
+  const std::vector<std::string> all = comm_->all_gather_bytes(mine);
+  for (int r = 1; r < int(all.size()); ++r) {
+    if (all[size_t(r)] == all[0]) continue;
+    // The first line that differs says what.
+    std::istringstream a(all[0]), b(all[size_t(r)]);
+    std::string la, lb;
+    while (std::getline(a, la) && std::getline(b, lb) && la == lb) {
+    }
+    throw TrainError(fmt::format("rank {} does not agree with rank 0 on the {}: rank 0 has '{}', rank {} '{}'; start "
+                                 "every rank with the same recipe, --set overrides and data",
+                                 r, la.rfind("# data", 0) == 0 ? "data fingerprint" : "resolved config", la, r, lb));
+  }
+}
+
+// checkpoint.every_minutes by rank 0's clock, so that every rank saves after the same step.
+bool Trainer::minutes_due() {
+  bool due = seconds_since(last_save_time_) >= 60 * config_.checkpoint.every_minutes;
+  if (world_ > 1) due = comm_->all_gather_bytes(due ? "1" : "0")[0] == "1";
+  return due;
+}
+
+// The stop signal any rank received (the lowest rank's when several did): every rank stops
+// after the same step, so they save once, together.
+int Trainer::agreed_stop_signal(int local_signal) {
+  if (world_ == 1) return local_signal;
+  for (const std::string& s : comm_->all_gather_bytes(std::to_string(local_signal)))
+    if (const int signal = std::stoi(s); signal != 0) return signal;
+  return 0;
 }
 
 // Decides between a fresh start and a resume, before any model or data work: the run
@@ -272,7 +352,9 @@ void Trainer::build() {
   loader_options.seq_len = config_.training.seq_len;
   // One next() per step: the step's sequences, cut into micro-batches here, so that a rank's
   // micro-batches are consecutive rows of the global batch.
-  loader_options.global_batch = accum_ * config_.training.micro_batch;
+  loader_options.global_batch = accum_ * world_ * config_.training.micro_batch;
+  loader_options.rank = comm_->rank();
+  loader_options.world_size = int(world_);
   loader_options.seed = uint64_t(config_.run.seed);
   loader_options.device = device_;
   loader_options.prefetch = 2;
@@ -286,6 +368,8 @@ void Trainer::build() {
   val_options.shuffle = false;
   val_options.prefetch = 0;
   val_options.global_batch = config_.training.micro_batch;
+  val_options.rank = 0;  // every rank computes the same validation loss: no exchange needed
+  val_options.world_size = 1;
   const data::Manifest val_manifest =
       config_.data.val.empty() ? manifest_ : data::read_manifest(config_.data.val);
   if (val_manifest.tokens("val") > 0)
@@ -341,6 +425,11 @@ CheckpointContents Trainer::snapshot() {
 
 void Trainer::save(const char* why) {
   if (last_saved_step_ == progress_.step) return;
+  if (!writes_files()) {
+    last_saved_step_ = progress_.step;
+    summary_.checkpoint = (checkpoint_folder(run_dir_) / checkpoint_file_name(progress_.step)).string();
+    return;
+  }
   const auto begin = Clock::now();
   writer_->wait();  // the staging buffers hold the previous checkpoint until it is on disk
   CheckpointContents contents = snapshot();
@@ -359,6 +448,7 @@ void Trainer::save(const char* why) {
 }
 
 void Trainer::write_loss_curve() {
+  if (!writes_files()) return;
   std::vector<Series> series{{"train loss", "#1f77b4", progress_.loss_steps, progress_.losses}};
   if (!progress_.val_steps.empty()) series.push_back({"validation loss", "#d62728", progress_.val_steps, progress_.val_losses});
   // The bar a model must beat: the loss of predicting tokens by their frequency alone.
@@ -374,22 +464,23 @@ bool Trainer::step_once(int64_t step, bool last) {
   const auto step_start = Clock::now();
   model_->zero_grad();
   const bool log_line = step % std::max<int64_t>(1, config_.logging.every) == 0 || last;
-  double loss_sum = 0;
-  Tensor aux_sum;                     // {}, the MoE losses summed on the device: read once a step
   std::vector<Tensor> expert_counts;  // per MoE layer, summed over the step's micro-batches (log steps)
-  data::Batch batch = loader_->next();  // (accum x micro_batch, seq_len)
+  comm_->set_step(step);
+  data::Batch batch = loader_->next();  // this rank's rows: (accum x micro_batch, seq_len)
   if (batch.ready) batch.ready->wait(current_stream(device_.index));
   const int64_t rows = config_.training.micro_batch;
+  std::vector<double> micro_losses;  // lm loss, aux loss of each micro-batch (distributed only)
   for (int64_t micro = 0; micro < accum_; ++micro) {
     const auto part = [&](const Tensor& t) { return narrow(t, 0, micro * rows, rows); };
     const LossTerms terms = model_->losses(part(batch.inputs), part(batch.targets), part(batch.doc_index), compute_);
-    mul(terms.total, 1.0 / double(accum_)).backward();
-    loss_sum += terms.lm.item();
-    if (terms.aux.total.defined()) {
-      const Tensor aux = terms.aux.total.detach();
-      aux_sum = aux_sum.defined() ? add(aux_sum, aux) : aux;
-    }
-    for (size_t i = 0; log_line && metrics_.is_open() && i < terms.aux.expert_counts.size(); ++i) {
+    // 1 / (micro-batches of all ranks): the sum over ranks is the global batch's mean.
+    mul(terms.total, 1.0 / double(accum_ * world_)).backward();
+    if (reducer_) reducer_->after_backward(micro + 1 == accum_);
+    const double lm = terms.lm.item();
+    micro_losses.push_back(lm);
+    micro_losses.push_back(terms.aux.total.defined() ? terms.aux.total.item() : 0.0);
+    // Every rank alike (the counts are summed over ranks below), though only rank 0 writes them.
+    for (size_t i = 0; log_line && config_.logging.jsonl && i < terms.aux.expert_counts.size(); ++i) {
       const Tensor counts = cast(terms.aux.expert_counts[i], DType::f32);
       if (expert_counts.size() <= i) expert_counts.push_back(counts);
       else expert_counts[i] = add(expert_counts[i], counts);
@@ -397,7 +488,21 @@ bool Trainer::step_once(int64_t step, bool last) {
   }
   progress_.loader = loader_->state();
   progress_.tokens_seen += tokens_per_step_;
-  const double loss = loss_sum / double(accum_);  // next-token cross-entropy, without the MoE losses
+  // Every micro-batch's losses from every rank, added in the order one rank adds its own.
+  std::vector<std::string> all_losses{
+      std::string(reinterpret_cast<const char*>(micro_losses.data()), micro_losses.size() * sizeof(double))};
+  if (world_ > 1) {
+    all_losses = comm_->all_gather_bytes(all_losses[0]);
+    for (Tensor& counts : expert_counts) comm_->all_reduce(counts, dist::ReduceOp::sum)->wait();
+  }
+  double loss_sum = 0, aux_sum = 0;  // the MoE losses
+  for (const std::string& theirs : all_losses) {
+    std::vector<double> values(theirs.size() / sizeof(double));
+    std::memcpy(values.data(), theirs.data(), theirs.size());
+    for (size_t i = 0; i + 1 < values.size(); i += 2) loss_sum += values[i], aux_sum += values[i + 1];
+  }
+  const double aux_loss = aux_sum / double(accum_ * world_);
+  const double loss = loss_sum / double(accum_ * world_);  // next-token cross-entropy, without the MoE losses
   const double grad_norm = global_grad_norm(params_);
   const double lr = learning_rate(schedule_, step);
   if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
@@ -410,7 +515,7 @@ bool Trainer::step_once(int64_t step, bool last) {
           loss, grad_norm, progress_.skipped_steps, config_.training.skip_nonfinite_steps);
       return false;
     }
-    writer_->wait();
+    if (writer_) writer_->wait();
     const std::string kept = summary_.checkpoint.empty() ? "no checkpoint was saved before it"
                                                          : "the last good checkpoint is " + summary_.checkpoint;
     throw TrainError(fmt::format(
@@ -441,7 +546,7 @@ bool Trainer::step_once(int64_t step, bool last) {
     metrics_.write(fmt::format("{{\"step\": {}, \"loss\": {:.6f}, \"aux_loss\": {}, \"grad_norm\": {:.6f}, "
                                "\"lr\": {:.6g}, \"ms\": {:.3f}, \"tokens_per_s\": {:.1f}, \"mfu\": {:.4f}, "
                                "\"mem_gib\": {:.3f}}}",
-                               step, loss, json_number(aux_sum.defined() ? aux_sum.item() / double(accum_) : 0.0),
+                               step, loss, json_number(aux_loss),
                                grad_norm, lr, ms, tok_s, mfu, mem_gib));
   }
   if (log_line) {
@@ -477,8 +582,13 @@ void Trainer::fail_after_saving(const std::exception& error) {
 }
 
 TrainSummary Trainer::run() {
-  choose_start();
+  start_distributed();
+  check_ranks_agree();
   build();
+  // CPU: micro-batches summed in the fixed tree order (bitwise equal on any number of ranks);
+  // GPU: autograd accumulates, and the reducer only communicates (more than one rank).
+  if (!device_.is_cuda() ? (accum_ > 1 || world_ > 1) : world_ > 1)
+    reducer_ = std::make_unique<dist::GradientReducer>(*comm_, params_, config_.distributed.bucket_mb, !device_.is_cuda());
   const int64_t parameters = model_->num_parameters(), active = model_->active_parameters();
   flops_per_token_ = training_flops_per_token(options_, config_.training.seq_len);
   peak_ = device_.is_cuda() ? peak_flops(cuda_device_name(device_.index)) : 0;
@@ -487,6 +597,9 @@ TrainSummary Trainer::run() {
       configs::to_string(config_.model.family), device_.str(), double(parameters) / 1e6,
       active < parameters ? fmt::format(" ({:.1f}M active)", double(active) / 1e6) : "", total_steps_,
       tokens_per_step_, accum_, config_.training.micro_batch);
+  if (world_ > 1)
+    say("data parallel: {} ranks ({} backend), {} rows of each global batch per rank, gradients in {} buckets\n",
+        world_, comm_->backend(), accum_ * config_.training.micro_batch, reducer_->buckets());
   say("layout {} (M Mamba, A attention; - none, F MLP, E MoE), {} precision{}\n", options_.layout_string(),
       bf16_ ? "bf16 mixed" : "fp32",
       config_.training.deterministic ? "" : ", non-deterministic kernels allowed (training.deterministic: false)");
@@ -508,16 +621,18 @@ TrainSummary Trainer::run() {
         double(total_steps_ - progress_.step) * double(tokens_per_step_) * flops_per_token_, duration_text(estimate),
         device_.str(), device_.is_cuda() ? "" : " (a GPU build trains it; recipes/tiny/ is what CPUs train in minutes)");
 
-  fs::create_directories(run_dir_);
-  write_run_file(run_dir_ / "config.yaml", configs::dump_config(config_));
-  if (config_.logging.jsonl)
-    metrics_ = resume_ ? MetricsLog::resume(run_dir_ / "metrics.jsonl", progress_.step)
-                       : MetricsLog::create(run_dir_ / "metrics.jsonl");
-  writer_ = std::make_unique<CheckpointWriter>(run_dir_, config_.checkpoint.keep);
-  for (const NamedParameter& p : params_) staging_.reserve("model/" + p.name, *p.value);
-  for (auto& [name, moments] : optimizer_->state()) {
-    staging_.reserve("exp_avg/" + name, moments.exp_avg);
-    staging_.reserve("exp_avg_sq/" + name, moments.exp_avg_sq);
+  if (writes_files()) {  // rank 0 writes the run files and the checkpoints (global shapes)
+    fs::create_directories(run_dir_);
+    write_run_file(run_dir_ / "config.yaml", configs::dump_config(config_));
+    if (config_.logging.jsonl)
+      metrics_ = resume_ ? MetricsLog::resume(run_dir_ / "metrics.jsonl", progress_.step)
+                         : MetricsLog::create(run_dir_ / "metrics.jsonl");
+    writer_ = std::make_unique<CheckpointWriter>(run_dir_, config_.checkpoint.keep);
+    for (const NamedParameter& p : params_) staging_.reserve("model/" + p.name, *p.value);
+    for (auto& [name, moments] : optimizer_->state()) {
+      staging_.reserve("exp_avg/" + name, moments.exp_avg);
+      staging_.reserve("exp_avg_sq/" + name, moments.exp_avg_sq);
+    }
   }
   progress_.rng_seed = uint64_t(config_.run.seed);  // training draws no random numbers; init is seeded
 
@@ -532,15 +647,14 @@ TrainSummary Trainer::run() {
       progress_.step = step + 1;
       const int64_t every = config_.training.eval_every;
       if (val_loader_ && (last || (every > 0 && (step + 1) % every == 0))) validate(step);
-      writer_->check();
+      if (writer_) writer_->check();
       const int64_t save_every = config_.checkpoint.every;
       if (save_every > 0 && progress_.step % save_every == 0) save("checkpoint.every");
-      else if (config_.checkpoint.every_minutes > 0 &&
-               seconds_since(last_save_time_) >= 60 * config_.checkpoint.every_minutes)
+      else if (config_.checkpoint.every_minutes > 0 && minutes_due())
         save("checkpoint.every_minutes");
-      if (const int signal = signals.requested(); signal != 0 && !last) {
+      if (const int signal = agreed_stop_signal(signals.requested()); signal != 0 && !last) {
         save(StopSignals::name(signal));
-        writer_->wait();
+        if (writer_) writer_->wait();
         summary_.stopped_by = StopSignals::name(signal);
         say("stopped by {} after step {}: checkpoint {}; the same command resumes it\n", summary_.stopped_by, step,
             summary_.checkpoint);
@@ -548,7 +662,7 @@ TrainSummary Trainer::run() {
       }
     }
     save("end of run");
-    writer_->wait();
+    if (writer_) writer_->wait();
     if (config_.logging.svg) write_loss_curve();
   } catch (const RunFileError& e) {
     fail_after_saving(e);

@@ -31,6 +31,8 @@ struct TrainSummary {
   std::string checkpoint;      // the newest checkpoint written (empty: none)
   std::string stopped_by;      // "SIGTERM" etc. when a signal ended the run early
   bool already_complete = false;  // the checkpoint resumed was already at the last step
+  int rank = 0;                   // this process's rank in a data-parallel job (0: the one that reports)
+  int world_size = 1;
 };
 
 // A run that cannot go on: diverged (a non-finite loss beyond training.skip_nonfinite_steps),
