@@ -76,7 +76,7 @@ TEST_P(DecodeGpu, PrefillThenStepsMatchTheCpuForward) {
   std::vector<int64_t> ids;
   for (int64_t i = 0; i < b * l; ++i) ids.push_back((i * 7 + i / 5) % v);
   LanguageModel cpu_model(o, 21);
-  const std::vector<float> ref = cpu_model.logits(Tensor::from_vector(ids, {b, l})).to_vector();  // (b l, v)
+  std::vector<float> ref = cpu_model.logits(Tensor::from_vector(ids, {b, l})).to_vector();  // (b l, v)
 
   LanguageModel model(o, 21);
   model.to(Device::cuda(0));
@@ -97,7 +97,13 @@ TEST_P(DecodeGpu, PrefillThenStepsMatchTheCpuForward) {
       for (int64_t i = 0; i < b; ++i)
         for (int64_t c = 0; c < v; ++c) got[size_t((i * l + t) * v + c)] = step[size_t(i * v + c)];
     }
+    // fp32 against the CPU fp32 forward. bf16 against the GPU's own bf16 parallel forward: against
+    // fp32, a bf16 rounding can flip an MoE top-k choice and move a token's logits by far more
+    // than rounding (seen on an H200: 0.053 normalised for HybridMoE against tolerance 0.03).
     const double tol = compute == DType::f32 ? 1e-4 : 3e-2;
+    if (compute == DType::bf16)
+      ref = cast(model.logits(Tensor::from_vector(ids, {b, l}).to(Device::cuda(0)), Tensor(), DType::bf16), DType::f32)
+                .to_vector();
     const testing::Error err = testing::compare(got, ref);
     EXPECT_EQ(err.nonfinite, 0) << dtype_name(compute);
     EXPECT_LE(err.normalized, tol) << dtype_name(compute) << ", worst element " << err.worst;
