@@ -14,20 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "tests/cli/binary.h"
+
 namespace ssmtrain {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int status = -1;
-  std::string out, err;
-};
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using Result = testing::CliResult;
 
 class Cli : public ::testing::Test {
  protected:
@@ -41,17 +35,7 @@ class Cli : public ::testing::Test {
 
   // Runs `ssmtrain ARGS` in the test's directory; arguments are passed through the shell
   // single-quoted.
-  Result run(const std::vector<std::string>& args) const {
-    std::string command = "cd '" + dir_.string() + "' && '" SSMTRAIN_BINARY "'";
-    for (const std::string& a : args) command += " '" + a + "'";
-    command += " > out.txt 2> err.txt";
-    const int raw = std::system(command.c_str());
-    Result r;
-    r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-    r.out = read_file(dir_ / "out.txt");
-    r.err = read_file(dir_ / "err.txt");
-    return r;
-  }
+  Result run(const std::vector<std::string>& args) const { return testing::run_binary(dir_, args); }
 
   fs::path write(const std::string& name, const std::string& text) const {
     std::ofstream(dir_ / name) << text;

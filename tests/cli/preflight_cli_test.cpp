@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/cli/binary.h"
 #include "tests/train/run_fixture.h"
 
 namespace ssmtrain {
@@ -23,16 +24,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int status = -1;
-  std::string out, err;
-  double seconds = 0;
-};
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using Result = testing::CliResult;
 
 class Preflight : public ::testing::Test {
  protected:
@@ -43,19 +35,7 @@ class Preflight : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  Result run(const std::vector<std::string>& args) const {
-    std::string command = "cd '" + dir_.string() + "' && '" SSMTRAIN_BINARY "'";
-    for (const std::string& a : args) command += " '" + a + "'";
-    command += " > out.txt 2> err.txt";
-    const auto start = std::chrono::steady_clock::now();
-    const int raw = std::system(command.c_str());
-    Result r;
-    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-    r.out = read_text(dir_ / "out.txt");
-    r.err = read_text(dir_ / "err.txt");
-    return r;
-  }
+  Result run(const std::vector<std::string>& args) const { return testing::run_binary(dir_, args); }
   void write(const std::string& name, const std::string& text) const { std::ofstream(dir_ / name) << text; }
 
   fs::path dir_;
