@@ -11,7 +11,8 @@
 namespace ssmtrain {
 
 // ---- linear algebra ----
-// a (..., m, k) @ b (k, n) -> (..., m, n); or batched a (B, m, k) @ b (B, k, n) -> (B, m, n).
+// a (..., m, k) @ b (k, n) -> (..., m, n); or batched a (B, m, k) @ b (B, k, n) -> (B, m, n),
+// where one of a, b may be 2-D and shared by every batch (W (o, i) @ x (B, i, l) -> (B, o, l)).
 // trans_a / trans_b transpose the last two dimensions of a / b first.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 // x (..., in) @ weight (out, in)^T (+ bias (out)) -> (..., out): the Linear layer's product.

@@ -52,32 +52,34 @@ Mamba1Mixer::Mamba1Mixer(const Mamba1Options& o, Generator& gen, DType dtype)
 
 Tensor Mamba1Mixer::forward(const Tensor& x, const Tensor& doc_index) const { return run(x, doc_index, nullptr); }
 
+// Channel-major from in_proj to out_proj: every GEMM writes the (b, channels, l) layout the
+// convolution and the scan read, with its weight shared by the batch, so no activation is
+// transposed (the dt/B/C norms of Jamba-style stacks transpose their small inputs only).
 Tensor Mamba1Mixer::run(const Tensor& x, const Tensor& doc_index, const MixerCache* cache) const {
   const int64_t b = x.size(0), l = x.size(1), e = options_.d_inner(), n = options_.d_state, r = options_.rank();
-  std::vector<Tensor> xz = split(in_proj_.forward(x), {e, e}, -1);  // 2 x (b, l, e)
-  const Tensor x_bel = transpose(xz[0], 1, 2);                        // (b, e, l)
-  const Tensor z_bel = transpose(xz[1], 1, 2);                        // (b, e, l)
+  const Tensor w_in = weight_for(in_proj_.weight, x);                    // (2e, d)
+  const Tensor x_bel = matmul(narrow(w_in, 0, 0, e), x, false, true);    // (b, e, l)
+  const Tensor z_bel = matmul(narrow(w_in, 0, e, e), x, false, true);    // (b, e, l)
   CausalConv1dInputs conv{x_bel, conv_weight_, conv_bias_, {}, doc_index, true};
   const CausalConv1dOutputs conv_out = causal_conv1d(conv, cache != nullptr);
-  const Tensor& u = conv_out.out;                                     // (b, e, l)
-  const Tensor u_ble = transpose(u, 1, 2);                            // (b, l, e)
-  std::vector<Tensor> dbc = split(x_proj_.forward(u_ble), {r, n, n}, -1);  // (b, l, r), (b, l, n) x 2
+  const Tensor& u = conv_out.out;                                        // (b, e, l)
+  std::vector<Tensor> dbc = split(matmul(weight_for(x_proj_.weight, u), u), {r, n, n}, 1);  // (b, r|n|n, l)
   Tensor dt = dbc[0], B = dbc[1], C = dbc[2];
   if (dt_norm_) {
-    dt = dt_norm_->forward(dt);
-    B = B_norm_->forward(B);
-    C = C_norm_->forward(C);
+    dt = transpose(dt_norm_->forward(transpose(dt, 1, 2)), 1, 2);
+    B = transpose(B_norm_->forward(transpose(B, 1, 2)), 1, 2);
+    C = transpose(C_norm_->forward(transpose(C, 1, 2)), 1, 2);
   }
-  const Tensor delta = transpose(linear(dt, weight_for(dt_proj_.weight, dt)), 1, 2);  // (b, e, l), bias in the scan
-  const Tensor B_bgnl = reshape(transpose(B, 1, 2), {b, 1, n, l});                  // (b, 1, n, l)
-  const Tensor C_bgnl = reshape(transpose(C, 1, 2), {b, 1, n, l});
+  const Tensor delta = matmul(weight_for(dt_proj_.weight, dt), dt);       // (b, e, l), bias in the scan
+  const Tensor B_bgnl = reshape(B, {b, 1, n, l});            // (b, 1, n, l)
+  const Tensor C_bgnl = reshape(C, {b, 1, n, l});
   SelectiveScanInputs scan{u, delta, neg(exp(A_log_)), B_bgnl, C_bgnl, D_, z_bel, *dt_proj_.bias, {}, doc_index, true};
   const SelectiveScanOutputs scanned = selective_scan(scan, cache != nullptr);  // (b, e, l)
   if (cache) {
     copy_into(cache->conv, conv_out.final_state);
     copy_into(cache->ssm, scanned.final_state);
   }
-  return out_proj_.forward(transpose(scanned.out, 1, 2));            // (b, l, d)
+  return matmul(scanned.out, weight_for(out_proj_.weight, scanned.out), true, true);  // (b, l, d)
 }
 
 MixerCache Mamba1Mixer::new_cache(int64_t batch, int64_t, DType dtype, Device device) const {

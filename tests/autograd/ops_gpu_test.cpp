@@ -79,6 +79,14 @@ TEST_P(OpsGpu, Matmul) {
     }
   check_op("bmm", [](const V& x) { return matmul(x[0], x[1], false, true); },
            {randf({3, 17, 64}, 3), randf({3, 9, 64}, 4)}, dt, 64);
+  // One operand shared by the batch (batch stride 0 in cuBLASLt; its gradient summed over the
+  // batch in f32): the channel-major GEMMs of the Mamba-1 mixer.
+  check_op("shared W @ x", [](const V& x) { return matmul(x[0], x[1]); },
+           {randf({40, 72}, 8), randf({3, 72, 50}, 9)}, dt, 72 * 3);
+  check_op("shared W @ x^T", [](const V& x) { return matmul(x[0], x[1], false, true); },
+           {randf({40, 72}, 10), randf({3, 50, 72}, 11)}, dt, 72 * 3);
+  check_op("y^T @ shared W^T", [](const V& x) { return matmul(x[0], x[1], true, true); },
+           {randf({3, 72, 50}, 12), randf({40, 72}, 13)}, dt, 72 * 3);
   check_op("linear", [](const V& x) { return linear(x[0], x[1], x[2]); },
            {randf({2, 129, 96}, 5), randf({80, 96}, 6), randf({80}, 7)}, dt, 258);
 }

@@ -33,6 +33,32 @@ TEST(OpsGradcheck, MatmulBatchedAndFolded) {
                         {random_f64({2, 3, 4}, 5), random_f64({4, 3}, 6)}));
 }
 
+// One operand 2-D and shared by every batch, the other 3-D: every transpose combination,
+// against finite differences, and the forward against the same product with the shared operand
+// repeated per batch.
+TEST(OpsGradcheck, MatmulWithAnOperandSharedByTheBatch) {
+  for (bool shared_a : {true, false})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        const Shape a_shape = ta ? Shape{4, 3} : Shape{3, 4};
+        const Shape b_shape = tb ? Shape{5, 4} : Shape{4, 5};
+        const Tensor a = random_f64(shared_a ? a_shape : Shape{2, a_shape[0], a_shape[1]}, 20 + ta);
+        const Tensor b = random_f64(shared_a ? Shape{2, b_shape[0], b_shape[1]} : b_shape, 22 + tb);
+        if (!shared_a && !ta) continue;  // (B, m, k) @ (k, n) folds into 2-D rows (tested above)
+        EXPECT_TRUE(gradcheck([&](const V& x) { return matmul(x[0], x[1], ta, tb); }, {a, b}))
+            << "shared " << (shared_a ? "a" : "b") << " ta " << ta << " tb " << tb;
+        const auto twice = [](const Tensor& t) {
+          const Tensor one = reshape(t, {1, t.size(0), t.size(1)});
+          return concat({one, one}, 0);
+        };
+        const Tensor a3 = shared_a ? twice(a) : a, b3 = shared_a ? b : twice(b);
+        const std::vector<double> got = matmul(a, b, ta, tb).values<double>();
+        const std::vector<double> want = matmul(a3, b3, ta, tb).values<double>();
+        ASSERT_EQ(got.size(), want.size());
+        for (size_t i = 0; i < got.size(); ++i) EXPECT_DOUBLE_EQ(got[i], want[i]) << i;
+      }
+}
+
 TEST(OpsGradcheck, LinearWithBias) {
   EXPECT_TRUE(gradcheck([](const V& x) { return linear(x[0], x[1], x[2]); },
                         {random_f64({2, 3, 5}, 7), random_f64({4, 5}, 8), random_f64({4}, 9)}));
