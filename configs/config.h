@@ -20,7 +20,7 @@ enum class Mixer { mamba1, mamba2, attention };
 enum class Ffn { none, mlp, moe };
 enum class ScheduleKind { cosine, wsd, constant };
 enum class Precision { automatic, bf16, fp32 };  // "auto": bf16 on a GPU, fp32 on the CPU
-enum class Backend { automatic, nccl, mpi, single };
+enum class Backend { automatic, nccl, mpi, tcp, single };
 
 template <class E>
 using EnumNames = std::array<std::pair<E, std::string_view>, 3>;
@@ -45,10 +45,11 @@ constexpr EnumNames<ScheduleKind> enum_names(ScheduleKind) {
 constexpr EnumNames<Precision> enum_names(Precision) {
   return {{{Precision::automatic, "auto"}, {Precision::bf16, "bf16"}, {Precision::fp32, "fp32"}}};
 }
-constexpr std::array<std::pair<Backend, std::string_view>, 4> enum_names(Backend) {
+constexpr std::array<std::pair<Backend, std::string_view>, 5> enum_names(Backend) {
   return {{{Backend::automatic, "auto"},
            {Backend::nccl, "nccl"},
            {Backend::mpi, "mpi"},
+           {Backend::tcp, "tcp"},
            {Backend::single, "single"}}};
 }
 
@@ -210,7 +211,7 @@ struct TrainingConfig {
 };
 
 struct DistributedConfig {
-  Backend backend = Backend::automatic;  // auto: nccl on GPUs, mpi under mpirun, else single
+  Backend backend = Backend::automatic;  // auto: nccl on GPUs, mpi under mpirun, tcp under a launcher, else single
   double bucket_mb = 25.0;               // gradient all-reduce bucket size
   bool shard_optimizer = false;          // reduce-scatter, local AdamW, all-gather
   double timeout_s = 600.0;              // a collective slower than this aborts every rank

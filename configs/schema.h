@@ -203,7 +203,8 @@ void describe(TrainingConfig& training, V& v) {
 template <class V>
 void describe(DistributedConfig& distributed, V& v) {
   v.field("backend", distributed.backend,
-          "auto (nccl on GPUs, mpi under mpirun, else single), nccl, mpi, single");
+          "auto (nccl on GPUs, mpi under mpirun, tcp for CPU ranks of ssmtrain launch / torchrun / srun, else single), "
+          "nccl, mpi, tcp, single");
   v.field("bucket_mb", distributed.bucket_mb, "gradient all-reduce bucket size in MiB", kPositive);
   v.field("shard_optimizer", distributed.shard_optimizer,
           "shard AdamW state over ranks (reduce-scatter, local step, all-gather)");

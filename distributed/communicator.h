@@ -1,6 +1,7 @@
 // Collectives between the ranks of a data-parallel job (DESIGN.md section 6): all-reduce (sum,
 // average), reduce-scatter, all-gather, broadcast and barrier, each asynchronous with a handle
-// to wait on. Backends: `single` (one rank, no communication) and `mpi` (OpenMPI, CPU tensors).
+// to wait on. Backends: `single` (one rank, no communication), `mpi` (OpenMPI, CPU tensors) and
+// `tcp` (CPU tensors over the rendezvous sockets, for ranks started without mpirun).
 // On the CPU every sum is taken in a fixed order, the same on every rank: the pairwise tree of
 // distributed/ordered_sum.h over the ranks' terms in rank order, so results do not depend on
 // message timing and N ranks can reproduce one rank bit for bit (train/trainer.cpp).
@@ -75,10 +76,17 @@ std::unique_ptr<Communicator> make_mpi_communicator(double timeout_s);
 bool mpi_available();  // built with MPI
 bool under_mpirun();   // OMPI_COMM_WORLD_SIZE (or PMI_SIZE / PMIX_RANK) in the environment
 
+// The ranks that `ssmtrain launch`, torchrun or srun start (without mpirun), meeting through
+// the TCP rendezvous on MASTER_ADDR:MASTER_PORT (distributed/rendezvous.h) and exchanging CPU
+// tensors over its sockets, in a star around rank 0, summed in the same order as `mpi`.
+// Identity from distributed/bootstrap.h. Throws CommunicatorError (rendezvous failed, no token).
+std::unique_ptr<Communicator> make_tcp_communicator(double timeout_s);
+
 // distributed.backend resolved: auto picks nccl on GPUs (when built with NCCL), mpi under
-// mpirun, else single. `gpu`: the trainer runs on a CUDA device. `backend` is the config's
-// string (auto, nccl, mpi, single). Throws CommunicatorError naming distributed.backend for a
-// choice this machine or build cannot run.
+// mpirun, tcp for several CPU ranks from another launcher, else single. `gpu`: the trainer
+// runs on a CUDA device. `backend` is the config's string (auto, nccl, mpi, tcp, single).
+// Throws CommunicatorError naming distributed.backend for a choice this machine or build
+// cannot run.
 std::unique_ptr<Communicator> make_communicator(const std::string& backend, bool gpu, double timeout_s);
 
 }  // namespace ssmtrain::dist

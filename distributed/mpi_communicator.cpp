@@ -227,34 +227,4 @@ std::unique_ptr<Communicator> make_mpi_communicator(double timeout_s) {
 
 #endif
 
-std::unique_ptr<Communicator> make_communicator(const std::string& backend, bool gpu, double timeout_s) {
-  std::unique_ptr<Communicator> comm;
-  if (backend == "single") {
-    comm = make_single_communicator();
-  } else if (backend == "mpi") {
-    if (gpu)
-      throw CommunicatorError(
-          "distributed.backend: mpi reduces CPU tensors, but this run trains on a GPU; use nccl (or auto)");
-    comm = make_mpi_communicator(timeout_s);
-  } else if (backend == "nccl") {
-    throw CommunicatorError(
-        gpu ? "distributed.backend: nccl: this ssmtrain has no NCCL backend yet; use auto or single on one GPU"
-            : "distributed.backend: nccl needs a GPU, and none is visible here; use mpi (under mpirun) or auto");
-  } else if (backend == "auto") {
-    if (!gpu && under_mpirun() && mpi_available()) comm = make_mpi_communicator(timeout_s);
-    else if (under_mpirun() && !mpi_available())
-      throw CommunicatorError("distributed.backend: auto: started by mpirun, but this ssmtrain was built without MPI");
-    else if (const char* world = std::getenv("WORLD_SIZE"); world && std::atoi(world) > 1 && !gpu)
-      throw CommunicatorError(fmt::format(
-          "distributed.backend: auto: WORLD_SIZE={} asks for several ranks, but on the CPU ssmtrain's ranks talk "
-          "through MPI: start them with `mpirun -np {} ssmtrain train ...`",
-          world, world));
-    else comm = make_single_communicator();
-  } else {
-    throw CommunicatorError("distributed.backend: unknown backend '" + backend + "' (auto, nccl, mpi, single)");
-  }
-  comm->set_timeout(timeout_s);
-  return comm;
-}
-
 }  // namespace ssmtrain::dist
