@@ -2,6 +2,7 @@
 // evaluations of checkpoints and recipes (DESIGN.md section 8).
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include "eval/context.h"
 #include "eval/generate.h"
 #include "eval/perplexity.h"
+#include "eval/retrieval.h"
 
 namespace ssmtrain::cli {
 namespace {
@@ -27,16 +29,15 @@ struct EvalPerplexityArgs {
   std::string out;
 };
 
-struct EvalNiahArgs {
+// `eval niah` and `eval passkey` take the same options (passkey ignores --data).
+struct EvalRetrievalArgs {
   std::string checkpoint;
+  std::string data;
   std::vector<int64_t> lengths;
   std::vector<double> depths;
-  std::string out;
-};
-
-struct EvalPasskeyArgs {
-  std::string checkpoint;
-  std::vector<int64_t> lengths;
+  int64_t trials = 4;
+  uint64_t seed = 0;
+  int64_t batch = 8;
   std::string out;
 };
 
@@ -74,20 +75,30 @@ void eval_perplexity_options(CLI::App& app, EvalPerplexityArgs& a) {
   app.add_option("--out", a.out, "Also write the JSON to this file");
 }
 
-void eval_niah_options(CLI::App& app, EvalNiahArgs& a) {
+void eval_retrieval_options(CLI::App& app, EvalRetrievalArgs& a, bool haystack) {
   add_checkpoint(app, a.checkpoint);
-  app.add_option("--lengths", a.lengths, "Context lengths in tokens, comma-separated")->delimiter(',')->check(kPositive);
-  app.add_option("--depths", a.depths, "Needle depths as fractions of the context, comma-separated")
+  if (haystack)
+    app.add_option("--data", a.data, "Prepared data directory whose held-out text is the haystack "
+                                     "(default: the checkpoint's recipe)")
+        ->check(CLI::ExistingDirectory);
+  app.add_option("--lengths", a.lengths,
+                 "Context lengths in tokens, comma-separated (default: the recipe's eval.niah.lengths)")
+      ->delimiter(',')
+      ->check(kPositive);
+  app.add_option("--depths", a.depths,
+                 "Needle depths as fractions of the context, comma-separated (default: the recipe's eval.niah.depths)")
       ->delimiter(',')
       ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--trials", a.trials, "Prompts per length and depth, each with its own number")
+      ->check(kPositive)
+      ->capture_default_str();
+  app.add_option("--seed", a.seed, "Seed of the numbers and haystack offsets")->capture_default_str();
+  app.add_option("--batch", a.batch, "Prompts generated together")->check(kPositive)->capture_default_str();
   add_out(app, a.out, "Directory for the JSON, CSV and SVG heatmap");
 }
 
-void eval_passkey_options(CLI::App& app, EvalPasskeyArgs& a) {
-  add_checkpoint(app, a.checkpoint);
-  app.add_option("--lengths", a.lengths, "Context lengths in tokens, comma-separated")->delimiter(',')->check(kPositive);
-  add_out(app, a.out, "Directory for the results");
-}
+void eval_niah_options(CLI::App& app, EvalRetrievalArgs& a) { eval_retrieval_options(app, a, true); }
+void eval_passkey_options(CLI::App& app, EvalRetrievalArgs& a) { eval_retrieval_options(app, a, false); }
 
 void eval_mqar_options(CLI::App& app, EvalMqarArgs& a) {
   add_recipe(app, a.recipe);
@@ -221,14 +232,57 @@ int run_generate(const GenerateArgs& a) {
   return 0;
 }
 
+// NIAH (haystack: held-out text) or passkey over the lengths x depths grid, with a progress
+// line per cell on stderr, the files in --out and a summary on stdout.
+int run_retrieval_command(const EvalRetrievalArgs& a, bool niah) {
+  const char* name = niah ? "niah" : "passkey";
+  const eval::EvalContext ctx = eval::open_checkpoint(a.checkpoint, niah ? a.data : std::string());
+  if (!ctx.tokenizer)
+    throw std::runtime_error(ctx.checkpoint_name() + ": the recipe names no data or tokenizer to build prompts with");
+  const configs::Config& config = ctx.loaded.config;
+  eval::RetrievalOptions o;
+  o.lengths = !a.lengths.empty() ? a.lengths : config.eval.niah.lengths;
+  o.depths = !a.depths.empty() ? a.depths : config.eval.niah.depths;
+  o.trials = a.trials;
+  o.seed = a.seed;
+  o.batch = a.batch;
+  o.compute_dtype = ctx.compute;
+  const int64_t longest = *std::max_element(o.lengths.begin(), o.lengths.end());
+  eval::RetrievalTask task;
+  if (niah) {
+    // Enough held-out text for the longest haystack several times over (it is cycled if short).
+    const std::vector<int64_t> tokens = eval::held_out_tokens(ctx.data_dir, std::max<int64_t>(65536, 4 * longest));
+    task = eval::niah_task(eval::held_out_text(*ctx.tokenizer, tokens));
+  } else {
+    task = eval::passkey_task();
+  }
+  const eval::TextCodec codec = eval::text_codec(*ctx.tokenizer);
+  fmt::print(stderr, "{}: {} lengths x {} depths x {} trials on {} ({}, {})\n", name, o.lengths.size(), o.depths.size(),
+             o.trials, ctx.checkpoint_name(), ctx.device.str(), dtype_name(ctx.compute));
+  const eval::RetrievalResult r = eval::run_retrieval(
+      ctx.model(), task, codec, o, [&](const eval::RetrievalCell& c, int64_t done, int64_t total) {
+        fmt::print(stderr, "{}: [{}/{}] length {} depth {:g}: {}/{} correct\n", name, done, total, c.length, c.depth,
+                   c.correct, c.trials);
+      });
+  eval::write_retrieval_files(r, ctx.checkpoint_name(), config.training.seq_len, a.out);
+  fmt::print("{}: accuracy {:.4f} over {} prompts; wrote {}/{}.json, {}.csv, {}.svg\n", name, r.accuracy(),
+             r.samples.size(), a.out, name, name, name);
+  return 0;
+}
+
+int run_eval_niah(const EvalRetrievalArgs& a) { return run_retrieval_command(a, true); }
+int run_eval_passkey(const EvalRetrievalArgs& a) { return run_retrieval_command(a, false); }
+
 }  // namespace
 
 std::vector<Subcommand> eval_commands() {
   return {
       command<EvalPerplexityArgs>("eval perplexity", "Loss, perplexity and bits per byte on held-out data",
                                   eval_perplexity_options, run_eval_perplexity),
-      command<EvalNiahArgs>("eval niah", "Needle-in-a-haystack over lengths x depths", eval_niah_options, nullptr),
-      command<EvalPasskeyArgs>("eval passkey", "Passkey retrieval", eval_passkey_options, nullptr),
+      command<EvalRetrievalArgs>("eval niah", "Needle-in-a-haystack over lengths x depths", eval_niah_options,
+                                 run_eval_niah),
+      command<EvalRetrievalArgs>("eval passkey", "Passkey retrieval over lengths x depths", eval_passkey_options,
+                                 run_eval_passkey),
       command<EvalMqarArgs>("eval mqar", "Train and score multi-query associative recall", eval_mqar_options, nullptr),
       command<GenerateArgs>("generate", "Generate text from a checkpoint", generate_options, run_generate),
       command<SweepArgs>("sweep", "Run every variant of a sweep and write a report", sweep_options, nullptr),

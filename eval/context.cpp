@@ -40,4 +40,40 @@ std::vector<int64_t> held_out_tokens(const std::string& data_dir, int64_t max_to
   return out;
 }
 
+TextCodec text_codec(const data::Tokenizer& tokenizer) {
+  TextCodec c;
+  c.encode = [&tokenizer](const std::string& text) {
+    const std::vector<int> ids = tokenizer.encode(text);
+    return std::vector<int64_t>(ids.begin(), ids.end());
+  };
+  c.decode = [&tokenizer](const std::vector<int64_t>& tokens) {
+    std::vector<int> ids;
+    for (int64_t t : tokens)
+      if (t >= 0 && t != tokenizer.eos_id() && t < tokenizer.vocab_size()) ids.push_back(int(t));
+    return tokenizer.decode(ids);
+  };
+  if (tokenizer.eos_id() >= 0) {
+    c.prefix = {tokenizer.eos_id()};
+    c.stop_tokens = {tokenizer.eos_id()};
+  }
+  return c;
+}
+
+std::string held_out_text(const data::Tokenizer& tokenizer, const std::vector<int64_t>& tokens) {
+  std::string text;
+  std::vector<int> document;
+  auto flush = [&] {
+    if (document.empty()) return;
+    if (!text.empty()) text += "\n\n";
+    text += tokenizer.decode(document);
+    document.clear();
+  };
+  for (int64_t t : tokens) {
+    if (t == tokenizer.eos_id()) flush();
+    else if (t >= 0 && t < tokenizer.vocab_size()) document.push_back(int(t));
+  }
+  flush();
+  return text;
+}
+
 }  // namespace ssmtrain::eval

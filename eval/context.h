@@ -10,6 +10,7 @@
 
 #include "data/shard.h"
 #include "data/tokenizer.h"
+#include "eval/retrieval.h"
 #include "train/checkpoint.h"
 
 namespace ssmtrain::eval {
@@ -32,5 +33,14 @@ EvalContext open_checkpoint(const std::filesystem::path& checkpoint, const std::
 // Up to `max_tokens` tokens of the val split of `data_dir`, shard after shard in manifest
 // order (0: all). Throws DataError when the directory has no val split.
 std::vector<int64_t> held_out_tokens(const std::string& data_dir, int64_t max_tokens);
+
+// The checkpoint tokenizer as a TextCodec: prompts start with EOS (training documents follow
+// one), answers stop at EOS, and decoding drops EOS and ids past the tokenizer's pieces (a
+// model vocabulary padded beyond it). `tokenizer` must outlive the codec.
+TextCodec text_codec(const data::Tokenizer& tokenizer);
+
+// The text of `tokens` (held-out tokens): documents decoded one by one (at EOS) and joined
+// by a blank line, so a haystack holds no document boundary the model would reset at.
+std::string held_out_text(const data::Tokenizer& tokenizer, const std::vector<int64_t>& tokens);
 
 }  // namespace ssmtrain::eval

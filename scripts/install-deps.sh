@@ -15,6 +15,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libfmt-dev nlohmann-json3-dev
   python3
+  librsvg2-bin                 # rsvg-convert: renders the SVG reports to PNG for a look
 )
 
 missing=()

@@ -1,14 +1,18 @@
 // `ssmtrain generate` and `ssmtrain eval perplexity` through the binary, on a tiny Mamba-2
 // hybrid (one attention layer) trained for a few steps: generation streams the prompt and its
 // continuation, repeats with a seed, batches several prompts; perplexity writes JSON whose
-// loss equals the library's computation on the same checkpoint and tokens; bad options exit 2
-// with the option named, a missing checkpoint exits 1 naming the path.
+// loss equals the library's computation on the same checkpoint and tokens; `eval niah` and
+// `eval passkey` write valid JSON, CSV and SVG with one cell per length x depth, the same bits
+// for the same seed; bad options exit 2 with the option named, a missing checkpoint exits 1
+// naming the path.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <regex>
 #include <string>
 #include <vector>
@@ -115,6 +119,65 @@ TEST_F(EvalCli, PerplexityJsonEqualsTheLibrarysComputation) {
   o.stride = 16;
   const eval::PerplexityResult direct = eval::perplexity(ctx.model(), eval::held_out_tokens(ctx.data_dir, 300), o);
   EXPECT_NEAR(loss, direct.loss, 2e-6);
+}
+
+// The CSV as rows of fields, the header first; every row has the header's field count.
+std::vector<std::vector<std::string>> read_csv(const fs::path& path) {
+  std::vector<std::vector<std::string>> rows;
+  std::istringstream in(read_text(path));
+  for (std::string line; std::getline(in, line);) {
+    std::vector<std::string> fields;
+    std::istringstream fs_line(line);
+    for (std::string f; std::getline(fs_line, f, ',');) fields.push_back(f);
+    rows.push_back(fields);
+  }
+  return rows;
+}
+
+TEST_F(EvalCli, NiahAndPasskeyWriteJsonCsvAndHeatmap) {
+  ASSERT_EQ(train_.code, 0) << train_.err;
+  for (const std::string task : {"niah", "passkey"}) {
+    SCOPED_TRACE(task);
+    const fs::path out = fs::path(dir_->str()) / ("out-" + task);
+    const std::vector<std::string> args = {"eval", task, "--checkpoint", checkpoint(), "--lengths", "200,320",
+                                           "--depths", "0,0.5,1", "--trials", "2", "--seed", "9", "--batch", "4",
+                                           "--out", out.string()};
+    const Exit r = run(args);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.err.find(task + ": [6/6] length 320 depth 1:"), std::string::npos) << r.err;  // progress lines
+    EXPECT_NE(r.out.find(task + ": accuracy "), std::string::npos) << r.out;
+    std::ifstream json_in(out / (task + ".json"));
+    const nlohmann::json j = nlohmann::json::parse(json_in);  // throws on invalid JSON
+    EXPECT_EQ(j["task"], task);
+    EXPECT_EQ(j["trials"], 2);
+    ASSERT_EQ(j["cells"].size(), 6u);
+    ASSERT_EQ(j["samples"].size(), 12u);
+    int64_t correct = 0;
+    for (const nlohmann::json& s : j["samples"]) {
+      EXPECT_EQ(s["answer"].get<std::string>().size(), 5u);
+      correct += s["correct"].get<bool>() ? 1 : 0;
+    }
+    EXPECT_NEAR(j["accuracy"].get<double>(), double(correct) / 12.0, 1e-12);
+    const auto csv = read_csv(out / (task + ".csv"));
+    ASSERT_EQ(csv.size(), 7u);
+    EXPECT_EQ(csv[0], (std::vector<std::string>{"length", "depth", "trials", "correct", "accuracy"}));
+    EXPECT_EQ(csv[6][0], "320");
+    EXPECT_EQ(csv[6][1], "1");
+    for (size_t i = 1; i < csv.size(); ++i) EXPECT_EQ(csv[i].size(), 5u);
+    const std::string svg = read_text(out / (task + ".svg"));
+    EXPECT_EQ(svg.rfind("<svg ", 0), 0u);
+    EXPECT_NE(svg.find(checkpoint()), std::string::npos);
+    EXPECT_NE(svg.find("</svg>"), std::string::npos);
+    // The same seed gives the same answers.
+    const std::string first = read_text(out / (task + ".json"));
+    ASSERT_EQ(run(args).code, 0);
+    EXPECT_EQ(read_text(out / (task + ".json")), first);
+  }
+  // A length that cannot hold the needle and question is named.
+  const Exit shortlen = run({"eval", "passkey", "--checkpoint", checkpoint(), "--lengths", "8", "--out",
+                             (fs::path(dir_->str()) / "short").string()});
+  EXPECT_NE(shortlen.code, 0);
+  EXPECT_NE(shortlen.err.find("a context of 8 tokens"), std::string::npos) << shortlen.err;
 }
 
 TEST_F(EvalCli, BadOptionsAreNamed) {
