@@ -110,8 +110,9 @@ CausalConv1dOutputs causal_conv1d(const CausalConv1dInputs& in_raw, bool return_
         kernels::cpu::causal_conv1d_backward<T>(s, cpu_args<T>(x, sv[kWeight], sv[kBias], sv[kInit], sv[kDoc]), gr);
       });
     } else {
-      kernels::Conv1dGrads<void, float> gr{dout.data(), dx.data(), mut<float>(dweight), mut<float>(dbias),
-                                           dinit.defined() ? dinit.data() : nullptr};
+      [[maybe_unused]] kernels::Conv1dGrads<void, float> gr{dout.data(), dx.data(), mut<float>(dweight),
+                                                            mut<float>(dbias),
+                                                            dinit.defined() ? dinit.data() : nullptr};
       SSM_CUDA_BRANCH(x, kernels::cuda::causal_conv1d_backward(
                              s, x.dtype(), void_args(x, sv[kWeight], sv[kBias], sv[kInit], sv[kDoc]), gr, stream));
     }

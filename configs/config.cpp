@@ -36,7 +36,10 @@ std::string sweep_variant_name(const SweepVariant& variant) {
   std::string name;
   for (const auto& [key, value] : variant.overrides) {
     if (key == "run.name") return value_text(value);
-    name += (name.empty() ? "" : ",") + key.substr(key.rfind('.') + 1) + "=" + value_text(value);
+    if (!name.empty()) name += ',';
+    name.append(key, key.rfind('.') + 1);  // the last part of the key path
+    name += '=';
+    name += value_text(value);
   }
   return name.empty() ? "base" : name;
 }

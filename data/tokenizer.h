@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "data/text_input.h"
+
 namespace sentencepiece {
 class SentencePieceProcessor;
 }
@@ -32,7 +34,34 @@ struct TokenizerOptions {
   int threads = 0;                   // 0: all cores
   uint64_t seed = 0;                 // for the sentence sample
   bool verbose = false;              // SentencePiece's own log on stderr
+  // Progress on stderr: sentences read while reading, then a line every `progress_every_s`
+  // seconds while SentencePiece trains (it reports nothing itself until it is done).
+  bool progress = true;
+  double progress_every_s = 10.0;
 };
+
+// The most pieces SentencePiece can make of the inputs, judged in one pass over them before
+// training (see max_vocabulary_size): the 3 meta pieces, the 256 byte pieces, one piece per
+// distinct character and, for BPE, one merge per symbol a distinct word can lose (a word of n
+// characters takes at most n - ceil(n / 16) merges: no piece is longer than 16); for unigram,
+// every substring of 2..16 characters of a distinct word, at most SentencePiece's 10^6 seed
+// pieces. Words are cut before every run of spaces and at every digit (digits stay single
+// pieces), more coarsely than SentencePiece cuts them, so the bound is never below what it can
+// make; a vocabulary below the bound can still be too large, and SentencePiece then says so.
+struct VocabularyBound {
+  uint64_t sentences = 0;        // non-empty lines looked at
+  uint64_t characters = 0;       // distinct characters (Unicode code points)
+  uint64_t words = 0;            // distinct words
+  uint64_t max_pieces = 0;       // the bound
+  bool complete = false;         // false when the scan stopped early at `stop_at`
+};
+
+// Scans the lines of `files` (lines over `max_sentence_bytes` are left out, as the trainer
+// leaves them out) and stops as soon as the bound reaches `stop_at`. `model_type` is "bpe" or
+// "unigram".
+VocabularyBound max_vocabulary_size(const std::vector<InputFile>& files,
+                                    const std::string& model_type, uint64_t stop_at,
+                                    int max_sentence_bytes);
 
 struct TokenizerSummary {
   std::string output_path;

@@ -25,7 +25,8 @@ build() {
     mkdir -p "${CCACHE_DIR}"
   fi
   # The CUDA kernels only when a GPU is there to run them: on a CPU machine they would only
-  # cost build time (scripts/test.sh compiles them wherever nvcc is).
+  # cost build time (scripts/test.sh compiles them wherever nvcc is, in its own build-test/, so
+  # the two scripts never reconfigure each other's build).
   local cuda=OFF
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     cuda=AUTO

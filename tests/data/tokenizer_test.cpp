@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <filesystem>
+
 #include "data/commands.h"
 #include "data/errors.h"
 #include "data/hash.h"
@@ -14,6 +17,7 @@ namespace ssmtrain::data {
 namespace {
 
 using testing::TempDir;
+namespace fs = std::filesystem;
 
 TEST(Hash, Xxh64MatchesReferenceVectors) {
   EXPECT_EQ(xxh64("", 0), 0xEF46DB3751D8E999ull);
@@ -140,6 +144,56 @@ TEST(TokenizerCommand, InputErrorsExitWithStatus2AndNameThePath) {
   EXPECT_NE(::testing::internal::GetCapturedStderr().find("bpe or unigram"), std::string::npos);
 
   EXPECT_THROW(Tokenizer(dir / "a.txt"), InputError);  // not a model
+}
+
+// A hand-counted case: characters {a, b, c, ' ', 'é'}; words "ab", " abc", " é" (a word starts
+// at a run of spaces). BPE: 1 + 3 + 1 merges; unigram: 1 + (3 + 2 + 1) + 1 substrings.
+TEST(VocabularyBound, CountsCharactersAndWordPiecesByHand) {
+  TempDir dir("vocab-bound");
+  testing::write_text(dir / "a.txt", "ab abc \xc3\xa9\n\nab\n");
+  const std::vector<InputFile> files = expand_inputs({dir / "a.txt"});
+  const VocabularyBound bpe = max_vocabulary_size(files, "bpe", 1'000'000, 16384);
+  EXPECT_TRUE(bpe.complete);
+  EXPECT_EQ(bpe.sentences, 2u);
+  EXPECT_EQ(bpe.characters, 5u);
+  EXPECT_EQ(bpe.words, 3u);
+  EXPECT_EQ(bpe.max_pieces, 259u + 5u + 5u);
+  EXPECT_EQ(max_vocabulary_size(files, "unigram", 1'000'000, 16384).max_pieces, 259u + 5u + 8u);
+  // Lines longer than the trainer's limit are left out, as the trainer leaves them out.
+  EXPECT_EQ(max_vocabulary_size(files, "bpe", 1'000'000, 4).sentences, 1u);
+  // The scan stops once the bound reaches what was asked.
+  const VocabularyBound early = max_vocabulary_size(files, "bpe", 260, 16384);
+  EXPECT_FALSE(early.complete);
+  EXPECT_EQ(early.sentences, 1u);
+}
+
+// The bound is an upper bound: SentencePiece fills a vocabulary a little below it, and one above
+// it is refused before training, in well under a second.
+TEST(VocabularyBound, ImpossibleVocabularyIsRefusedBeforeTraining) {
+  TempDir dir("vocab-impossible");
+  const testing::Corpus corpus = testing::make_corpus(dir.str(), 8);
+  TokenizerOptions options = testing::small_tokenizer_options(corpus.directory, dir / "t.model");
+  const VocabularyBound bound = max_vocabulary_size(expand_inputs(options.inputs), "bpe", 1u << 30,
+                                                    options.max_sentence_bytes);
+  ASSERT_TRUE(bound.complete);
+  options.vocab_size = static_cast<int>(bound.max_pieces) + 1;
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    train_tokenizer(options);
+    FAIL() << "expected InputError";
+  } catch (const InputError& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("--vocab-size " + std::to_string(options.vocab_size) + " is more than"),
+              std::string::npos) << message;
+    EXPECT_NE(message.find("use --vocab-size " + std::to_string(bound.max_pieces) + " or less"),
+              std::string::npos) << message;
+  }
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 1.0);
+  EXPECT_FALSE(fs::exists(dir / "t.model"));
+  // 259 fixed pieces, one per character and a few merges: what the corpus can fill.
+  options.vocab_size = static_cast<int>(259 + bound.characters + 10);
+  ASSERT_LT(static_cast<uint64_t>(options.vocab_size), bound.max_pieces);
+  EXPECT_EQ(train_tokenizer(options).vocab_size, options.vocab_size);
 }
 
 }  // namespace
