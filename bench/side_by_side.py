@@ -54,8 +54,9 @@ def ssmtrain_row(name, recipe, seq, batch, extra, data):
             "log": os.path.basename(log)}
 
 
-def anchor_results():
-    """Runs the reference's e2e and jamba modes at the rows' shapes; {} when it is absent."""
+def anchor_results(rows):
+    """Runs the reference's e2e (and jamba) modes at the shapes of the rows measured; {} when the
+    reference stack is absent."""
     bench = os.path.join(ANCHOR, "bench.py")
     if not os.path.exists(bench) or not os.path.exists("/tmp/anchor_built"):
         print(f"note: no reference stack ({bench} or its build missing): ssmtrain only", flush=True)
@@ -63,7 +64,10 @@ def anchor_results():
     env = dict(os.environ, OUT=OUT, PYTHONUNBUFFERED="1",
                PYTHONPATH=f"{ANCHOR}/mamba:{ANCHOR}/cc1d:" + os.environ.get("PYTHONPATH", ""))
     merged = {}
-    for modes, seq, batch in (("e2e,jamba", 2048, 8), ("e2e", 32768, 1)):
+    shapes = sorted({(r["seq_len"], r["micro_batch"]) for r in rows})
+    for seq, batch in shapes:
+        jamba = any(r["recipe"] == "jamba-small" and r["seq_len"] == seq for r in rows)
+        modes = "e2e,jamba" if jamba else "e2e"
         log = os.path.join(OUT, f"side_by_side-anchor-{modes.replace(',', '_')}-b{batch}-l{seq}.log")
         with open(log, "w") as f:
             subprocess.call([sys.executable, bench, modes, "--seq", str(seq), "--batch", str(batch)],
@@ -93,7 +97,7 @@ def main():
         print(f"ssmtrain {name:26s} {r['tokens_per_s'] or 0:10.0f} tok/s  {r['ms_per_step'] or 0:7.1f} ms  "
               f"{r['peak_mem_gib'] or 0:6.2f} GiB  mfu {r['mfu'] or 0:.3f}  (exit {r['exit_status']})", flush=True)
         results.append(r)
-    reference = anchor_results()
+    reference = anchor_results(results)
     for r in results:
         ref = reference.get(r["anchor_key"])
         if ref:
