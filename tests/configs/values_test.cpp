@@ -76,7 +76,7 @@ TEST(Values, EnumsAndLists) {
   EXPECT_TRUE(reads("hybrid", family));
   EXPECT_EQ(family, Family::hybrid);
   EXPECT_FALSE(reads("Hybrid", family));
-  EXPECT_EQ(ValueCodec<Backend>::expected({}), "one of auto, nccl, mpi, single");
+  EXPECT_EQ(ValueCodec<Backend>::expected({}), "one of auto, nccl, mpi, tcp, single");
 
   std::vector<int64_t> lengths;
   EXPECT_TRUE(reads("[1, 2, 3]", lengths, Rule{.min = 1}));
