@@ -5,6 +5,7 @@
 #include <string>
 
 #include "autograd/dispatch.h"
+#include "kernels/attention.h"
 #include "kernels/causal_conv1d.h"
 #include "kernels/selective_scan.h"
 #include "kernels/ssd.h"
@@ -147,6 +148,45 @@ Tensor ssd_step(const SsdStepInputs& raw, const Tensor& states) {
     [[maybe_unused]] kernels::SsdArgs<void, float> a{in.x.data(), in.dt.data(), ptr<float>(in.A), in.B.data(), in.C.data(),
                                     ptr<float>(in.D), vptr(in.z), ptr<float>(in.dt_bias), nullptr, nullptr};
     SSM_CUDA_BRANCH(in.x, kernels::cuda::ssd_step(s, in.x.dtype(), a, mut<float>(states), out.data(), stream));
+  }
+  return out;
+}
+
+Tensor attention_decode(const Tensor& q_raw, const Tensor& k_cache, const Tensor& v_cache,
+                        const std::vector<int64_t>& lengths) {
+  const char* op = "attention_decode";
+  const Tensor q = contig(q_raw);
+  if (!q.defined() || q.dim() != 3) detail::op_error(op, "q must be (b, h, dh), got " + q.str());
+  if (!k_cache.defined() || k_cache.dim() != 4) detail::op_error(op, "k_cache must be (b, L, h_kv, dh), got " + k_cache.str());
+  kernels::AttentionShape s;
+  s.batch = q.size(0);
+  s.heads = q.size(1);
+  s.head_dim = q.size(2);
+  s.seqlen = k_cache.size(1);
+  s.kv_heads = k_cache.size(2);
+  expect(op, k_cache, {s.batch, s.seqlen, s.kv_heads, s.head_dim}, "k_cache", true);
+  expect(op, v_cache, {s.batch, s.seqlen, s.kv_heads, s.head_dim}, "v_cache", true);
+  if (int64_t(lengths.size()) != s.batch)
+    detail::op_error(op, std::to_string(lengths.size()) + " lengths for a batch of " + std::to_string(s.batch));
+  std::vector<int32_t> lens(lengths.size());
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    if (lengths[i] < 1 || lengths[i] > s.seqlen)
+      detail::op_error(op, "length " + std::to_string(lengths[i]) + " of sequence " + std::to_string(i) +
+                               " is outside the cache's 1.." + std::to_string(s.seqlen));
+    lens[i] = int32_t(lengths[i]);
+  }
+  detail::common_device(op, {&q, &k_cache, &v_cache});
+  detail::check_same_dtype(op, {&q, &k_cache, &v_cache});
+  Tensor out = Tensor::empty({s.batch, s.heads, s.head_dim}, q.dtype(), q.device());
+  if (q.device().is_cpu()) {
+    detail::cpu_float_dispatch(op, q.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      kernels::cpu::attention_decode<T>(s, ptr<T>(q), ptr<T>(k_cache), ptr<T>(v_cache), lens.data(), mut<T>(out));
+    });
+  } else {
+    [[maybe_unused]] const Tensor lens32 = Tensor::from_vector(lengths, {s.batch}, DType::i32, q.device());
+    SSM_CUDA_BRANCH(q, kernels::cuda::attention_decode(s, q.dtype(), q.data(), k_cache.data(), v_cache.data(),
+                                                       static_cast<const int32_t*>(lens32.data()), out.data(), stream));
   }
   return out;
 }

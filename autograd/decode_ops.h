@@ -1,10 +1,14 @@
 // One-token decoding steps of the recurrent mixers (kernels' *_step functions): the causal
 // conv1d window shift, the Mamba-1 selective-scan state update and the Mamba-2 SSD state
-// update. Not differentiable (generation runs without a tape); the states are updated in
+// update, and one attention query per sequence over its KV cache. Not differentiable (generation runs without a tape); the states are updated in
 // place, so a step costs O(1) in the length of what came before.
 //
-// Glossary: b batch, d channels, w conv width, n state size, g groups of B/C, h heads, p head dim.
+// Glossary: b batch, d channels, w conv width, n state size, g groups of B/C, h heads, p head dim,
+// h_kv key/value heads, dh attention head dim, L the KV cache capacity.
 #pragma once
+
+#include <cstdint>
+#include <vector>
 
 #include "autograd/tensor.h"
 
@@ -42,5 +46,10 @@ struct SsdStepInputs {
 };
 // -> out (b, h, p) in x's dtype; states (b, h, p, n) f32 (f64 with f64 inputs on the CPU), in place.
 Tensor ssd_step(const SsdStepInputs& in, const Tensor& states);
+
+// q (b, h, dh): the token at position lengths[i] - 1 of sequence i; k_cache, v_cache (b, L, h_kv, dh)
+// hold its positions 0 .. lengths[i] - 1 (the new key and value included) -> out (b, h, dh), softmax
+// scale 1 / sqrt(dh). Reads only the cached rows, O(lengths[i]) per sequence.
+Tensor attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const std::vector<int64_t>& lengths);
 
 }  // namespace ssmtrain

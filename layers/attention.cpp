@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "autograd/attention_ops.h"
+#include "autograd/decode_ops.h"
 #include "autograd/ops.h"
 
 namespace ssmtrain {
@@ -98,17 +99,14 @@ Tensor AttentionMixer::prefill(const Tensor& x, const MixerCache& cache) const {
 
 Tensor AttentionMixer::step(const Tensor& x, const MixerCache& cache, const std::vector<int64_t>& positions) const {
   const int64_t b = x.shape()[0], dh = options_.dim_per_head(), h = options_.n_heads, kv = options_.kv_heads(),
-                group = h / kv, max_len = cache.k.size(1);
+                max_len = cache.k.size(1);
   if (int64_t(positions.size()) != b)
     throw std::invalid_argument("attention step: " + std::to_string(positions.size()) + " positions for a batch of " +
                                 std::to_string(b));
-  int64_t longest = 0;
-  for (int64_t pos : positions) {
+  for (int64_t pos : positions)
     if (pos < 0 || pos >= max_len)
       throw std::invalid_argument("attention step: position " + std::to_string(pos) + " is outside the KV cache of " +
                                   std::to_string(max_len) + " tokens");
-    longest = std::max(longest, pos + 1);
-  }
   Tensor q = reshape(q_proj_.forward(x), {b, 1, h, dh});   // (b, 1, h, dh)
   Tensor k = reshape(k_proj_.forward(x), {b, 1, kv, dh});  // (b, 1, kv, dh)
   const Tensor v = reshape(v_proj_.forward(x), {b, 1, kv, dh});
@@ -127,25 +125,22 @@ Tensor AttentionMixer::step(const Tensor& x, const MixerCache& cache, const std:
     q = rotary_embedding(q, tables);
     k = rotary_embedding(k, tables);
   }
-  for (int64_t i = 0; i < b; ++i) {
-    const int64_t pos = positions[size_t(i)];
-    copy_into(narrow(narrow(cache.k, 0, i, 1), 1, pos, 1), narrow(k, 0, i, 1));
-    copy_into(narrow(narrow(cache.v, 0, i, 1), 1, pos, 1), narrow(v, 0, i, 1));
+  // The new key and value go to each sequence's position: one copy when the batch is in step.
+  const bool in_step = std::all_of(positions.begin(), positions.end(), [&](int64_t p) { return p == positions[0]; });
+  if (in_step) {
+    copy_into(narrow(cache.k, 1, positions[0], 1), k);
+    copy_into(narrow(cache.v, 1, positions[0], 1), v);
+  } else {
+    for (int64_t i = 0; i < b; ++i) {
+      const int64_t pos = positions[size_t(i)];
+      copy_into(narrow(narrow(cache.k, 0, i, 1), 1, pos, 1), narrow(k, 0, i, 1));
+      copy_into(narrow(narrow(cache.v, 0, i, 1), 1, pos, 1), narrow(v, 0, i, 1));
+    }
   }
-  // Query head hh reads kv head hh / group, so the h heads are (kv, group) in that order.
-  const Tensor keys = reshape(transpose(narrow(cache.k, 1, 0, longest), 1, 2), {b * kv, longest, dh});    // (b kv, t, dh)
-  const Tensor values = reshape(transpose(narrow(cache.v, 1, 0, longest), 1, 2), {b * kv, longest, dh});  // (b kv, t, dh)
-  Tensor scores = mul(matmul(reshape(q, {b * kv, group, dh}), keys, false, true), 1.0 / std::sqrt(double(dh)));  // (b kv, group, t)
-  bool ragged = false;
-  for (int64_t pos : positions) ragged = ragged || pos + 1 != longest;
-  if (ragged) {  // a shorter sequence does not see the cache rows past its own position
-    std::vector<float> mask(size_t(b * longest), 0.0f);
-    for (int64_t i = 0; i < b; ++i)
-      for (int64_t t = positions[size_t(i)] + 1; t < longest; ++t) mask[size_t(i * longest + t)] = -1e30f;
-    const Tensor m = cast(to_device(Tensor::from_vector(mask, {b, 1, 1, longest}), q.device()), scores.dtype());
-    scores = reshape(add(reshape(scores, {b, kv, group, longest}), m), {b * kv, group, longest});
-  }
-  const Tensor y = matmul(softmax(scores, -1), values);               // (b kv, group, dh)
+  // Query head hh reads kv head hh / group; each sequence sees its positions 0 .. pos only.
+  std::vector<int64_t> lengths(positions.size());
+  for (size_t i = 0; i < positions.size(); ++i) lengths[i] = positions[i] + 1;
+  const Tensor y = attention_decode(reshape(q, {b, h, dh}), cache.k, cache.v, lengths);  // (b, h, dh)
   return o_proj_.forward(reshape(y, {b, 1, h * dh}));                 // (b, 1, d)
 }
 

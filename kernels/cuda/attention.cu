@@ -265,9 +265,9 @@ __global__ void __launch_bounds__(kThreads) fallback_dq_kernel(Dims d, const T* 
   store_row<T, EPT>(dq + d.q_row(bi, i, hh), dqr, sub, dh, 1.0f);
 }
 
-// grid (h, b), 4 warps: warp w takes cached positions w, w + 4, ...; lanes split dh (4 each at
+// grid (h, b), 16 warps: warp w takes cached positions w, w + 16, ...; lanes split dh (4 each at
 // most); the warps' partial softmaxes are merged in warp order.
-constexpr int kDecodeWarps = 4;
+constexpr int kDecodeWarps = 16;
 template <typename T>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(Dims d, const T* q, const T* k_cache,
                                                                   const T* v_cache, const int32_t* lengths, T* out) {
