@@ -1844,10 +1844,13 @@ __global__ void __launch_bounds__(kThreads) sum_partials_kernel(const float* par
 }
 
 // ---------------------------------------------------------------------------------------
-// Decode step: one thread per (b, h, p) row of the state.
+// Decode step: one warp per (b, h, p) row of the state; lane l takes states l, l + 32, ... so
+// a warp's loads and stores are coalesced, and y is summed by a fixed shuffle tree.
+constexpr int kStepWarps = 4;
 template <typename T>
-__global__ void ssd_step_kernel(Dims d, SsdArgs<T, float> a, float* states, T* out) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+__global__ void __launch_bounds__(kStepWarps * 32) ssd_step_kernel(Dims d, SsdArgs<T, float> a, float* states, T* out) {
+  const int64_t i = blockIdx.x * int64_t(kStepWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
   if (i >= d.b * d.h * d.p) return;
   const int64_t pi = i % d.p, hh = (i / d.p) % d.h, bi = i / (d.p * d.h), gg = hh / d.hpg;
   float dt = to_f32(a.dt[bi * d.h + hh]) + (a.dt_bias ? a.dt_bias[hh] : 0.0f);
@@ -1859,11 +1862,14 @@ __global__ void ssd_step_kernel(Dims d, SsdArgs<T, float> a, float* states, T* o
   const T* Cv = a.C + (bi * d.g + gg) * d.n;
   float* S = states + i * d.n;
   float y = 0.0f;
-  for (int64_t k = 0; k < d.n; ++k) {
+  for (int64_t k = lane; k < d.n; k += 32) {
     const float s = fmaf(decay, S[k], dt * xv * to_f32(Bv[k]));
     S[k] = s;
     y = fmaf(s, to_f32(Cv[k]), y);
   }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) y += __shfl_xor_sync(0xffffffffu, y, off);
+  if (lane != 0) return;
   if (a.D) y = fmaf(d.D_hp ? a.D[hh * d.p + pi] : a.D[hh], xv, y);
   if (a.z) y *= siluf_(to_f32(a.z[i]));
   out[i] = from_f32<T>(y);
@@ -2282,8 +2288,9 @@ void ssd_step(const SsdShape& shape, DType dtype, const SsdArgs<void, float>& a,
   if (d.b == 0) return;
   cuda_detail::dispatch_f32_bf16(dtype, "ssd_step", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    ssd_step_kernel<T><<<cuda_detail::grid_for(d.b * d.h * d.p, 128), 128, 0, stream>>>(d, typed<T>(a), states,
-                                                                                         static_cast<T*>(out));
+    const int64_t rows = d.b * d.h * d.p;
+    ssd_step_kernel<T><<<unsigned((rows + kStepWarps - 1) / kStepWarps), kStepWarps * 32, 0, stream>>>(
+        d, typed<T>(a), states, static_cast<T*>(out));
     SSM_CUDA_CHECK_LAUNCH();
   });
 }
