@@ -26,6 +26,9 @@ void Event::record(cudaStream_t) { no_cuda("Event::record"); }
 void Event::wait(cudaStream_t) const { no_cuda("Event::wait"); }
 void Event::synchronize() const { no_cuda("Event::synchronize"); }
 float Event::elapsed_ms_since(const Event&) const { no_cuda("Event::elapsed_ms_since"); }
+std::unique_ptr<Graph> Graph::capture(int, cudaStream_t, const std::function<void()>&) { no_cuda("Graph::capture"); }
+Graph::~Graph() = default;
+void Graph::replay(cudaStream_t) const { no_cuda("Graph::replay"); }
 
 }  // namespace ssmtrain
 #endif

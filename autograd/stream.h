@@ -3,10 +3,15 @@
 // Without CUDA these throw (autograd/stream.cpp): no tensor can live on a GPU there.
 #pragma once
 
+#include <functional>
+#include <memory>
+
 #include "autograd/device.h"
 #include "kernels/common.h"
 
 struct CUevent_st;
+struct CUgraph_st;
+struct CUgraphExec_st;
 
 namespace ssmtrain {
 
@@ -72,6 +77,29 @@ class Event {
  private:
   int device_;
   CUevent_st* event_ = nullptr;
+};
+
+// The work `body` enqueues on `stream`, recorded by CUDA stream capture and replayed as one
+// launch, so a step of many small kernels costs one launch instead of one each. The kernels'
+// arguments and memory addresses are frozen at capture: inputs change by copying into the
+// tensors the capture read, and outputs appear in the tensors it wrote.
+class Graph {
+ public:
+  // Captures body() (which must enqueue its work on `stream`, e.g. under a StreamGuard) without
+  // running it. Returns nullptr when the work cannot be captured, for instance because it waits
+  // for the host (a copy to or from host memory); then nothing of it ran and no error remains.
+  static std::unique_ptr<Graph> capture(int device, cudaStream_t stream, const std::function<void()>& body);
+  ~Graph();
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  // Enqueues the recorded work on `stream`.
+  void replay(cudaStream_t stream) const;
+
+ private:
+  Graph(int device, CUgraph_st* graph, CUgraphExec_st* exec) : device_(device), graph_(graph), exec_(exec) {}
+  int device_;
+  CUgraph_st* graph_ = nullptr;
+  CUgraphExec_st* exec_ = nullptr;
 };
 
 }  // namespace ssmtrain

@@ -3,12 +3,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <mutex>
 #include <numeric>
 #include <stdexcept>
 #include <string>
 
 #include "autograd/node.h"
 #include "autograd/ops.h"
+#include "autograd/stream.h"
 #include "kernels/philox.h"
 
 namespace ssmtrain::eval {
@@ -24,6 +27,89 @@ double uniform(uint64_t seed, int64_t sequence, int64_t draw) {
 
 // The logits as host floats (rows, vocab).
 std::vector<float> host_rows(const Tensor& logits) { return cast(to_device(logits, Device::cpu()), DType::f32).to_vector(); }
+
+// Whether LanguageModel::step touches only device memory, so it can be one CUDA graph: the
+// Mamba mixers and the MLP do; attention uploads each sequence's position and MoE routes on
+// the host.
+bool step_is_capturable(const LanguageModel& model) {
+  const ModelOptions& o = model.options();
+  for (int64_t i = 0; i < o.n_layers; ++i) {
+    const LayerKind k = o.layer(i);
+    if (k.mixer == MixerKind::attention || k.ffn == FfnKind::moe) return false;
+  }
+  return true;
+}
+
+#if SSMTRAIN_WITH_CUDA
+// The stream decode graphs are captured and replayed on, one per device for the process: its
+// blocks in the caching allocator serve only the graphs, so nothing else reuses their memory.
+cudaStream_t decode_stream(int device) {
+  static std::mutex mutex;
+  static std::vector<std::unique_ptr<Stream>> streams;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (size_t(device) >= streams.size()) streams.resize(size_t(device) + 1);
+  if (!streams[size_t(device)]) streams[size_t(device)] = std::make_unique<Stream>(device);
+  return streams[size_t(device)]->get();
+}
+#endif
+
+// model.step for the decode loop: eager, or (on a GPU, for a capturable model) the first step
+// eager on the decode stream, the second captured, and every one from then on a replay of
+// that graph with the new ids copied into the tensor the graph reads.
+class Stepper {
+ public:
+  Stepper(const LanguageModel& model, const InferenceCache& cache, int64_t batch, bool try_graph)
+      : model_(model), cache_(cache), device_(model.device()) {
+#if SSMTRAIN_WITH_CUDA
+    if (try_graph && device_.is_cuda() && step_is_capturable(model)) {
+      synchronize(device_.index);  // the prefill (on the current stream) is done
+      stream_ = decode_stream(device_.index);
+      guard_ = std::make_unique<StreamGuard>(device_.index, stream_);
+      ids_ = Tensor::empty({batch}, DType::i64, device_);
+      graphable_ = true;
+    }
+#else
+    (void)batch;
+    (void)try_graph;
+#endif
+  }
+  ~Stepper() {
+    if (graphable_) synchronize(device_.index);  // before the stream guard goes
+  }
+
+  bool graphed() const { return graph_ != nullptr; }
+
+  Tensor operator()(const std::vector<int64_t>& next, const std::vector<int64_t>& positions) {
+    const Tensor host_ids = Tensor::from_vector(next, {int64_t(next.size())});
+    if (!graphable_) return model_.step(to_device(host_ids, device_), cache_, positions);
+    copy_into(ids_, host_ids);
+    if (graph_) {
+      graph_->replay(stream_);
+      return logits_;
+    }
+    if (steps_++ == 1) {  // the first step warmed the allocator's cache and the GEMM workspace
+      graph_ = Graph::capture(device_.index, stream_, [&] { logits_ = model_.step(ids_, cache_, positions); });
+      if (graph_) {
+        graph_->replay(stream_);
+        return logits_;
+      }
+      graphable_ = false;  // not capturable after all: eager from now on, same results
+      logits_ = Tensor();
+    }
+    return model_.step(ids_, cache_, positions);
+  }
+
+ private:
+  const LanguageModel& model_;
+  const InferenceCache& cache_;
+  Device device_;
+  bool graphable_ = false;
+  int64_t steps_ = 0;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<StreamGuard> guard_;
+  std::unique_ptr<Graph> graph_;
+  Tensor ids_, logits_;
+};
 
 }  // namespace
 
@@ -110,16 +196,17 @@ std::vector<Generated> generate(const LanguageModel& model, const std::vector<st
     positions[size_t(i)] = l;
     take(i, sample_token(last.data(), vocab, options.sampling, i, 0));
   }
+  Stepper step(model, cache, batch, options.cuda_graph);
   while (std::find(done.begin(), done.end(), false) != done.end()) {
     // Every row steps (finished ones on their last token, results ignored): one batched call.
-    const std::vector<float> rows =
-        host_rows(model.step(to_device(Tensor::from_vector(next, {batch}), device), cache, positions));  // (b, vocab)
+    const std::vector<float> rows = host_rows(step(next, positions));  // (b, vocab)
     for (int64_t i = 0; i < batch; ++i) {
       if (done[size_t(i)]) continue;
       ++positions[size_t(i)];
       take(i, sample_token(rows.data() + i * vocab, vocab, options.sampling, i, int64_t(out[size_t(i)].tokens.size())));
     }
   }
+  for (Generated& g : out) g.graphed = step.graphed();
   return out;
 }
 

@@ -2,7 +2,8 @@
 // parallel kernels, then every sequence of the batch advances one token per step through the
 // recurrent state (Mamba) and the KV cache (attention). Greedy, temperature, top-k and top-p
 // sampling; the draw for token t of sequence i comes from Philox(seed, (i, t)), so the same
-// seed gives the same text whatever the batch holds besides. Stop tokens end a sequence.
+// seed gives the same text whatever the batch holds besides. Stop tokens end a sequence. On a
+// GPU the decode step of a Mamba stack is one CUDA graph launch.
 #pragma once
 
 #include <cstdint>
@@ -26,11 +27,15 @@ struct GenerateOptions {
   SamplingOptions sampling;
   std::vector<int64_t> stop_tokens;     // generated, it ends the sequence (and is kept as its last token)
   std::optional<DType> compute_dtype;   // default: the parameters' dtype
+  // On a GPU, replay the decode step as one CUDA graph (captured after one eager step) when
+  // every layer's step works on device memory alone (Mamba mixers, MLPs); same tokens either way.
+  bool cuda_graph = true;
 };
 
 struct Generated {
   std::vector<int64_t> tokens;  // the new tokens only
   bool stopped = false;         // ended on a stop token (else: max_new_tokens)
+  bool graphed = false;         // its decode steps replayed a CUDA graph
 };
 
 // Called for each new token as soon as it is chosen: (sequence, token).

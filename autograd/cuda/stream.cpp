@@ -88,4 +88,42 @@ float Event::elapsed_ms_since(const Event& start) const {
   return ms;
 }
 
+std::unique_ptr<Graph> Graph::capture(int device, cudaStream_t stream, const std::function<void()>& body) {
+  DeviceGuard guard(device);
+  // Thread-local mode: other threads' CUDA calls (a checkpoint writer, the data loader) are
+  // not part of the capture and do not break it.
+  SSM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  bool body_failed = false;
+  try {
+    body();
+  } catch (const std::exception&) {
+    body_failed = true;  // e.g. a synchronizing copy: not capturable
+  }
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+  if (body_failed || end != cudaSuccess || !graph) {
+    if (graph) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();  // capture errors are not sticky: clear the last one
+    return nullptr;
+  }
+  cudaGraphExec_t exec = nullptr;
+  if (cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) {
+    (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  return std::unique_ptr<Graph>(new Graph(device, graph, exec));
+}
+
+Graph::~Graph() {
+  if (exec_) (void)cudaGraphExecDestroy(exec_);
+  if (graph_) (void)cudaGraphDestroy(graph_);
+}
+
+void Graph::replay(cudaStream_t stream) const {
+  DeviceGuard guard(device_);
+  SSM_CUDA_CHECK(cudaGraphLaunch(exec_, stream));
+}
+
 }  // namespace ssmtrain
+
