@@ -18,7 +18,7 @@
 #include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
-#include "kernels/cuda/ssd_mma.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/vector_io.cuh"
 #include "kernels/selective_scan.h"
 
@@ -386,9 +386,9 @@ __device__ __forceinline__ void copy_tile_async(const Dims& s, const ScanArgs<T,
     const int64_t t = t0 + k * E;
     const bool valid = t < end;
     const int64_t at = row0 + row * s.seqlen + (valid ? t : 0);
-    ssd_mma::cp_async16(&r.u[row][k * E], a.u + at, valid);
-    ssd_mma::cp_async16(&r.delta[row][k * E], a.delta + at, valid);
-    if (with_z) ssd_mma::cp_async16(&r.z[row][k * E], a.z + at, valid);
+    mma::cp_async_16_unordered(&r.u[row][k * E], a.u + at, valid);
+    mma::cp_async_16_unordered(&r.delta[row][k * E], a.delta + at, valid);
+    if (with_z) mma::cp_async_16_unordered(&r.z[row][k * E], a.z + at, valid);
   }
 #pragma unroll
   for (int c = lane; c < 16 * kChunks; c += 32) {
@@ -396,10 +396,10 @@ __device__ __forceinline__ void copy_tile_async(const Dims& s, const ScanArgs<T,
     const int64_t t = t0 + k * E;
     const bool valid = t < end;
     const int64_t at = state * s.seqlen + (valid ? t : 0);
-    ssd_mma::cp_async16(&r.B[state][k * E], Bg + at, valid);
-    ssd_mma::cp_async16(&r.C[state][k * E], Cg + at, valid);
+    mma::cp_async_16_unordered(&r.B[state][k * E], Bg + at, valid);
+    mma::cp_async_16_unordered(&r.C[state][k * E], Cg + at, valid);
   }
-  ssd_mma::cp_async_commit();
+  mma::cp_async_commit();
 }
 
 // Shared memory of scan_segments_kernel: the staged tiles, then (kAsync) two raw tiles per warp.
@@ -465,9 +465,9 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
     if constexpr (kAsync) {
       if (has_next) copy_tile_async(s, a, row0, Bg, Cg, t0 + kTile, end, with_z, lane, raw[(tile + 1) % 2]);
       if (has_next)
-        ssd_mma::cp_async_wait<1>();  // this tile's copies are done, the next tile's may not be
+        mma::cp_async_wait<1>();  // this tile's copies are done, the next tile's may not be
       else
-        ssd_mma::cp_async_wait<0>();
+        mma::cp_async_wait<0>();
       __syncwarp();  // every lane's copies visible to the warp
       const RawTile<T>& r = raw[tile % 2];
       load_items<kLaneTokens>(&r.u[ch][q * kLaneTokens], 0, kLaneTokens, true, uv);

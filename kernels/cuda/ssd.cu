@@ -11,7 +11,7 @@
 // (no float atomics).
 // Two implementations of (1), (3a), (3b) and forward (3):
 // - bf16 with 16-byte aligned pointers (and n in {64, 128} for the backward): tensor cores,
-//   mma.sync m16n8k16 bf16 with f32 accumulation (kernels/cuda/ssd_mma.cuh), 4-warp blocks;
+//   mma.sync m16n8k16 bf16 with f32 accumulation (kernels/cuda/mma.cuh), 4-warp blocks;
 //   C B^T is computed once per (chunk, tile pair, group) by cb_tc_kernel and read by every
 //   head; the forward scan runs one block per (64-token tile, chunk, head); the backward
 //   blocks loop over a slice of a group's heads, summing dB / dC over the slice in registers

@@ -9,13 +9,13 @@
 #include <cstdint>
 
 #include "kernels/cuda/ssd_common.cuh"
-#include "kernels/cuda/ssd_mma.cuh"
+#include "kernels/cuda/mma.cuh"
 
 namespace ssmtrain::kernels::ssd_detail {
 
 // ---------------------------------------------------------------------------------------
 // Tensor-core path (bf16 activations): the products run as mma.sync m16n8k16 bf16 with f32
-// accumulation (kernels/cuda/ssd_mma.cuh). Operand tiles are bf16 in shared memory with rows
+// accumulation (kernels/cuda/mma.cuh). Operand tiles are bf16 in shared memory with rows
 // padded by 8 elements (16 bytes), so ldmatrix reads are free of bank conflicts. The
 // per-token quantities of every chunk are computed once by tokens_kernel.
 constexpr int kTcThreads = 128;  // 4 warps
@@ -50,7 +50,7 @@ __device__ __forceinline__ void load_rows(bf16* dst, int ld, const bf16* src, in
   const int vec = cols / 8, dr = blockDim.x / vec, dc = (blockDim.x % vec) * 8;
   int r = threadIdx.x / vec, cc = (threadIdx.x % vec) * 8;
   while (r < rows) {
-    ssd_mma::cp_async16(dst + r * ld + cc, r < valid ? src + r * stride + cc : src, r < valid);
+    mma::cp_async_16_unordered(dst + r * ld + cc, r < valid ? src + r * stride + cc : src, r < valid);
     r += dr;
     cc += dc;
     if (cc >= cols) {
@@ -62,7 +62,7 @@ __device__ __forceinline__ void load_rows(bf16* dst, int ld, const bf16* src, in
 
 // Waits for this thread's asynchronous copies, then for the block.
 __device__ __forceinline__ void tile_sync() {
-  ssd_mma::cp_async_wait_all();
+  mma::cp_async_wait_all();
   __syncthreads();
 }
 
@@ -89,8 +89,8 @@ __device__ __forceinline__ void load_state_bf16(bf16* dst, int ld, const float* 
     for (int u = 0; u < kStateBatch; ++u) {
       if (i0 + u * blockDim.x >= total) continue;
       uint2 pk;
-      pk.x = ssd_mma::pack(v[u].x, v[u].y);
-      pk.y = ssd_mma::pack(v[u].z, v[u].w);
+      pk.x = mma::pack_bf16(v[u].x, v[u].y);
+      pk.y = mma::pack_bf16(v[u].z, v[u].w);
       *reinterpret_cast<uint2*>(dst + row * ld + k) = pk;
       row += drow;
       k += dk;
@@ -162,17 +162,17 @@ __device__ __forceinline__ void load_rows_split(bf16* parts, int part_stride, in
 template <int K, int NT = 8>
 __device__ __forceinline__ void warp_abt(float (&acc)[NT][4], const bf16* A, int lda, int ra, const bf16* B,
                                          int ldb) {
-  using namespace ssd_mma;
+  using namespace mma;
 #pragma unroll
   for (int k0 = 0; k0 < K; k0 += 16) {
     uint32_t af[4];
-    ldsm_x4(af, frag_rows16(A, lda, ra, k0));
+    ldmatrix_x4(af, frag_rows16(A, lda, ra, k0));
 #pragma unroll
     for (int j = 0; j < NT / 2; ++j) {
       uint32_t bfr[4];
-      ldsm_x4(bfr, frag_cols16(B, ldb, 16 * j, k0));
-      mma(acc[2 * j], af, bfr[0], bfr[1]);
-      mma(acc[2 * j + 1], af, bfr[2], bfr[3]);
+      ldmatrix_x4(bfr, frag_cols16(B, ldb, 16 * j, k0));
+      mma_bf16_volatile(acc[2 * j], af, bfr[0], bfr[1]);
+      mma_bf16_volatile(acc[2 * j + 1], af, bfr[2], bfr[3]);
     }
   }
 }
@@ -182,26 +182,26 @@ __device__ __forceinline__ void warp_abt(float (&acc)[NT][4], const bf16* A, int
 template <int NT>
 __device__ __forceinline__ void warp_frag_b(float (&acc)[NT][4], const uint32_t (&frags)[4][4], const bf16* B,
                                             int ldb) {
-  using namespace ssd_mma;
+  using namespace mma;
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
     for (int j = 0; j < NT / 2; ++j) {
       uint32_t bfr[4];
-      ldsm_x4_t(bfr, frag_rows16(B, ldb, 16 * kk, 16 * j));
-      mma(acc[2 * j], frags[kk], bfr[0], bfr[1]);
-      mma(acc[2 * j + 1], frags[kk], bfr[2], bfr[3]);
+      ldmatrix_x4_trans(bfr, frag_rows16(B, ldb, 16 * kk, 16 * j));
+      mma_bf16_volatile(acc[2 * j], frags[kk], bfr[0], bfr[1]);
+      mma_bf16_volatile(acc[2 * j + 1], frags[kk], bfr[2], bfr[3]);
     }
 }
 
-// Rows of an A fragment (ldsm_x4 at frag_rows16) scaled and rounded back to bf16: registers 0
+// Rows of an A fragment (ldmatrix_x4 at frag_rows16) scaled and rounded back to bf16: registers 0
 // and 2 hold the lane's row lane / 4, 1 and 3 the row 8 below; wa and wb their factors.
 __device__ __forceinline__ void scale_rows(uint32_t (&af)[4], float wa, float wb) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&af[i]));
     const float w = (i & 1) ? wb : wa;
-    af[i] = ssd_mma::pack(w * v.x, w * v.y);
+    af[i] = mma::pack_bf16(w * v.x, w * v.y);
   }
 }
 
@@ -211,18 +211,18 @@ __device__ __forceinline__ void scale_rows(uint32_t (&af)[4], float wa, float wb
 template <int K, int NT>
 __device__ __forceinline__ void warp_scaled_ab(float (&acc)[NT][4], const bf16* A, int lda, int ra, float wa,
                                                float wb, const bf16* B, int ldb) {
-  using namespace ssd_mma;
+  using namespace mma;
 #pragma unroll
   for (int k0 = 0; k0 < K; k0 += 16) {
     uint32_t af[4];
-    ldsm_x4(af, frag_rows16(A, lda, ra, k0));
+    ldmatrix_x4(af, frag_rows16(A, lda, ra, k0));
     scale_rows(af, wa, wb);
 #pragma unroll
     for (int j = 0; j < NT / 2; ++j) {
       uint32_t bfr[4];
-      ldsm_x4_t(bfr, frag_rows16(B, ldb, k0, 16 * j));
-      mma(acc[2 * j], af, bfr[0], bfr[1]);
-      mma(acc[2 * j + 1], af, bfr[2], bfr[3]);
+      ldmatrix_x4_trans(bfr, frag_rows16(B, ldb, k0, 16 * j));
+      mma_bf16_volatile(acc[2 * j], af, bfr[0], bfr[1]);
+      mma_bf16_volatile(acc[2 * j + 1], af, bfr[2], bfr[3]);
     }
   }
 }
@@ -244,8 +244,8 @@ __device__ __forceinline__ int cb_frag(int j) { return ((static_cast<int>(thread
 // This thread's 32 floats of a tile into dst (a fragment-order tile in shared memory).
 __device__ __forceinline__ void load_cb(float* dst, const float* src) {
 #pragma unroll
-  for (int j = 0; j < 8; ++j) ssd_mma::cp_async16(dst + cb_frag(j), src + cb_frag(j), true);
-  ssd_mma::cp_async_commit();
+  for (int j = 0; j < 8; ++j) mma::cp_async_16_unordered(dst + cb_frag(j), src + cb_frag(j), true);
+  mma::cp_async_commit();
 }
 // This thread's 32 floats of a tile (shared or global memory) into accumulator fragments.
 __device__ __forceinline__ void read_cb(float (&g)[8][4], const float* src) {

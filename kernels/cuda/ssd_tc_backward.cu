@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
                                                                  TokenInfo ti, const float* chunk_states,
                                                                  BwdScratch sc, int hslice, float* dC_part,
                                                                  const float* cbt) {
-  using namespace ssd_mma;
+  using namespace mma;
   constexpr int NP = P / 8, NJ = N / 8, ldx = P + kTcPad, ldn = N + kTcPad;
   extern __shared__ __align__(16) unsigned char smem_tc[];
   const BwdTcSmem L = bwd_tc_smem(N, P);
@@ -208,10 +208,10 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
         }
         rowz_a = fmaf(wm[0], g[j][0], fmaf(wm[1], g[j][1], rowz_a));
         rowz_b = fmaf(wm[2], g[j][2], fmaf(wm[3], g[j][3], rowz_b));
-        pa[j / 2][(j & 1) * 2] = pack(pm[0], pm[1]);
-        pa[j / 2][(j & 1) * 2 + 1] = pack(pm[2], pm[3]);
-        wa[j / 2][(j & 1) * 2] = pack(wm[0], wm[1]);
-        wa[j / 2][(j & 1) * 2 + 1] = pack(wm[2], wm[3]);
+        pa[j / 2][(j & 1) * 2] = pack_bf16(pm[0], pm[1]);
+        pa[j / 2][(j & 1) * 2 + 1] = pack_bf16(pm[2], pm[3]);
+        wa[j / 2][(j & 1) * 2] = pack_bf16(wm[0], wm[1]);
+        wa[j / 2][(j & 1) * 2 + 1] = pack_bf16(wm[2], wm[3]);
       }
       // The next pair's scores, while this one's products run. The warp's reads of cbs are
       // done (__syncwarp orders them before the copy's writes; each thread copies only the
@@ -297,7 +297,7 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
                                                                  SsdGrads<bf16, float> gr, const bf16* dy,
                                                                  TokenInfo ti, BwdScratch sc, int hslice,
                                                                  float* dB_part, const float* cbt) {
-  using namespace ssd_mma;
+  using namespace mma;
   constexpr int NP = P / 8, NJ = N / 8, ldx = P + kTcPad, ldn = N + kTcPad;
   extern __shared__ __align__(16) unsigned char smem_tc[];
   const BwdTcSmem L = bwd_tc_smem(N, P);
@@ -402,10 +402,10 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
         }
         colz_a = fmaf(wm[0], g[j][0], fmaf(wm[1], g[j][1], colz_a));
         colz_b = fmaf(wm[2], g[j][2], fmaf(wm[3], g[j][3], colz_b));
-        ma[j / 2][(j & 1) * 2] = pack(mm[0], mm[1]);
-        ma[j / 2][(j & 1) * 2 + 1] = pack(mm[2], mm[3]);
-        wa[j / 2][(j & 1) * 2] = pack(wm[0], wm[1]);
-        wa[j / 2][(j & 1) * 2 + 1] = pack(wm[2], wm[3]);
+        ma[j / 2][(j & 1) * 2] = pack_bf16(mm[0], mm[1]);
+        ma[j / 2][(j & 1) * 2 + 1] = pack_bf16(mm[2], mm[3]);
+        wa[j / 2][(j & 1) * 2] = pack_bf16(wm[0], wm[1]);
+        wa[j / 2][(j & 1) * 2 + 1] = pack_bf16(wm[2], wm[3]);
       }
       if (tt + 1 < ntiles) {  // the next pair's scores (see the rows kernel)
         __syncwarp();

@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(kThreads) tokens_kernel(Dims d, SsdArgs<T, flo
 template <int PB, int NTW, bool kGrad>
 __global__ void __launch_bounds__(kTcThreads) chunk_state_tc_kernel(Dims d, SsdArgs<bf16, float> a, const bf16* dout,
                                                                     TokenInfo ti, float* out) {
-  using namespace ssd_mma;
+  using namespace mma;
   constexpr int WR = PB / 16, WC = 4 / WR, NB = NTW * 8 * WC;
   constexpr int ldv = PB + kTcPad, ldk = NB + kTcPad;
   __shared__ float w[kMaxChunk];
@@ -80,18 +80,18 @@ __global__ void __launch_bounds__(kTcThreads) chunk_state_tc_kernel(Dims d, SsdA
 #pragma unroll
       for (int part = NS - 1; part >= 0; --part) {
         uint32_t af[4];
-        ldsm_x4_t(af, frag_cols16(vparts[part], ldv, kk * 16, wr * 16));
+        ldmatrix_x4_trans(af, frag_cols16(vparts[part], ldv, kk * 16, wr * 16));
         if constexpr (NTW == 1) {
           uint32_t bfr[2];
-          ldsm_x2_t(bfr, frag_rows16(kt, ldk, kk * 16, wc * 8));
-          mma(acc[0], af, bfr[0], bfr[1]);
+          ldmatrix_x2_trans(bfr, frag_rows16(kt, ldk, kk * 16, wc * 8));
+          mma_bf16_volatile(acc[0], af, bfr[0], bfr[1]);
         } else {
 #pragma unroll
           for (int j = 0; j < NTW / 2; ++j) {
             uint32_t bfr[4];
-            ldsm_x4_t(bfr, frag_rows16(kt, ldk, kk * 16, wc * NTW * 8 + j * 16));
-            mma(acc[2 * j], af, bfr[0], bfr[1]);
-            mma(acc[2 * j + 1], af, bfr[2], bfr[3]);
+            ldmatrix_x4_trans(bfr, frag_rows16(kt, ldk, kk * 16, wc * NTW * 8 + j * 16));
+            mma_bf16_volatile(acc[2 * j], af, bfr[0], bfr[1]);
+            mma_bf16_volatile(acc[2 * j + 1], af, bfr[2], bfr[3]);
           }
         }
       }
@@ -173,7 +173,7 @@ template <int P>
 __global__ void __launch_bounds__(kTcThreads) chunk_scan_tc_kernel(Dims d, SsdArgs<bf16, float> a, TokenInfo ti,
                                                                    const float* chunk_states, const float* cbt,
                                                                    bf16* out) {
-  using namespace ssd_mma;
+  using namespace mma;
   constexpr int NP = P / 8, ldx = P + kTcPad;
   extern __shared__ __align__(16) unsigned char smem_tc[];
   const ScanTcSmem L = scan_tc_smem(d.n, P);
@@ -210,13 +210,13 @@ __global__ void __launch_bounds__(kTcThreads) chunk_scan_tc_kernel(Dims d, SsdAr
   if (carry) {
     for (int k0 = 0; k0 < n; k0 += 16) {
       uint32_t af[4];
-      ldsm_x4(af, frag_rows16(ct, ldn, rw, k0));
+      ldmatrix_x4(af, frag_rows16(ct, ldn, rw, k0));
 #pragma unroll
       for (int j = 0; j < NP / 2; ++j) {
         uint32_t bfr[4];
-        ldsm_x4(bfr, frag_cols16(sin, ldn, 16 * j, k0));
-        mma(y[2 * j], af, bfr[0], bfr[1]);
-        mma(y[2 * j + 1], af, bfr[2], bfr[3]);
+        ldmatrix_x4(bfr, frag_cols16(sin, ldn, 16 * j, k0));
+        mma_bf16_volatile(y[2 * j], af, bfr[0], bfr[1]);
+        mma_bf16_volatile(y[2 * j + 1], af, bfr[2], bfr[3]);
       }
     }
     const float ea = ta < len && (first[ta] & kCarries) ? expf(static_cast<float>(cum[ta])) : 0.0f;
@@ -247,8 +247,8 @@ __global__ void __launch_bounds__(kTcThreads) chunk_scan_tc_kernel(Dims d, SsdAr
     for (int j = 0; j < 8; ++j) {
       float l[4];
       row_decay(l, s0 + 8 * j + 2 * (lane & 3), full, ta, tb, fa, fb, tra, trb, crel, dts);
-      pa[j / 2][(j & 1) * 2] = pack(g[j][0] * l[0], g[j][1] * l[1]);
-      pa[j / 2][(j & 1) * 2 + 1] = pack(g[j][2] * l[2], g[j][3] * l[3]);
+      pa[j / 2][(j & 1) * 2] = pack_bf16(g[j][0] * l[0], g[j][1] * l[1]);
+      pa[j / 2][(j & 1) * 2 + 1] = pack_bf16(g[j][2] * l[2], g[j][3] * l[3]);
     }
     if (st < tile) read_cb(g, cb_tile(d, cbt, 1, bi, c, gg, tile, st + 1, 0));  // in flight during the product
     warp_frag_b<NP>(y, pa, xb[st & 1], ldx);
