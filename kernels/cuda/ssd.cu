@@ -168,7 +168,7 @@ __global__ void ssd_step_kernel(Dims d, SsdArgs<T, float> a, float* states, T* o
   if (i >= d.b * d.h * d.p) return;
   const int64_t pi = i % d.p, hh = (i / d.p) % d.h, bi = i / (d.p * d.h), gg = hh / d.hpg;
   float dt = to_f32(a.dt[bi * d.h + hh]) + (a.dt_bias ? a.dt_bias[hh] : 0.0f);
-  if (d.softplus) dt = softplusf_(dt);
+  if (d.softplus) dt = softplus(dt);
   if (d.limit) dt = fminf(fmaxf(dt, d.dt_min), d.dt_max);
   const float decay = expf(dt * a.A[hh]);
   const float xv = to_f32(a.x[i]);
@@ -182,7 +182,7 @@ __global__ void ssd_step_kernel(Dims d, SsdArgs<T, float> a, float* states, T* o
     y = fmaf(s, to_f32(Cv[k]), y);
   }
   if (a.D) y = fmaf(d.D_hp ? a.D[hh * d.p + pi] : a.D[hh], xv, y);
-  if (a.z) y *= siluf_(to_f32(a.z[i]));
+  if (a.z) y *= silu(to_f32(a.z[i]));
   out[i] = from_f32<T>(y);
 }
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/cuda/activations.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
 #include "kernels/ssd.h"
@@ -19,6 +20,14 @@ namespace ssmtrain::kernels::ssd_detail {
 using cuda_detail::from_f32;
 using cuda_detail::to_f32;
 using bf16 = __nv_bfloat16;
+// The activations (kernels/cuda/activations.cuh): the f32 path and the per-token quantities
+// use Math::accurate; the tensor-core kernels Math::fast for values rounded to bf16 next.
+using cuda_detail::Math;
+using cuda_detail::sigmoid;
+using cuda_detail::silu;
+using cuda_detail::silu_grad;
+using cuda_detail::silu_grad_from;
+using cuda_detail::softplus;
 
 constexpr int kThreads = 256;  // every kernel but the step
 constexpr int kTile = 64;      // tokens per tile of the chunk-scan kernels
@@ -130,19 +139,6 @@ void launch_bwd_rows_cols_tc(const Dims& d, const SsdArgs<bf16, float>& a, const
 // when all SSD kernels lived in one file, so the compiler treats them as it did then.
 namespace {
 
-__device__ __forceinline__ float sigmoidf_(float v) { return 1.0f / (1.0f + expf(-v)); }
-__device__ __forceinline__ float softplusf_(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
-__device__ __forceinline__ float siluf_(float v) { return v * sigmoidf_(v); }
-__device__ __forceinline__ float silu_gradf_(float v) {
-  const float sg = sigmoidf_(v);
-  return sg * (1.0f + v * (1.0f - sg));
-}
-// The tensor-core kernels' versions, for values that are rounded to bf16 next: exp through
-// ex2.approx and an approximate division (2 ulp each) instead of an IEEE division (a dozen
-// instructions each time). Past v = -87 the sigmoid is 0, as its limit.
-__device__ __forceinline__ float sigmoid_fast(float v) { return __fdividef(1.0f, 1.0f + __expf(-v)); }
-__device__ __forceinline__ float silu_grad_from(float v, float sg) { return sg * (1.0f + v * (1.0f - sg)); }
-
 // Per-token quantities of one chunk of one head, in shared memory.
 struct ChunkTokens {
   float dt[kMaxChunk];   // dt after bias, softplus and clamp; 0 past the end
@@ -171,8 +167,8 @@ __device__ void prep_chunk(const Dims& d, const SsdArgs<T, float>& a, int64_t bi
     float v = raw;
     gr = 1.0f;
     if (d.softplus) {
-      v = softplusf_(raw);
-      gr = sigmoidf_(raw);
+      v = softplus(raw);
+      gr = sigmoid(raw);
     }
     if (d.limit) {
       if (!(v > d.dt_min && v < d.dt_max)) gr = 0.0f;

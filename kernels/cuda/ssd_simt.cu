@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Dims d, SsdArgs<T
         if (kGrad) {
           const float e = carries(tk, sl) ? expf(static_cast<float>(tk.cum[sl])) : 0.0f;
           float dy = to_f32(dout[off]);
-          if (a.z) dy *= siluf_(to_f32(a.z[off]));
+          if (a.z) dy *= silu(to_f32(a.z[off]));
           v = e * dy;
         } else {
           v = to_end(tk, sl) * tk.dt[sl] * to_f32(a.x[off]);
@@ -164,7 +164,7 @@ __device__ void load_dy(const Dims& d, const SsdArgs<T, float>& a, const T* dout
     if (r < valid) {
       const int64_t off = d.x(bi, t0 + r, hh) + j;
       v = to_f32(dout[off]);
-      if (a.z) v *= siluf_(to_f32(a.z[off]));
+      if (a.z) v *= silu(to_f32(a.z[off]));
     }
     dst[r * ld + j] = v;
   }
@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(Dims d, SsdArgs<T,
         const int pi = q + 4 * i;
         float y = acc[i];
         if (a.D) y = fmaf(d.D_hp ? a.D[hh * P + pi] : a.D[hh], to_f32(a.x[off + pi]), y);
-        if (a.z) y *= siluf_(to_f32(a.z[off + pi]));
+        if (a.z) y *= silu(to_f32(a.z[off + pi]));
         out[off + pi] = from_f32<T>(y);
       }
     }
@@ -353,7 +353,7 @@ __global__ void __launch_bounds__(kThreads) bwd_rows_kernel(Dims d, SsdArgs<T, f
         const float Dv = a.D ? (d.D_hp ? a.D[hh * P + pi] : a.D[hh]) : 0.0f;
         if (a.z) {
           const float zv = to_f32(a.z[off + pi]);
-          gr.dz[off + pi] = from_f32<T>(to_f32(gr.dout[off + pi]) * fmaf(Dv, xv, ypre[i]) * silu_gradf_(zv));
+          gr.dz[off + pi] = from_f32<T>(to_f32(gr.dout[off + pi]) * fmaf(Dv, xv, ypre[i]) * silu_grad(zv));
         }
         prod[r * (P + 1) + pi] = dyt[r * (P + 1) + pi] * xv;
       }
@@ -469,7 +469,7 @@ __global__ void __launch_bounds__(kThreads) bwd_cols_kernel(Dims d, SsdArgs<T, f
         const float xv = xs[r * (P + 1) + pi];
         const float qv = fmaf(f, dsb[i], mtdy[i]);
         float dy = to_f32(gr.dout[off + pi]);
-        if (a.z) dy *= siluf_(to_f32(a.z[off + pi]));
+        if (a.z) dy *= silu(to_f32(a.z[off + pi]));
         const float Dv = a.D ? (d.D_hp ? a.D[hh * P + pi] : a.D[hh]) : 0.0f;
         gr.dx[off + pi] = from_f32<T>(fmaf(dts, qv, Dv * dy));
         xq = fmaf(xv, qv, xq);

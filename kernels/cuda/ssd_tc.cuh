@@ -13,6 +13,8 @@
 
 namespace ssmtrain::kernels::ssd_detail {
 
+using cuda_detail::exp2_ftz;  // kernels/cuda/activations.cuh
+
 // ---------------------------------------------------------------------------------------
 // Tensor-core path (bf16 activations): the products run as mma.sync m16n8k16 bf16 with f32
 // accumulation (kernels/cuda/mma.cuh). Operand tiles are bf16 in shared memory with rows
@@ -31,14 +33,6 @@ struct TilePair {
   bf16* odd;
   __device__ bf16* operator[](int i) const { return (i & 1) ? odd : even; }
 };
-
-// 2^x in one MUFU.EX2; results below 2^-126 flush to zero (exp2f spends four more
-// instructions keeping them subnormal).
-__device__ __forceinline__ float exp2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
 
 // rows x cols bf16 from global rows (src + r * stride, 16-byte aligned) into dst (row stride
 // ld), zeros from row valid on. cols is a multiple of 8. Asynchronous (cp.async): the tile is
@@ -141,7 +135,7 @@ __device__ __forceinline__ void load_rows_split(bf16* parts, int part_stride, in
           float e = wr * to_f32(xv[j]);
           if (z) {
             const float zj = to_f32(zv[j]);
-            e *= zj * sigmoid_fast(zj);
+            e *= zj * sigmoid<Math::fast>(zj);
           }
 #pragma unroll
           for (int k = 0; k < NS; ++k) {

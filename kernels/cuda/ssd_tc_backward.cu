@@ -57,7 +57,7 @@ __global__ void dy_kernel(const bf16* dout, const bf16* z, int64_t count8, bf16*
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     const float zj = to_f32(zv[j]);
-    o[j] = from_f32<bf16>(to_f32(o[j]) * (zj * sigmoid_fast(zj)));
+    o[j] = from_f32<bf16>(to_f32(o[j]) * (zj * sigmoid<Math::fast>(zj)));
   }
   reinterpret_cast<uint4*>(dy)[i] = v;
 }
@@ -255,7 +255,7 @@ __global__ void __launch_bounds__(kTcThreads) bwd_rows_tc_kernel(Dims d, SsdArgs
             v0 = fmaf(__ldg(Dh + pi * dstep), x0, v0);
             v1 = fmaf(__ldg(Dh + (pi + 1) * dstep), x1, v1);
           }
-          const float sg0 = sigmoid_fast(z0), sg1 = sigmoid_fast(z1);
+          const float sg0 = sigmoid<Math::fast>(z0), sg1 = sigmoid<Math::fast>(z1);
           *reinterpret_cast<__nv_bfloat162*>(gr.dz + off + pi) =
               __floats2bfloat162_rn(dy0 * v0 * silu_grad_from(z0, sg0), dy1 * v1 * silu_grad_from(z1, sg1));
           dy0 *= z0 * sg0;
@@ -442,8 +442,8 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
           float dy0 = __low2float(dov[j]), dy1 = __high2float(dov[j]);
           if (a.z) {
             const float z0 = __low2float(zv[j]), z1 = __high2float(zv[j]);
-            dy0 *= z0 * sigmoid_fast(z0);
-            dy1 *= z1 * sigmoid_fast(z1);
+            dy0 *= z0 * sigmoid<Math::fast>(z0);
+            dy1 *= z1 * sigmoid<Math::fast>(z1);
           }
           v0 = fmaf(__ldg(Dh + pi * dstep), dy0, v0);
           v1 = fmaf(__ldg(Dh + (pi + 1) * dstep), dy1, v1);

@@ -276,8 +276,8 @@ __global__ void __launch_bounds__(kTcThreads) chunk_scan_tc_kernel(Dims d, SsdAr
       }
       if (a.z) {
         const float z0 = __low2float(zv[j]), z1 = __high2float(zv[j]);
-        v0 *= z0 * sigmoid_fast(z0);
-        v1 *= z1 * sigmoid_fast(z1);
+        v0 *= z0 * sigmoid<Math::fast>(z0);
+        v1 *= z1 * sigmoid<Math::fast>(z1);
       }
       *reinterpret_cast<__nv_bfloat162*>(out + off + pi) = __floats2bfloat162_rn(v0, v1);
     }
