@@ -21,6 +21,7 @@
 #include "kernels/cuda/dtype.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/vector_io.cuh"
+#include "kernels/cuda/sum_partials.cuh"
 #include "kernels/selective_scan.h"
 
 namespace ssmtrain::kernels {
@@ -573,7 +574,7 @@ struct BackwardScratch {
 // registers, and the reverse recurrence p_t = a_t (dy_t C_t + p_{t+1}) runs token by token.
 // dB and dC sum over channels: a reduce-scatter over the warp's lanes leaves each lane one
 // (B or C, state) sum of its 8 channels per token; once per tile the block adds its 4 warps
-// in order into one partial per 32 channels, and sum_partials_kernel adds those in order.
+// in order into one partial per 32 channels, and sum_partials (kernels/cuda/sum_partials.cuh) adds those in order.
 constexpr int kPart = 8;               // tokens whose states are kept at a time
 constexpr int kParts = kTile / kPart;
 
@@ -973,19 +974,6 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, 
   }
 }
 
-// out[i] = sum over `parts` partials in order; partial p of element i at in[(outer * parts + p) * inner + i].
-template <typename T>
-__global__ void sum_partials_kernel(const float* in, int64_t outer, int64_t parts, int64_t inner, T* out) {
-  const int64_t total = outer * inner;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t o = idx / inner, i = idx % inner;
-    float sum = 0.0f;
-    for (int64_t p = 0; p < parts; ++p) sum += in[(o * parts + p) * inner + i];
-    out[idx] = from_f32<T>(sum);
-  }
-}
-
 // ---------------------------------------------------------------------------------------
 // Decode step: one thread per (b, d).
 template <typename T>
@@ -1235,19 +1223,15 @@ void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs
       // dB, dC: sum the block partials of each group in block order.
       const int64_t blocks_per_group = s.per_group / R;
       const int64_t bc_inner = s.dstate * s.seqlen;
-      const unsigned grid_sum = cuda_detail::grid_for(s.batch * s.ngroups * bc_inner, 256);
-      sum_partials_kernel<T><<<grid_sum, 256, 0, stream>>>(scratch.dB_partial, s.batch * s.ngroups,
-                                                           blocks_per_group, bc_inner, static_cast<T*>(g.dB));
-      SSM_CUDA_CHECK_LAUNCH();
-      sum_partials_kernel<T><<<grid_sum, 256, 0, stream>>>(scratch.dC_partial, s.batch * s.ngroups,
-                                                           blocks_per_group, bc_inner, static_cast<T*>(g.dC));
-      SSM_CUDA_CHECK_LAUNCH();
+      cuda_detail::sum_partials_by_thread(scratch.dB_partial, s.batch * s.ngroups, blocks_per_group, bc_inner,
+                                          static_cast<T*>(g.dB), stream);
+      cuda_detail::sum_partials_by_thread(scratch.dC_partial, s.batch * s.ngroups, blocks_per_group, bc_inner,
+                                          static_cast<T*>(g.dC), stream);
     });
   });
   // dA, dD, ddelta_bias: sum over the batch in order.
   auto sum_batch = [&](const float* partial, int64_t inner, float* out) {
-    sum_partials_kernel<float><<<cuda_detail::grid_for(inner, 256), 256, 0, stream>>>(partial, 1, s.batch, inner, out);
-    SSM_CUDA_CHECK_LAUNCH();
+    cuda_detail::sum_partials_by_thread(partial, 1, s.batch, inner, out, stream);
   };
   sum_batch(scratch.dA_partial, s.dim * s.dstate, g.dA);
   if (g.dD) sum_batch(scratch.dD_partial, s.dim, g.dD);

@@ -15,7 +15,7 @@
 //   C B^T is computed once per (chunk, tile pair, group) by cb_tc_kernel and read by every
 //   head; the forward scan runs one block per (64-token tile, chunk, head); the backward
 //   blocks loop over a slice of a group's heads, summing dB / dC over the slice in registers
-//   and over slices in order (sum_slices_kernel).
+//   and over slices in order (kernels/cuda/sum_partials.cuh).
 // - otherwise (f32, and the remaining bf16 shapes): f32 CUDA cores from shared memory, one
 //   block per (tile, chunk, group) looping over the group's heads (C B^T computed once).
 // Glossary: b batch, l length, h heads, p head dim, n state size, g groups, Q chunk length.
@@ -36,6 +36,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
 #include "kernels/cuda/ssd_common.cuh"
+#include "kernels/cuda/sum_partials.cuh"
 #include "kernels/ssd.h"
 
 namespace ssmtrain::kernels::ssd_detail {
@@ -146,18 +147,6 @@ __global__ void __launch_bounds__(kThreads) bwd_dt_kernel(Dims d, SsdArgs<T, flo
     sc.dA_part[(bi * d.nc + c) * d.h + hh] = dA;
     sc.dbias_part[(bi * d.nc + c) * d.h + hh] = dbias;
   }
-}
-
-// out[i] = the sum of the partials part[o * inner + i * fold + f] over o < outer and
-// f < fold (fold > 1: D of shape (h) from (h, p) partials). One block per output: each thread
-// adds a fixed strided share in order, then a fixed-order block sum (no float atomics).
-__global__ void __launch_bounds__(kThreads) sum_partials_kernel(const float* part, int64_t outer, int64_t inner,
-                                                                int64_t fold, float* out) {
-  const int64_t i = blockIdx.x;
-  float sum = 0.0f;
-  for (int64_t j = threadIdx.x; j < outer * fold; j += kThreads) sum += part[(j / fold) * inner + i * fold + j % fold];
-  sum = cuda_detail::block_sum(sum);
-  if (threadIdx.x == 0) out[i] = sum;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -445,20 +434,14 @@ void ssd_backward(const SsdShape& shape, DType dtype, const SsdArgs<void, float>
     SSM_CUDA_CHECK_LAUNCH();
   });
   const int64_t outer = d.b * d.nc;
-  sum_partials_kernel<<<static_cast<unsigned>(d.h), kThreads, 0, stream>>>(sc.dA_part, outer, d.h, 1, g.dA);
-  SSM_CUDA_CHECK_LAUNCH();
-  if (g.ddt_bias) {
-    sum_partials_kernel<<<static_cast<unsigned>(d.h), kThreads, 0, stream>>>(sc.dbias_part, outer, d.h, 1, g.ddt_bias);
-    SSM_CUDA_CHECK_LAUNCH();
-  }
+  // Per-block partials in a fixed order, one block per output (kernels/cuda/sum_partials.cuh).
+  cuda_detail::sum_partials_by_block(sc.dA_part, 1, outer, d.h, g.dA, kThreads, stream);
+  if (g.ddt_bias) cuda_detail::sum_partials_by_block(sc.dbias_part, 1, outer, d.h, g.ddt_bias, kThreads, stream);
   if (g.dD) {
     // Over (b, nc, tile) per element of (h, p), then over p for D of shape (h).
     float* dD_hp = d.D_hp ? g.dD : sc.dD_hp;
-    sum_partials_kernel<<<static_cast<unsigned>(d.h * d.p), kThreads, 0, stream>>>(sc.dD_part, outer * d.ntt,
-                                                                                   d.h * d.p, 1, dD_hp);
-    SSM_CUDA_CHECK_LAUNCH();
-    if (!d.D_hp) sum_partials_kernel<<<static_cast<unsigned>(d.h), kThreads, 0, stream>>>(dD_hp, 1, d.h * d.p, d.p, g.dD);
-    SSM_CUDA_CHECK_LAUNCH();
+    cuda_detail::sum_partials_by_block(sc.dD_part, 1, outer * d.ntt, d.h * d.p, dD_hp, kThreads, stream);
+    if (!d.D_hp) cuda_detail::sum_partials_by_block(dD_hp, d.h, d.p, 1, g.dD, kThreads, stream);
   }
   SSM_CUDA_CHECK(cudaFreeAsync(pool, stream));
 }

@@ -8,6 +8,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/ssd_common.cuh"
 #include "kernels/cuda/ssd_tc.cuh"
+#include "kernels/cuda/sum_partials.cuh"
 
 namespace ssmtrain::kernels::ssd_detail {
 namespace {
@@ -15,7 +16,7 @@ namespace {
 // ---------------------------------------------------------------------------------------
 // Backward (3a, 3b) on tensor cores. Heads are split into slices of hslice heads; a block
 // loops over its slice and accumulates dC (rows) or dB (cols) over those heads in registers.
-// With several slices, each writes an f32 partial (slices, b, l, g, n) that sum_slices_kernel
+// With several slices, each writes an f32 partial (slices, b, l, g, n) that sum_partials
 // adds in slice order. N is the state size (64 or 128 here: dC and dB live in registers).
 
 // Shared memory of the backward tensor-core kernels, in bytes. Rows kernel: big0 / big1 the
@@ -477,14 +478,6 @@ __global__ void __launch_bounds__(kTcThreads) bwd_cols_tc_kernel(Dims d, SsdArgs
   store_group_rows(d, dB, bi, c0, gg, sa, len, slice, nslices, gr.dB, dB_part);
 }
 
-// out (count) = sum over slices in order of part (slices, count), as bf16.
-__global__ void sum_slices_kernel(const float* part, int64_t slices, int64_t count, bf16* out) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= count) return;
-  float sum = 0.0f;
-  for (int64_t s = 0; s < slices; ++s) sum += part[s * count + i];
-  out[i] = from_f32<bf16>(sum);
-}
 
 }  // namespace
 
@@ -519,10 +512,9 @@ void launch_bwd_rows_cols_tc(const Dims& d, const SsdArgs<bf16, float>& a, const
   });
   if (nslices > 1) {
     const int64_t count = d.b * d.l * d.g * d.n;
-    sum_slices_kernel<<<cuda_detail::grid_for(count, 256), 256, 0, stream>>>(dB_part, nslices, count, g.dB);
-    SSM_CUDA_CHECK_LAUNCH();
-    sum_slices_kernel<<<cuda_detail::grid_for(count, 256), 256, 0, stream>>>(dC_part, nslices, count, g.dC);
-    SSM_CUDA_CHECK_LAUNCH();
+    // out (count) = the slices' partials (slices, count) summed in slice order, as bf16.
+    cuda_detail::sum_partials_by_thread(dB_part, 1, nslices, count, g.dB, stream);
+    cuda_detail::sum_partials_by_thread(dC_part, 1, nslices, count, g.dC, stream);
   }
 }
 
