@@ -22,7 +22,8 @@
 // Files: ssd_common.cuh (shared sizes, token quantities, launcher declarations), ssd_simt.cu
 // (the f32 CUDA-core kernels), ssd_tc.cuh (tensor-core tile helpers), ssd_tc_forward.cu and
 // ssd_tc_backward.cu (the tensor-core kernels); this file keeps the kernels both paths share
-// (state passing, backward (4), the partial sums, the decode step) and the dispatch.
+// (state passing, backward (4), the decode step) and the dispatch. The per-block partials of
+// dA, dD and ddt_bias are summed by kernels/cuda/sum_partials.cuh.
 #include <cuda_bf16.h>
 
 #include <algorithm>
