@@ -7,11 +7,10 @@
 #include <vector>
 
 #include "kernels/causal_conv1d.h"
+#include "kernels/cpu/activations.h"
 
 namespace ssmtrain::kernels::cpu {
 namespace {
-
-template <typename T> T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
 
 void check_shape(const Conv1dShape& s, const char* op) {
   if (s.batch < 0 || s.dim < 0 || s.seqlen < 0 || s.width < 2 || s.width > 4)

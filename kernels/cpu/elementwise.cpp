@@ -6,6 +6,8 @@
 #include <cmath>
 #include <string>
 
+#include "kernels/cpu/activations.h"
+
 namespace ssmtrain::kernels::cpu {
 
 namespace {
@@ -20,16 +22,6 @@ void check_count(const char* op, int64_t n) {
 
 constexpr double kInvSqrt2 = 0.70710678118654752440;
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;
-
-// 1 / (1 + exp(-x)) without overflow for large |x|.
-double sigmoid(double x) {
-  if (x >= 0) return 1.0 / (1.0 + std::exp(-x));
-  const double e = std::exp(x);
-  return e / (1.0 + e);
-}
-
-// log(1 + exp(x)), exact to double for every x (x itself once exp(-x) is negligible).
-double softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
 
 double unary_value(UnaryOp op, double x) {
   switch (op) {

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <string>
 
+#include "kernels/cpu/activations.h"
+
 namespace ssmtrain::kernels::cpu {
 
 namespace {
@@ -14,8 +16,6 @@ void check_sizes(const char* op, int64_t rows, int64_t d, int64_t group_size) {
     throw KernelError(std::string(op) + ": bad sizes (rows " + std::to_string(rows) + ", d " + std::to_string(d) +
                       ", group_size " + std::to_string(group_size) + "); group_size must divide d");
 }
-
-double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
 
 // The gated input u = y * silu(z) (y when z is null), in double.
 template <typename T>

@@ -6,13 +6,11 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/activations.h"
 #include "kernels/selective_scan.h"
 
 namespace ssmtrain::kernels::cpu {
 namespace {
-
-template <typename T> T softplus(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
-template <typename T> T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 
 void check_shape(const ScanShape& s, const char* op) {
   if (s.batch < 0 || s.dim < 0 || s.seqlen < 0 || s.dstate < 1 || s.ngroups < 1 ||

@@ -7,19 +7,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/activations.h"
 #include "kernels/ssd.h"
 
 namespace ssmtrain::kernels::cpu {
 namespace {
-
-template <typename T> T softplus(T v) { return v > T(20) ? v : std::log1p(std::exp(v)); }
-template <typename T> T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
-template <typename T> T silu(T v) { return v * sigmoid(v); }
-// d silu(v) / dv
-template <typename T> T silu_grad(T v) {
-  const T sg = sigmoid(v);
-  return sg * (T(1) + v * (T(1) - sg));
-}
 
 void check_shape(const SsdShape& s, const char* op) {
   if (s.batch < 0 || s.seqlen < 0 || s.nheads < 1 || s.headdim < 1 || s.dstate < 1 || s.ngroups < 1 ||

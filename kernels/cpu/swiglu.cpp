@@ -5,6 +5,8 @@
 #include <cmath>
 #include <string>
 
+#include "kernels/cpu/activations.h"
+
 namespace ssmtrain::kernels::cpu {
 
 namespace {
@@ -14,8 +16,6 @@ void check_sizes(const char* op, int64_t rows, int64_t f) {
     throw KernelError(std::string(op) + ": negative size (rows " + std::to_string(rows) + ", f " +
                       std::to_string(f) + ")");
 }
-
-double sigmoid(double g) { return 1.0 / (1.0 + std::exp(-g)); }
 
 }  // namespace
 

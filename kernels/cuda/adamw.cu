@@ -17,6 +17,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
 #include "kernels/cuda/vector_io.cuh"
+#include "kernels/cuda/sum_partials.cuh"
 
 namespace ssmtrain::kernels::cuda {
 namespace {
@@ -118,18 +119,6 @@ __global__ void sum_squares_chunks_kernel(const ListSlot* slots, int count, int6
     const float total = block_sum(local);
     if (threadIdx.x == 0) partials[chunk] = total;
   }
-}
-
-struct DoubleSum {
-  __device__ __forceinline__ double operator()(double a, double b) const { return a + b; }
-};
-
-// *result = sum of partials (n), strided per thread in order, then the fixed block tree.
-__global__ void sum_partials_kernel(const float* partials, int64_t n, float* result) {
-  double local = 0.0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) local += partials[i];
-  const double total = block_allreduce(local, DoubleSum{}, 0.0);
-  if (threadIdx.x == 0) *result = static_cast<float>(total);
 }
 
 template <typename T>
@@ -237,8 +226,8 @@ void sum_squares(DType dtype, const void* const* tensors, const int64_t* numels,
     sum_squares_chunks_kernel<T><<<grid_for_chunks(total_chunks), kThreads, 0, s>>>(device, int(slots.size()),
                                                                                    total_chunks, partials);
     SSM_CUDA_CHECK_LAUNCH();
-    sum_partials_kernel<<<1, kFinalThreads, 0, s>>>(partials, total_chunks, result);
-    SSM_CUDA_CHECK_LAUNCH();
+    // *result = the partials summed in double by one block, strided per thread in order.
+    cuda_detail::sum_partials_by_block<double>(partials, 1, total_chunks, 1, result, kFinalThreads, s);
     SSM_CUDA_CHECK(cudaFreeAsync(partials, s));
     SSM_CUDA_CHECK(cudaFreeAsync(device, s));
   });

@@ -32,6 +32,7 @@
 
 #include "kernels/cuda/attention_flash.cuh"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/mma.cuh"
 
 namespace ssmtrain::kernels::cuda_detail {
 namespace {
@@ -45,89 +46,20 @@ constexpr int kThreads = 32 * kWarps;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// ---- PTX wrappers ----
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared without blocking; writes zeros (and reads nothing) when !valid.
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-// 4 bytes likewise (per-position values: lse, delta, document ids).
-__device__ __forceinline__ void cp_async_4(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(valid ? 4 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most `pending` of this thread's most recently committed groups are in flight.
-template <int pending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory");
-}
-
-// Four 8x8 bf16 matrices; lane i gives the address of row i % 8 of matrix i / 8, and register r
-// receives matrix r (lane holds row lane / 4, columns 2 (lane % 4) and + 1; with .trans the
-// matrix is transposed first).
-// `addr` is a shared-state-space address (smem_u32 of the lane's row).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// d (16 x 8, f32) += a (16 x 16, bf16, row-major) * b (16 x 8, bf16, column-major).
-// Fragments (gr = lane / 4, tq = lane % 4): a[0] rows gr, cols 2tq..+1; a[1] rows gr + 8, same
-// cols; a[2], a[3] the same rows at cols + 8. b0: k rows 2tq..+1 of column gr; b1: k + 8.
-// d[0], d[1]: row gr, cols 2tq, 2tq + 1; d[2], d[3]: row gr + 8.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two floats as bf16x2, lo in the low half (the lower column of an operand).
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// An A operand (16 x 16) from two adjacent 16 x 8 accumulators c0 (columns 0..7) and c1 (8..15):
-// how P and dS, computed as matmul outputs, feed the next matmul without leaving registers.
-__device__ __forceinline__ void accumulators_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
-  a[0] = pack_bf16(c0[0], c0[1]);
-  a[1] = pack_bf16(c0[2], c0[3]);
-  a[2] = pack_bf16(c1[0], c1[1]);
-  a[3] = pack_bf16(c1[2], c1[3]);
-}
-
-// Where this lane points ldmatrix.x4 inside a 16 x 16 block of a [row][col] shared tile.
-//   a_row, a_col: matrix i covers rows 8 (i % 2).., cols 8 (i / 2)..: the registers are an A
-//     operand of [m][k] storage, and with .trans the B operands of two n8 blocks (cols 0..7 in
-//     registers 0, 1; cols 8..15 in 2, 3) of [k][n] storage.
-//   b_row, b_col: matrix i covers rows 8 (i / 2).., cols 8 (i % 2)..: the B operands of two n8
-//     blocks (rows 0..7 in registers 0, 1; rows 8..15 in 2, 3) of [n][k] storage.
-struct LaneOffsets {
-  int a_row, a_col, b_row, b_col;
-};
-__device__ __forceinline__ LaneOffsets lane_offsets(int lane) {
-  return {lane % 16, (lane / 16) * 8, lane % 8 + (lane / 16) * 8, ((lane / 8) % 2) * 8};
-}
-// Bytes from a tile's element (0, 0) to (row, col), rows kStride elements apart.
-template <int kStride>
-__device__ __forceinline__ constexpr uint32_t tile_offset(int row, int col) {
-  return static_cast<uint32_t>((row * kStride + col) * sizeof(bf16));
-}
+// The warp-level primitives (kernels/cuda/mma.cuh).
+using mma::accumulators_to_a;
+using mma::cp_async_16;
+using mma::cp_async_4;
+using mma::cp_async_commit;
+using mma::cp_async_wait;
+using mma::lane_offsets;
+using mma::LaneOffsets;
+using mma::ldmatrix_x4;
+using mma::ldmatrix_x4_trans;
+using mma::mma_bf16;
+using mma::pack_bf16;
+using mma::smem_addr;
+using mma::tile_offset;
 
 // ---- tiles ----
 
@@ -282,9 +214,9 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_kernel(FlashParams 
   cp_async_commit();
   // Shared addresses of this lane's ldmatrix rows; blocks and stages add constant offsets.
   constexpr uint32_t kStageBytes = kBlockN * kStride * sizeof(bf16);
-  const uint32_t q_a = smem_u32(q_s + (16 * warp + lo.a_row) * kStride + lo.a_col);  // A: this warp's queries
-  const uint32_t k_b = smem_u32(k_s + lo.b_row * kStride + lo.b_col);               // B from [n][k]: keys
-  const uint32_t v_t = smem_u32(v_s + lo.a_row * kStride + lo.a_col);               // B from [k][n]: values
+  const uint32_t q_a = smem_addr(q_s + (16 * warp + lo.a_row) * kStride + lo.a_col);  // A: this warp's queries
+  const uint32_t k_b = smem_addr(k_s + lo.b_row * kStride + lo.b_col);               // B from [n][k]: keys
+  const uint32_t v_t = smem_addr(v_s + lo.a_row * kStride + lo.a_col);               // B from [k][n]: values
   cp_async_wait<1>();  // q has landed
   __syncthreads();
   uint32_t qf[DH / 16][4];  // this warp's (16, DH) queries as A operands, one per 16 of dh
@@ -457,11 +389,11 @@ __global__ void __launch_bounds__(kThreads, 1) flash_dq_kernel(FlashParams p) {
   cp_async_commit();
 
   constexpr uint32_t kStageBytes = kBlockN * kStride * sizeof(bf16);
-  const uint32_t q_a = smem_u32(q_s + (16 * warp + lo.a_row) * kStride + lo.a_col);    // A: this warp's queries
-  const uint32_t do_a = smem_u32(do_s + (16 * warp + lo.a_row) * kStride + lo.a_col);  // A: their output grads
-  const uint32_t k_b = smem_u32(k_s + lo.b_row * kStride + lo.b_col);                 // B from [n][k]: keys
-  const uint32_t v_b = smem_u32(v_s + lo.b_row * kStride + lo.b_col);                 // B from [n][k]: values
-  const uint32_t k_t = smem_u32(k_s + lo.a_row * kStride + lo.a_col);                 // B from [k][n]: keys
+  const uint32_t q_a = smem_addr(q_s + (16 * warp + lo.a_row) * kStride + lo.a_col);    // A: this warp's queries
+  const uint32_t do_a = smem_addr(do_s + (16 * warp + lo.a_row) * kStride + lo.a_col);  // A: their output grads
+  const uint32_t k_b = smem_addr(k_s + lo.b_row * kStride + lo.b_col);                 // B from [n][k]: keys
+  const uint32_t v_b = smem_addr(v_s + lo.b_row * kStride + lo.b_col);                 // B from [n][k]: values
+  const uint32_t k_t = smem_addr(k_s + lo.a_row * kStride + lo.a_col);                 // B from [k][n]: keys
   float dq[DH / 8][4] = {};  // (16, DH) accumulator of dS K
   for (int stage = 0; kt < n_kt; stage ^= 1) {
     const int next = next_tile(kt + 1);
@@ -591,12 +523,12 @@ __global__ void __launch_bounds__(kThreads, 1) flash_dkdv_kernel(FlashParams p) 
   cp_async_commit();
 
   constexpr uint32_t kStageBytes = kBlockM * kStride * sizeof(bf16);
-  const uint32_t k_a = smem_u32(k_s + (16 * warp + lo.a_row) * kStride + lo.a_col);  // A: this warp's keys
-  const uint32_t v_a = smem_u32(v_s + (16 * warp + lo.a_row) * kStride + lo.a_col);  // A: their values
-  const uint32_t q_b = smem_u32(q_s + lo.b_row * kStride + lo.b_col);                // B from [n][k]: queries
-  const uint32_t do_b = smem_u32(do_s + lo.b_row * kStride + lo.b_col);              // B from [n][k]: output grads
-  const uint32_t q_t = smem_u32(q_s + lo.a_row * kStride + lo.a_col);                // B from [k][n]: queries
-  const uint32_t do_t = smem_u32(do_s + lo.a_row * kStride + lo.a_col);              // B from [k][n]: output grads
+  const uint32_t k_a = smem_addr(k_s + (16 * warp + lo.a_row) * kStride + lo.a_col);  // A: this warp's keys
+  const uint32_t v_a = smem_addr(v_s + (16 * warp + lo.a_row) * kStride + lo.a_col);  // A: their values
+  const uint32_t q_b = smem_addr(q_s + lo.b_row * kStride + lo.b_col);                // B from [n][k]: queries
+  const uint32_t do_b = smem_addr(do_s + lo.b_row * kStride + lo.b_col);              // B from [n][k]: output grads
+  const uint32_t q_t = smem_addr(q_s + lo.a_row * kStride + lo.a_col);                // B from [k][n]: queries
+  const uint32_t do_t = smem_addr(do_s + lo.a_row * kStride + lo.a_col);              // B from [k][n]: output grads
   float dk[DH / 8][4] = {}, dv[DH / 8][4] = {};  // (16, DH) accumulators of dS^T Q and P^T dO
   for (int stage = 0; it < n_items; stage ^= 1) {
     const int next = next_item(it + 1);

@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "kernels/causal_conv1d.h"
+#include "kernels/cuda/activations.cuh"
 #include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
@@ -104,9 +105,10 @@ __device__ __forceinline__ void load_window(const T* row, int64_t t0, int64_t l,
 }
 
 
-// Fast exp and reciprocal (a few instructions, relative error ~1e-6): the kernels would
-// otherwise spend more time on IEEE division than on memory. Tends to 0 / 1 at the extremes.
-__device__ __forceinline__ float sigmoid(float v) { return __fdividef(1.0f, 1.0f + __expf(-v)); }
+// The SiLU's sigmoid with fast exp and reciprocal (Math::fast, kernels/cuda/activations.cuh):
+// the kernels would otherwise spend more time on IEEE division than on memory.
+using cuda_detail::Math;
+using cuda_detail::sigmoid;
 
 // Which taps reach across no document boundary. For N outputs whose windows start at x
 // window index j (output j's taps are x window j .. j+W-1, the last being the output's own
@@ -186,7 +188,7 @@ __global__ void __launch_bounds__(kMaxThreads, kDocs ? 6 : 8)
       if constexpr (kDocs) acc = reach[i][k] ? fmaf(weight[k], xw[i + k], acc) : acc;
       else acc = fmaf(weight[k], xw[i + k], acc);
     }
-    y[i] = s.silu ? acc * sigmoid(acc) : acc;
+    y[i] = s.silu ? acc * sigmoid<Math::fast>(acc) : acc;
   }
   store_items(out + p.row * l, p.t0, l, s.aligned, y);
 }
@@ -263,7 +265,7 @@ __global__ void __launch_bounds__(kMaxThreads, kDocs ? 6 : 8)
       float pre = bias;
 #pragma unroll
       for (int k = 0; k < W; ++k) pre = reach[j][k] ? fmaf(weight[k], xw[j + k], pre) : pre;
-      const float sg = sigmoid(pre);
+      const float sg = sigmoid<Math::fast>(pre);
       dpre[j] *= sg * fmaf(pre, 1.0f - sg, 1.0f);
     }
     if (j < K) {
@@ -344,7 +346,7 @@ __global__ void conv_step_kernel(Dims s, Conv1dArgs<T, float> a, const T* x, T* 
   float acc = a.bias ? a.bias[c] : 0.0f;
 #pragma unroll
   for (int k = 0; k < W; ++k) acc = fmaf(a.weight[c * W + k], window[k], acc);
-  out[i] = from_f32<T>(s.silu ? acc * sigmoid(acc) : acc);
+  out[i] = from_f32<T>(s.silu ? acc * sigmoid<Math::fast>(acc) : acc);
 #pragma unroll
   for (int k = 0; k < H; ++k) st[k] = from_f32<T>(window[k + 1]);
 }

@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "kernels/cuda/activations.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
 #include "kernels/cuda/layout.cuh"
@@ -22,9 +23,12 @@ using cuda_detail::strided_offset;
 using cuda_detail::to_f32;
 
 constexpr int kThreads = 256;
-constexpr float kSoftplusThreshold = 20.0f;  // softplus(x) = x above this, as on the CPU
 
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+// The activations (kernels/cuda/activations.cuh), accurate to the f32 rounding.
+using cuda_detail::kSoftplusThreshold;
+using cuda_detail::sigmoid;
+using cuda_detail::silu;
+using cuda_detail::softplus;
 
 // y = op(x).
 __device__ __forceinline__ float unary_value(UnaryOp op, float x) {
@@ -32,9 +36,9 @@ __device__ __forceinline__ float unary_value(UnaryOp op, float x) {
     case UnaryOp::neg: return -x;
     case UnaryOp::exp: return expf(x);
     case UnaryOp::log: return logf(x);
-    case UnaryOp::silu: return x * sigmoid(x);
+    case UnaryOp::silu: return silu(x);
     case UnaryOp::gelu: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    case UnaryOp::softplus: return x > kSoftplusThreshold ? x : log1pf(expf(x));
+    case UnaryOp::softplus: return softplus(x);
     case UnaryOp::sigmoid: return sigmoid(x);
     case UnaryOp::sqrt: return sqrtf(x);
     case UnaryOp::square: return x * x;

@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "kernels/cuda/activations.cuh"
 #include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
@@ -26,8 +27,8 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kRowsPerBlock = 16;  // backward: rows per block (dweight partials per block)
 constexpr int kBatch = 4;          // elements per thread loaded before any is used
 
-// 0 below v = -87, its limit.
-__device__ __forceinline__ float sigmoidf_(float v) { return __fdividef(1.0f, 1.0f + __expf(-v)); }
+using cuda_detail::Math;
+using cuda_detail::sigmoid;  // kernels/cuda/activations.cuh
 
 // v[u] = src[base + j] for this thread's batch of elements j = j0 + u kThreads below n.
 template <typename T>
@@ -69,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) norm_forward_kernel(const T* y, cons
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int j = j0 + u * kThreads;
-      if (j < n) u_s[j] = z ? yv[u] * (zv[u] * sigmoidf_(zv[u])) : yv[u];
+      if (j < n) u_s[j] = z ? yv[u] * (zv[u] * sigmoid<Math::fast>(zv[u])) : yv[u];
     }
   }
   __syncthreads();
@@ -118,7 +119,7 @@ __global__ void __launch_bounds__(kThreads) norm_backward_kernel(const T* y, con
       for (int u = 0; u < kBatch; ++u) {
         const int j = j0 + u * kThreads;
         if (j >= n) continue;
-        const float uu = z ? yv[u] * (zv[u] * sigmoidf_(zv[u])) : yv[u];
+        const float uu = z ? yv[u] * (zv[u] * sigmoid<Math::fast>(zv[u])) : yv[u];
         u_s[j] = uu;
         wd_s[j] = wv[u] * go[u];
         dw_s[j] = fmaf(go[u] * uu, sv[u], dw_s[j]);  // this thread's column only
@@ -142,7 +143,7 @@ __global__ void __launch_bounds__(kThreads) norm_backward_kernel(const T* y, con
         const float mean_dot = g_s[gi] / static_cast<float>(gsize);
         const float du = s * (wd_s[j] - u_s[j] * s * s * mean_dot);
         if (z) {
-          const float sg = sigmoidf_(zv[u]);
+          const float sg = sigmoid<Math::fast>(zv[u]);
           dy[base + j] = from_f32<T>(du * zv[u] * sg);
           dz[base + j] = from_f32<T>(du * yv[u] * sg * (1.0f + zv[u] * (1.0f - sg)));
         } else {

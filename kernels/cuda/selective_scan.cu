@@ -15,11 +15,13 @@
 #include <initializer_list>
 #include <type_traits>
 
+#include "kernels/cuda/activations.cuh"
 #include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
-#include "kernels/cuda/ssd_mma.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/vector_io.cuh"
+#include "kernels/cuda/sum_partials.cuh"
 #include "kernels/selective_scan.h"
 
 namespace ssmtrain::kernels {
@@ -111,23 +113,13 @@ __device__ __forceinline__ void block_scan_both(Affine fwd, Affine rev, Affine* 
   *rev_total = all_r;
 }
 
-// 2^x through the special-function unit (ex2.approx.ftz, 2 ulp; results below 2^-126 flush
-// to zero, where a decay is zero for every purpose).
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// softplus and sigmoid through the special-function unit (relative error ~1e-6): used where
-// they are a visible share of the work.
-__device__ __forceinline__ float fast_softplus(float x) {
-  return x > 20.0f ? x : (x < -15.0f ? __expf(x) : __logf(1.0f + __expf(x)));
-}
-__device__ __forceinline__ float fast_sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
-
-__device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(__expf(x)); }
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
+// The activations and 2^x (kernels/cuda/activations.cuh): softplus and sigmoid entirely on the
+// special-function unit (Math::fast) where they are a visible share of the work, with exp from
+// it (Math::fast_exp) elsewhere.
+using cuda_detail::exp2_ftz;
+using cuda_detail::Math;
+using cuda_detail::sigmoid;
+using cuda_detail::softplus;
 
 struct Dims {
   int64_t batch, dim, seqlen, dstate, ngroups, per_group, nchunks;
@@ -153,7 +145,7 @@ struct ChannelChunk {
     for (int i = 0; i < K; ++i) {
       const int64_t t = t0 + i;
       float v = delta[i] + bias;
-      if (s.softplus) v = softplus(v);
+      if (s.softplus) v = softplus<Math::fast_exp>(v);
       // Past the end, dt = 0 makes the step the identity (a = 1, b = 0), so padding neither
       // decays the state nor its gradient, and adds nothing to dA.
       dt[i] = t < s.seqlen ? v : 0.0f;
@@ -206,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(Dims s, ScanArgs
       Affine mine{1.0f, 0.0f};
 #pragma unroll
       for (int i = 0; i < K; ++i) {
-        av[i] = ch.reset[i] ? 0.0f : fast_exp2(ch.dt[i] * A2);
+        av[i] = ch.reset[i] ? 0.0f : exp2_ftz(ch.dt[i] * A2);
         Bv[i] *= ch.dtu[i];  // now b_t
         mine = compose(mine, Affine{av[i], Bv[i]});
       }
@@ -226,7 +218,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(Dims s, ScanArgs
       float z[K];
       load_items<K>(a.z + row, t0, s.seqlen, aligned, z);
 #pragma unroll
-      for (int i = 0; i < K; ++i) y[i] *= z[i] * sigmoid(z[i]);
+      for (int i = 0; i < K; ++i) y[i] *= z[i] * sigmoid<Math::fast_exp>(z[i]);
     }
     store_items<K>(out + row, t0, s.seqlen, aligned, y);
     __syncthreads();  // carried[] complete before the next chunk reads it
@@ -345,7 +337,7 @@ __device__ __forceinline__ void run_tile(SegmentSmem& sh, int warp, int ch, int 
       const bool reset = kReset && sh.reset[warp][i];
 #pragma unroll
       for (int j = 0; j < kLaneStates; ++j) {
-        float decay = fast_exp2(dts[k] * A2[j]);
+        float decay = exp2_ftz(dts[k] * A2[j]);
         if constexpr (kReset) decay = reset ? 0.0f : decay;
         x[j] = fmaf(decay, x[j], Bs[j] * dtus[k]);
       }
@@ -386,9 +378,9 @@ __device__ __forceinline__ void copy_tile_async(const Dims& s, const ScanArgs<T,
     const int64_t t = t0 + k * E;
     const bool valid = t < end;
     const int64_t at = row0 + row * s.seqlen + (valid ? t : 0);
-    ssd_mma::cp_async16(&r.u[row][k * E], a.u + at, valid);
-    ssd_mma::cp_async16(&r.delta[row][k * E], a.delta + at, valid);
-    if (with_z) ssd_mma::cp_async16(&r.z[row][k * E], a.z + at, valid);
+    mma::cp_async_16_unordered(&r.u[row][k * E], a.u + at, valid);
+    mma::cp_async_16_unordered(&r.delta[row][k * E], a.delta + at, valid);
+    if (with_z) mma::cp_async_16_unordered(&r.z[row][k * E], a.z + at, valid);
   }
 #pragma unroll
   for (int c = lane; c < 16 * kChunks; c += 32) {
@@ -396,10 +388,10 @@ __device__ __forceinline__ void copy_tile_async(const Dims& s, const ScanArgs<T,
     const int64_t t = t0 + k * E;
     const bool valid = t < end;
     const int64_t at = state * s.seqlen + (valid ? t : 0);
-    ssd_mma::cp_async16(&r.B[state][k * E], Bg + at, valid);
-    ssd_mma::cp_async16(&r.C[state][k * E], Cg + at, valid);
+    mma::cp_async_16_unordered(&r.B[state][k * E], Bg + at, valid);
+    mma::cp_async_16_unordered(&r.C[state][k * E], Cg + at, valid);
   }
-  ssd_mma::cp_async_commit();
+  mma::cp_async_commit();
 }
 
 // Shared memory of scan_segments_kernel: the staged tiles, then (kAsync) two raw tiles per warp.
@@ -465,9 +457,9 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
     if constexpr (kAsync) {
       if (has_next) copy_tile_async(s, a, row0, Bg, Cg, t0 + kTile, end, with_z, lane, raw[(tile + 1) % 2]);
       if (has_next)
-        ssd_mma::cp_async_wait<1>();  // this tile's copies are done, the next tile's may not be
+        mma::cp_async_wait<1>();  // this tile's copies are done, the next tile's may not be
       else
-        ssd_mma::cp_async_wait<0>();
+        mma::cp_async_wait<0>();
       __syncwarp();  // every lane's copies visible to the warp
       const RawTile<T>& r = raw[tile % 2];
       load_items<kLaneTokens>(&r.u[ch][q * kLaneTokens], 0, kLaneTokens, true, uv);
@@ -490,7 +482,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
 #pragma unroll
       for (int i = 0; i < kLaneTokens; ++i) {
         float v = deltav[i] + bias;
-        if (s.softplus) v = fast_softplus(v);
+        if (s.softplus) v = softplus<Math::fast>(v);
         const bool inside = tt + i < end;
         dtv[i] = inside ? v : 0.0f;  // past the end: the identity step
         dtuv[i] = inside ? v * uv[i] : 0.0f;
@@ -527,7 +519,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
 #pragma unroll
       for (int i = 0; i < kLaneTokens; ++i) {
         float v = fmaf(Dd, uv[i], yv[i]);
-        if (with_z) v *= zv[i] * fast_sigmoid(zv[i]);
+        if (with_z) v *= zv[i] * sigmoid<Math::fast>(zv[i]);
         yv[i] = v;
       }
       store_items<kLaneTokens>(out + row, t0 + q * kLaneTokens, end, s.aligned, yv);
@@ -543,7 +535,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
     for (int j = 0; j < kLaneStates; ++j) {
       const int64_t at = ((b * s.dim + d) * nsegs + seg) * s.dstate + state0 + j;
       scratch.local_state[at] = x[j];
-      scratch.decay[at] = any_reset ? 0.0f : fast_exp2(dt_sum * A2[j]);
+      scratch.decay[at] = any_reset ? 0.0f : exp2_ftz(dt_sum * A2[j]);
     }
   }
 }
@@ -582,7 +574,7 @@ struct BackwardScratch {
 // registers, and the reverse recurrence p_t = a_t (dy_t C_t + p_{t+1}) runs token by token.
 // dB and dC sum over channels: a reduce-scatter over the warp's lanes leaves each lane one
 // (B or C, state) sum of its 8 channels per token; once per tile the block adds its 4 warps
-// in order into one partial per 32 channels, and sum_partials_kernel adds those in order.
+// in order into one partial per 32 channels, and sum_partials (kernels/cuda/sum_partials.cuh) adds those in order.
 constexpr int kPart = 8;               // tokens whose states are kept at a time
 constexpr int kParts = kTile / kPart;
 
@@ -644,15 +636,15 @@ __global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Di
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         float v = deltav[i] + bias;
-        if (s.softplus) v = fast_softplus(v);
+        if (s.softplus) v = softplus<Math::fast>(v);
         const bool inside = tt + i < end;
         v = inside ? v : 0.0f;
         sh.dt[w][ch][q * 8 + i] = v;
         sh.dtu[w][ch][q * 8 + i] = v * uv[i];
         sh.u[w][ch][q * 8 + i] = uv[i];
-        slope[i] = s.softplus ? fast_sigmoid(deltav[i] + bias) : 1.0f;
+        slope[i] = s.softplus ? sigmoid<Math::fast>(deltav[i] + bias) : 1.0f;
         if (a.z) {
-          const float sz = fast_sigmoid(zv[i]);
+          const float sz = sigmoid<Math::fast>(zv[i]);
           sh.dy[w][ch][q * 8 + i] = doutv[i] * zv[i] * sz;
           dz_scale[i] = doutv[i] * sz * (1.0f + zv[i] * (1.0f - sz));
         } else {
@@ -675,7 +667,7 @@ __global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Di
         const float dt = sh.dt[w][ch][i], dtu = sh.dtu[w][ch][i];
         const bool reset = sh.reset[w][i];
 #pragma unroll
-        for (int j = 0; j < S; ++j) x[j] = fmaf(reset ? 0.0f : fast_exp2(dt * A2[j]), x[j], sh.B[w][i][q * S + j] * dtu);
+        for (int j = 0; j < S; ++j) x[j] = fmaf(reset ? 0.0f : exp2_ftz(dt * A2[j]), x[j], sh.B[w][i][q * S + j] * dtu);
       }
     }
     for (int part = kParts - 1; part >= 0; --part) {
@@ -691,7 +683,7 @@ __global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Di
         const bool reset = sh.reset[w][base + i];
 #pragma unroll
         for (int j = 0; j < S; ++j) {
-          decay[i][j] = reset ? 0.0f : fast_exp2(dt * A2[j]);
+          decay[i][j] = reset ? 0.0f : exp2_ftz(dt * A2[j]);
           xs[i + 1][j] = fmaf(decay[i][j], xs[i][j], sh.B[w][base + i][q * S + j] * dtu);
         }
       }
@@ -856,7 +848,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, 
       if (a.z) load_items<K>(a.z + row, t0, s.seqlen, aligned, z);
 #pragma unroll
       for (int i = 0; i < K; ++i) {
-        dy[i] = a.z ? dout[i] * z[i] * sigmoid(z[i]) : dout[i];  // gradient of y before gating
+        dy[i] = a.z ? dout[i] * z[i] * sigmoid<Math::fast_exp>(z[i]) : dout[i];  // gradient of y before gating
         ddt[i] = 0.0f;
         du[i] = dy[i] * Dd;
         ypre[i] = Dd * ch.u[i];
@@ -886,7 +878,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, 
         Affine mine{1.0f, 0.0f}, rmine{1.0f, 0.0f};
 #pragma unroll
         for (int i = 0; i < K; ++i) {
-          av[i] = ch.reset[i] ? 0.0f : fast_exp2(ch.dt[i] * A2);
+          av[i] = ch.reset[i] ? 0.0f : exp2_ftz(ch.dt[i] * A2);
           mine = compose(mine, Affine{av[i], Bv[i] * ch.dtu[i]});
         }
 #pragma unroll
@@ -929,10 +921,10 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, 
 #pragma unroll
       for (int i = 0; i < K; ++i) {
         if (a.z) {
-          const float sz = sigmoid(z[i]);
+          const float sz = sigmoid<Math::fast_exp>(z[i]);
           dz[i] = dout[i] * ypre[i] * sz * (1.0f + z[i] * (1.0f - sz));
         }
-        ddelta[i] = s.softplus ? ddt[i] * sigmoid(delta_raw[i] + bias) : ddt[i];
+        ddelta[i] = s.softplus ? ddt[i] * sigmoid<Math::fast_exp>(delta_raw[i] + bias) : ddt[i];
         if (t0 + i < s.seqlen) {
           dD_sum = fmaf(dy[i], ch.u[i], dD_sum);
           dbias_sum += ddelta[i];
@@ -982,19 +974,6 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, 
   }
 }
 
-// out[i] = sum over `parts` partials in order; partial p of element i at in[(outer * parts + p) * inner + i].
-template <typename T>
-__global__ void sum_partials_kernel(const float* in, int64_t outer, int64_t parts, int64_t inner, T* out) {
-  const int64_t total = outer * inner;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t o = idx / inner, i = idx % inner;
-    float sum = 0.0f;
-    for (int64_t p = 0; p < parts; ++p) sum += in[(o * parts + p) * inner + i];
-    out[idx] = from_f32<T>(sum);
-  }
-}
-
 // ---------------------------------------------------------------------------------------
 // Decode step: one thread per (b, d).
 template <typename T>
@@ -1003,7 +982,7 @@ __global__ void scan_step_kernel(Dims s, ScanArgs<T, float> a, float* state, T* 
   if (i >= s.batch * s.dim) return;
   const int64_t b = i / s.dim, d = i % s.dim, g = d / s.per_group;
   float dt = to_f32(a.delta[i]) + (a.delta_bias ? a.delta_bias[d] : 0.0f);
-  if (s.softplus) dt = softplus(dt);
+  if (s.softplus) dt = softplus<Math::fast_exp>(dt);
   const float u = to_f32(a.u[i]);
   float y = 0.0f;
   for (int64_t k = 0; k < s.dstate; ++k) {
@@ -1016,7 +995,7 @@ __global__ void scan_step_kernel(Dims s, ScanArgs<T, float> a, float* state, T* 
   if (a.D) y = fmaf(a.D[d], u, y);
   if (a.z) {
     const float z = to_f32(a.z[i]);
-    y *= z * sigmoid(z);
+    y *= z * sigmoid<Math::fast_exp>(z);
   }
   out[i] = from_f32<T>(y);
 }
@@ -1244,19 +1223,15 @@ void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs
       // dB, dC: sum the block partials of each group in block order.
       const int64_t blocks_per_group = s.per_group / R;
       const int64_t bc_inner = s.dstate * s.seqlen;
-      const unsigned grid_sum = cuda_detail::grid_for(s.batch * s.ngroups * bc_inner, 256);
-      sum_partials_kernel<T><<<grid_sum, 256, 0, stream>>>(scratch.dB_partial, s.batch * s.ngroups,
-                                                           blocks_per_group, bc_inner, static_cast<T*>(g.dB));
-      SSM_CUDA_CHECK_LAUNCH();
-      sum_partials_kernel<T><<<grid_sum, 256, 0, stream>>>(scratch.dC_partial, s.batch * s.ngroups,
-                                                           blocks_per_group, bc_inner, static_cast<T*>(g.dC));
-      SSM_CUDA_CHECK_LAUNCH();
+      cuda_detail::sum_partials_by_thread(scratch.dB_partial, s.batch * s.ngroups, blocks_per_group, bc_inner,
+                                          static_cast<T*>(g.dB), stream);
+      cuda_detail::sum_partials_by_thread(scratch.dC_partial, s.batch * s.ngroups, blocks_per_group, bc_inner,
+                                          static_cast<T*>(g.dC), stream);
     });
   });
   // dA, dD, ddelta_bias: sum over the batch in order.
   auto sum_batch = [&](const float* partial, int64_t inner, float* out) {
-    sum_partials_kernel<float><<<cuda_detail::grid_for(inner, 256), 256, 0, stream>>>(partial, 1, s.batch, inner, out);
-    SSM_CUDA_CHECK_LAUNCH();
+    cuda_detail::sum_partials_by_thread(partial, 1, s.batch, inner, out, stream);
   };
   sum_batch(scratch.dA_partial, s.dim * s.dstate, g.dA);
   if (g.dD) sum_batch(scratch.dD_partial, s.dim, g.dD);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/cuda/activations.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/dtype.cuh"
 #include "kernels/cuda/vector_io.cuh"
@@ -27,7 +28,9 @@ constexpr int kThreads = 256;
 // Columns per thread: one 16-byte vector of T.
 template <typename T> constexpr int items_per_thread() { return 16 / sizeof(T); }
 
-__device__ __forceinline__ float sigmoid(float g) { return 1.0f / (1.0f + __expf(-g)); }
+// The gate's sigmoid takes exp from the special-function unit (kernels/cuda/activations.cuh).
+using cuda_detail::Math;
+using cuda_detail::sigmoid;
 
 // Rows and base pointers on 16-byte boundaries, so whole vectors can be used.
 bool rows_aligned(int64_t f, int elem_size, std::initializer_list<const void*> ptrs) {
@@ -50,7 +53,7 @@ __global__ void swiglu_forward_kernel(const T* gate_up, int64_t rows, int64_t f,
     load_items<K>(gate, col, f, aligned, g);
     load_items<K>(gate + f, col, f, aligned, u);
 #pragma unroll
-    for (int k = 0; k < K; ++k) y[k] = g[k] * sigmoid(g[k]) * u[k];
+    for (int k = 0; k < K; ++k) y[k] = g[k] * sigmoid<Math::fast_exp>(g[k]) * u[k];
     store_items<K>(out + row * f, col, f, aligned, y);
   }
 }
@@ -72,7 +75,7 @@ __global__ void swiglu_backward_kernel(const T* gate_up, const T* dout, int64_t 
     load_items<K>(dout + row * f, col, f, aligned, dy);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      const float sig = sigmoid(g[k]);
+      const float sig = sigmoid<Math::fast_exp>(g[k]);
       dg[k] = dy[k] * u[k] * sig * (1.0f + g[k] * (1.0f - sig));
       du[k] = dy[k] * g[k] * sig;
     }
