@@ -18,6 +18,7 @@
 #include "data/hash.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
+#include "distributed/communicator.h"
 #include "autograd/device.h"
 #include "layers/from_config.h"
 #include "layers/preflight.h"
@@ -128,6 +129,10 @@ int run_train(const TrainArgs& a) {
                                  "not supported yet during training: run `ssmtrain eval ...` on the checkpoints "
                                  "(training.eval_every gives the validation loss)");
     check_kernels_support(recipe, cuda_available());
+    if (const std::string why = dist::backend_problem(std::string(configs::to_string(config.distributed.backend)),
+                                                      cuda_available());
+        !why.empty())
+      throw configs::ConfigError(recipe.locate("distributed.backend"), "distributed.backend", why);
     if (const std::string warning = check_memory_fits(recipe, cuda_available()); !warning.empty())
       fmt::print(stderr, "{}\n", warning);
     check_data_directories(recipe);

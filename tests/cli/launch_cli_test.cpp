@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include "autograd/device.h"
+#include "distributed/communicator.h"
 #include "tests/cli/binary.h"
 #include "tests/train/run_fixture.h"
 #include "train/checkpoint.h"
@@ -256,6 +258,24 @@ TEST_F(Launch, OneRankFailingIsNamedWithItsErrorLines) {
   EXPECT_NE(r.err.find("[rank 1] --set: model.d_modle: unknown key; did you mean d_model?"), std::string::npos)
       << r.err;
   EXPECT_NE(r.err.find("ssmtrain launch: failed: rank 1 exited with status 2"), std::string::npos) << r.err;
+}
+
+// Pre-flight: before any data is read (the corpus path here does not exist), exit 2 naming the key.
+TEST_F(Launch, NcclWithoutNcclOrAGpuIsARecipeErrorBeforeAnyData) {
+  if (dist::nccl_available() && cuda_available()) GTEST_SKIP() << "this machine can run the nccl backend";
+  std::vector<std::string> args = train_args(dir_, "run", {"distributed.backend=nccl", "data.train=no/such/corpus"});
+  testing::CliResult r = testing::run_binary(dir_, args);
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("distributed.backend"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(dist::nccl_available() ? "no GPU is visible here" : "built without NCCL"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.err.find("no/such/corpus"), std::string::npos) << "the data was looked at first:\n" << r.err;
+  // Through the launcher: every rank refuses the same way; the launcher passes the status on.
+  r = testing::run_binary(dir_, launch_args(2, args));
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("[rank 1] "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(dist::nccl_available() ? "no GPU is visible here" : "built without NCCL"), std::string::npos)
+      << r.err;
 }
 
 TEST_F(Launch, UsageErrors) {

@@ -258,6 +258,7 @@ TEST_F(Tcp, SilentPeerTimesOutAndTheOthersFollowWithinTheTimeout) {
       std::this_thread::sleep_for(std::chrono::seconds(60));
       return 0;
     }
+    if (rank == 1) std::this_thread::sleep_for(std::chrono::milliseconds(500));  // its deadline comes after rank 0's
     comm.set_step(3);
     const Tensor input = tensor_of(input_of(rank, 30));
     Tensor output = Tensor::empty({10});
