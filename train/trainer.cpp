@@ -24,6 +24,7 @@
 #include "autograd/stream.h"
 #include "configs/load.h"
 #include "data/loader.h"
+#include "distributed/bootstrap.h"
 #include "distributed/communicator.h"
 #include "distributed/reducer.h"
 #include "layers/from_config.h"
@@ -205,7 +206,9 @@ Trainer::Trainer(const configs::Config& config, const TrainOptions& train_option
   options_ = model_options(config.model);
   options_.activation_checkpointing = config.training.activation_checkpointing;
   options_.attention.deterministic = config.training.deterministic;
-  device_ = cuda_available() ? Device::cuda(0) : Device::cpu();
+  // A rank of a multi-GPU job trains on its LOCAL_RANK's GPU (the NCCL backend uses the same).
+  device_ = cuda_available() ? Device::cuda(dist::local_device(dist::launch_env().local_rank, cuda_device_count()))
+                             : Device::cpu();
   bf16_ = device_.is_cuda() && config.training.precision != configs::Precision::fp32;
   compute_ = bf16_ ? std::optional<DType>(DType::bf16) : std::nullopt;
   run_dir_ = fs::path(config.run.output_dir) / config.run.name;
@@ -600,6 +603,8 @@ TrainSummary Trainer::run() {
   if (world_ > 1)
     say("data parallel: {} ranks ({} backend), {} rows of each global batch per rank, gradients in {} buckets\n",
         world_, comm_->backend(), accum_ * config_.training.micro_batch, reducer_->buckets());
+  else if (comm_->backend() != "single")  // a launcher's job of one rank: nothing to reduce
+    say("data parallel: 1 rank ({} backend): no gradient communication\n", comm_->backend());
   say("layout {} (M Mamba, A attention; - none, F MLP, E MoE), {} precision{}\n", options_.layout_string(),
       bf16_ ? "bf16 mixed" : "fp32",
       config_.training.deterministic ? "" : ", non-deterministic kernels allowed (training.deterministic: false)");
