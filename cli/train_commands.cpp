@@ -121,9 +121,10 @@ int run_train(const TrainArgs& a) {
                                              "(train runs one recipe)",
                                              recipe.sweep_variants.size(), a.recipe));
     // Keys the schema knows whose machinery is not built yet: refused, never accepted and ignored.
-    if (config.distributed.shard_optimizer)
+    if (config.distributed.shard_optimizer && cuda_available())
       throw configs::ConfigError(recipe.locate("distributed.shard_optimizer"), "distributed.shard_optimizer",
-                                 "not supported yet: optimizer-state sharding (ZeRO-1) is not built; remove the key");
+                                 "not supported yet on GPUs: optimizer-state sharding (ZeRO-1) is built for CPU "
+                                 "ranks (mpi, tcp) only so far; remove the key");
     if (config.eval.every > 0)
       throw configs::ConfigError(recipe.locate("eval.every"), "eval.every",
                                  "not supported yet during training: run `ssmtrain eval ...` on the checkpoints "

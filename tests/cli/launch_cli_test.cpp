@@ -187,6 +187,43 @@ TEST_F(Launch, TwoRanksOverTcpEqualOneRankBitForBit) {
   }
 }
 
+// ZeRO-1 over tcp: each rank updates its own parameters; the run ends with 1 rank's bits.
+TEST_F(Launch, TwoShardedRanksOverTcpEqualOneRankBitForBit) {
+  const std::vector<std::string> steps = {"training.max_steps=6", "checkpoint.every=3"};
+  const testing::CliResult one = testing::run_binary(dir_, train_args(dir_, "one", steps));
+  ASSERT_EQ(one.status, 0) << one.err;
+  std::vector<std::string> sharded = steps;
+  sharded.push_back("distributed.shard_optimizer=true");
+  fs::create_directories(dir_ / "launcher");
+  const testing::CliResult two =
+      testing::run_binary(dir_ / "launcher", launch_args(2, train_args(dir_, "zero", sharded)));
+  ASSERT_EQ(two.status, 0) << two.out << two.err;
+  std::smatch share;
+  ASSERT_TRUE(std::regex_search(two.out, share, std::regex(R"(rank 0 updates ([0-9]+) of ([0-9]+) parameters)")))
+      << two.out;
+  EXPECT_GT(std::stoi(share[1]), 0);
+  EXPECT_LT(std::stoi(share[1]), std::stoi(share[2])) << "rank 1 must own some parameters";
+  EXPECT_EQ(without_timings(read_text(dir_ / "one" / "metrics.jsonl")),
+            without_timings(read_text(dir_ / "zero" / "metrics.jsonl")));
+  for (int64_t step : {3, 6}) {
+    const CheckpointContents a = read_checkpoint(checkpoint_folder(dir_ / "one") / checkpoint_file_name(step));
+    const CheckpointContents b = read_checkpoint(checkpoint_folder(dir_ / "zero") / checkpoint_file_name(step));
+    ASSERT_EQ(a.model.size(), b.model.size());
+    for (size_t i = 0; i < a.model.size(); ++i) {
+      const std::vector<float>&x = a.model[i].second.values, &y = b.model[i].second.values;
+      ASSERT_EQ(x.size(), y.size());
+      EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)), 0) << a.model[i].first;
+    }
+    ASSERT_EQ(a.optim.size(), b.optim.size());
+    for (const auto& [name, m] : a.optim) {
+      ASSERT_TRUE(b.optim.count(name)) << name;
+      const auto& n = b.optim.at(name);
+      EXPECT_EQ(m.exp_avg.values, n.exp_avg.values) << name;
+      EXPECT_EQ(m.exp_avg_sq.values, n.exp_avg_sq.values) << name;
+    }
+  }
+}
+
 TEST_F(Launch, SigtermToTheLauncherSavesOneCheckpointAndEveryRankExitsZero) {
   Background job = Background::start(
       dir_, launch_args(2, train_args(dir_, "run", {"training.max_steps=100000", "checkpoint.every=0",

@@ -4,8 +4,8 @@
 // moment; metrics.jsonl equal up to timings), and a checkpoint saved on 2 ranks resumes on 1
 // and on 4 ranks and ends exactly like the uninterrupted 2-rank run. Global batch: 8 sequences
 // in micro-batches of 2, i.e. 4 micro-batches on 1 rank, 2 per rank on 2, 1 per rank on 4:
-// every case adds the same pairs of gradients (distributed/ordered_sum.h). Also: ranks that
-// disagree on the recipe refuse to start.
+// every case adds the same pairs of gradients (distributed/ordered_sum.h). The same with the
+// optimizer state sharded (ZeRO-1). Also: ranks that disagree on the recipe refuse to start.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -127,6 +127,27 @@ TEST_P(DataParallel, TwoRanksEqualOneAndResumeOnOneAndFour) {
     EXPECT_NE(resumed.output.find("resuming from " + saved), std::string::npos) << resumed.output;
     expect_same_state(checkpoint_at(runs_, "two", 10), checkpoint_at(runs_, name, 10));
   }
+}
+
+// ZeRO-1: 2 sharded ranks end with the bits of 1 rank (parameters, every AdamW moment gathered
+// into the checkpoint with global shapes, metrics); its checkpoint resumes sharded on 4 ranks
+// and ends like the uninterrupted run.
+TEST_P(DataParallel, ShardedOptimizerEqualsUnshardedAndResumesOnFour) {
+  const std::string recipe = GetParam();
+  const Result one = train(runs_, recipe, "one", 0);
+  ASSERT_EQ(one.status, 0) << one.output;
+  const Result zero = train(runs_, recipe, "zero", 2, {"distributed.shard_optimizer=true"});
+  ASSERT_EQ(zero.status, 0) << zero.output;
+  EXPECT_NE(zero.output.find("optimizer state sharded (ZeRO-1"), std::string::npos) << zero.output;
+  expect_same_state(checkpoint_at(runs_, "one", 5), checkpoint_at(runs_, "zero", 5));
+  expect_same_state(checkpoint_at(runs_, "one", 10), checkpoint_at(runs_, "zero", 10));
+  EXPECT_EQ(without_timings(read_text(runs_ / "one" / "metrics.jsonl")),
+            without_timings(read_text(runs_ / "zero" / "metrics.jsonl")));
+  const std::string saved = checkpoint_at(runs_, "zero", 5).string();
+  const Result resumed =
+      train(runs_, recipe, "zero-on-4", 4, {"checkpoint.resume=" + saved, "distributed.shard_optimizer=true"});
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  expect_same_state(checkpoint_at(runs_, "one", 10), checkpoint_at(runs_, "zero-on-4", 10));
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyRecipes, DataParallel, ::testing::Values("mamba2", "jamba"));
