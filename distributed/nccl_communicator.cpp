@@ -75,18 +75,16 @@ class NcclCommunicator final : public Communicator {
     const uint64_t init = begin_host("NCCL start-up (ncclCommInitRank)");
     const ncclResult_t result = ncclCommInitRank(&comm_, world_, id, rank_);
     end_host(init);
-    if (result != ncclSuccess)
+    if (result != ncclSuccess) {
+      stop_watchdog();  // the destructor does not run for an object whose constructor threw
+      comm_ = nullptr;
       throw CommunicatorError(fmt::format("nccl: rank {} of {} on GPU {}: ncclCommInitRank: {}", rank_, world_,
                                           device_, ncclGetErrorString(result)));
+    }
   }
 
   ~NcclCommunicator() override {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stopping_ = true;
-    }
-    wake_.notify_all();
-    watchdog_.join();
+    stop_watchdog();
     if (comm_ != nullptr) {
       cudaStreamSynchronize(stream_->get());
       ncclCommDestroy(comm_);
@@ -246,6 +244,15 @@ class NcclCommunicator final : public Communicator {
   void end_host(uint64_t id) {
     std::lock_guard<std::mutex> lock(mutex_);
     in_flight_.remove_if([id](const InFlight& w) { return w.id == id; });
+  }
+
+  void stop_watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
   }
 
   // The watchdog: forgets finished work, and ends the rank when something overran its deadline.
