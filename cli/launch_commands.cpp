@@ -3,9 +3,13 @@
 // LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and the job token
 // (SSMTRAIN_JOB_TOKEN: inherited, else SLURM_JOB_ID, else generated here). It forwards
 // SIGTERM, SIGUSR1 and SIGINT to every rank; passes rank 0's output through and, of the other
-// ranks, only the lines that are warnings or errors, prefixed "[rank N] ". When one rank fails
-// it stops the others (SIGTERM, then SIGKILL after --stop-timeout seconds) and exits non-zero
-// naming that rank and how it ended.
+// ranks, only the lines that are warnings or errors, prefixed "[rank N] ". A rank that fails on
+// its own (not stopped by the launcher) also gets its last held-back lines shown, so an error
+// worded without "error" (a recipe error "recipe.yaml:3:5: ...") still reaches the user. When
+// one rank fails it stops the others (SIGTERM, then SIGKILL after --stop-timeout seconds) and
+// exits non-zero naming that rank and how it ended.
+// For tests: SSMTRAIN_TEST_RANK_ARGS="R:ARG ARG..." appends those arguments to rank R's
+// command only (a rank that sees another --set than the others).
 #include <fcntl.h>
 #include <fmt/core.h>
 #include <poll.h>
@@ -19,6 +23,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -91,17 +96,26 @@ bool worth_showing(const std::string& line) {
          lower.rfind("ssmtrain:", 0) == 0;
 }
 
+constexpr size_t kHeldLines = 20;  // of another rank's hidden lines, the last ones are kept
+
 struct Rank {
   int rank = 0;
   pid_t pid = -1;
   int output = -1;     // read end of the pipe carrying its stdout and stderr (-1: inherited or closed)
   std::string partial;  // an unfinished line
+  std::deque<std::string> held;  // the last lines not shown, for when this rank fails
   bool running = true;
+  bool stopped = false;  // the launcher sent it SIGTERM because another rank failed
   int status = 0;
 };
 
 void show(Rank& r, const std::string& line) {
-  if (worth_showing(line)) fmt::print(stderr, "[rank {}] {}\n", r.rank, line);
+  if (worth_showing(line)) {
+    fmt::print(stderr, "[rank {}] {}\n", r.rank, line);
+    return;
+  }
+  r.held.push_back(line);
+  if (r.held.size() > kHeldLines) r.held.pop_front();
 }
 
 // Reads what a rank wrote; false at end of file.
@@ -123,6 +137,39 @@ bool drain(Rank& r) {
     r.partial.erase(0, newline + 1);
   }
   return true;
+}
+
+// Everything a rank that ended wrote, up to EOF (or a second, should a grandchild hold the pipe).
+void drain_to_end(Rank& r) {
+  const dist::Clock::time_point deadline = dist::deadline_after(1.0);
+  while (r.output >= 0 && dist::Clock::now() < deadline) {
+    pollfd fd{r.output, POLLIN, 0};
+    if (::poll(&fd, 1, 100) > 0) drain(r);
+  }
+}
+
+// A failed rank's hidden last lines: what it said before it ended.
+void show_held(Rank& r) {
+  if (r.held.empty()) return;
+  fmt::print(stderr, "ssmtrain launch: the last lines rank {} wrote:\n", r.rank);
+  for (const std::string& line : r.held) fmt::print(stderr, "[rank {}] {}\n", r.rank, line);
+  r.held.clear();
+}
+
+// SSMTRAIN_TEST_RANK_ARGS="R:ARG ARG...": the extra arguments of rank R (none for others).
+std::vector<std::string> test_args_of(int rank) {
+  const char* spec = std::getenv("SSMTRAIN_TEST_RANK_ARGS");
+  if (spec == nullptr) return {};
+  const std::string text(spec);
+  const size_t colon = text.find(':');
+  if (colon == std::string::npos || text.substr(0, colon) != std::to_string(rank)) return {};
+  std::vector<std::string> args;
+  std::string word;
+  for (char c : text.substr(colon + 1) + " ") {
+    if (c != ' ') word += c;
+    else if (!word.empty()) args.push_back(word), word.clear();
+  }
+  return args;
 }
 
 [[noreturn]] void exec_rank(const std::string& binary, const std::vector<std::string>& command, int write_end) {
@@ -198,7 +245,9 @@ int run_launch(const LaunchArgs& a) {
       ::setenv("MASTER_ADDR", a.master_addr.c_str(), 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
       ::setenv("SSMTRAIN_JOB_TOKEN", token.c_str(), 1);
-      exec_rank(binary, a.command, pipe_ends[1]);
+      std::vector<std::string> command = a.command;
+      for (std::string& extra : test_args_of(r.rank)) command.push_back(extra);
+      exec_rank(binary, command, pipe_ends[1]);
     }
     r.pid = pid;
     if (pipe_ends[1] >= 0) {
@@ -228,7 +277,10 @@ int run_launch(const LaunchArgs& a) {
     } else {
       ::usleep(100 * 1000);
     }
+    // Reap first, judge after: a rank killed by a signal and the peer that saw its connection
+    // close (and exited 1 saying so) often end within one round; the killed one is the cause.
     int running = 0;
+    std::vector<Rank*> ended;
     for (Rank& r : ranks) {
       if (!r.running) continue;
       if (::waitpid(r.pid, &r.status, WNOHANG) != r.pid) {
@@ -236,15 +288,41 @@ int run_launch(const LaunchArgs& a) {
         continue;
       }
       r.running = false;
+      ended.push_back(&r);
+    }
+    const auto failing = [](const Rank* r) { return !(WIFEXITED(r->status) && WEXITSTATUS(r->status) == 0); };
+    if (failed == nullptr && std::any_of(ended.begin(), ended.end(), failing) &&
+        std::none_of(ended.begin(), ended.end(), [](const Rank* r) { return WIFSIGNALED(r->status); })) {
+      // A peer's socket closes before its death can be reaped: wait a moment for a killed rank.
+      const dist::Clock::time_point settle = dist::deadline_after(0.5);
+      while (dist::Clock::now() < settle && running > 0) {
+        ::usleep(10 * 1000);
+        for (Rank& r : ranks)
+          if (r.running && ::waitpid(r.pid, &r.status, WNOHANG) == r.pid) {
+            r.running = false;
+            --running;
+            ended.push_back(&r);
+          }
+        if (WIFSIGNALED(ended.back()->status)) break;
+      }
+    }
+    std::stable_partition(ended.begin(), ended.end(), [](const Rank* r) { return WIFSIGNALED(r->status); });
+    for (Rank* ended_rank : ended) {
+      Rank& r = *ended_rank;
       const bool ok = WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0;
+      if (!ok && !r.stopped) drain_to_end(r);  // all it said before the verdict below
       if (!ok && failed == nullptr) {
         failed = &r;
         fmt::print(stderr, "ssmtrain launch: rank {} (pid {}) {}; stopping the other ranks\n", r.rank, r.pid,
                    describe(r.status));
         for (Rank& other : ranks)
-          if (other.running && &other != &r) ::kill(other.pid, SIGTERM);
+          if (other.running && &other != &r) {
+            other.stopped = true;
+            ::kill(other.pid, SIGTERM);
+          }
         kill_at = dist::deadline_after(a.stop_timeout);
       }
+      if (!ok && !r.stopped) show_held(r);
     }
     if (running == 0) break;
     if (failed != nullptr && !killed && dist::Clock::now() >= kill_at) {

@@ -18,6 +18,7 @@
 #include "data/hash.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
+#include "distributed/communicator.h"
 #include "autograd/device.h"
 #include "layers/from_config.h"
 #include "layers/preflight.h"
@@ -120,14 +121,19 @@ int run_train(const TrainArgs& a) {
                                              "(train runs one recipe)",
                                              recipe.sweep_variants.size(), a.recipe));
     // Keys the schema knows whose machinery is not built yet: refused, never accepted and ignored.
-    if (config.distributed.shard_optimizer)
+    if (config.distributed.shard_optimizer && cuda_available())
       throw configs::ConfigError(recipe.locate("distributed.shard_optimizer"), "distributed.shard_optimizer",
-                                 "not supported yet: optimizer-state sharding (ZeRO-1) is not built; remove the key");
+                                 "not supported yet on GPUs: optimizer-state sharding (ZeRO-1) is built for CPU "
+                                 "ranks (mpi, tcp) only so far; remove the key");
     if (config.eval.every > 0)
       throw configs::ConfigError(recipe.locate("eval.every"), "eval.every",
                                  "not supported yet during training: run `ssmtrain eval ...` on the checkpoints "
                                  "(training.eval_every gives the validation loss)");
     check_kernels_support(recipe, cuda_available());
+    if (const std::string why = dist::backend_problem(std::string(configs::to_string(config.distributed.backend)),
+                                                      cuda_available());
+        !why.empty())
+      throw configs::ConfigError(recipe.locate("distributed.backend"), "distributed.backend", why);
     if (const std::string warning = check_memory_fits(recipe, cuda_available()); !warning.empty())
       fmt::print(stderr, "{}\n", warning);
     check_data_directories(recipe);

@@ -117,6 +117,16 @@ LaunchEnv launch_env(const EnvLookup& lookup) {
   return env;
 }
 
+int local_device(int local_rank, int device_count) {
+  if (device_count <= 0) throw BootstrapError("no CUDA device is visible to this rank");
+  if (device_count == 1) return 0;
+  if (local_rank >= device_count)
+    throw BootstrapError(fmt::format("LOCAL_RANK={} but this rank sees only {} GPUs: start at most one rank per GPU "
+                                     "(--nproc-per-node {}), or give each rank its own CUDA_VISIBLE_DEVICES",
+                                     local_rank, device_count, device_count));
+  return local_rank;
+}
+
 LaunchEnv launch_env() {
   return launch_env([](const char* name) { return static_cast<const char*>(std::getenv(name)); });
 }

@@ -35,6 +35,11 @@ using EnvLookup = std::function<const char*(const char*)>;  // like std::getenv
 LaunchEnv launch_env(const EnvLookup& lookup);
 LaunchEnv launch_env();  // from this process's environment
 
+// The GPU this rank trains on, of the `device_count` it sees: LOCAL_RANK, or 0 when the
+// launcher left it one GPU (srun --gpus-per-task 1, CUDA_VISIBLE_DEVICES per rank). Throws
+// BootstrapError naming LOCAL_RANK when it has no GPU of its own.
+int local_device(int local_rank, int device_count);
+
 // The first host of a Slurm node list: "node[01-04],gpu7" -> "node01", "a,b" -> "a",
 // "gpu[3,5-6]" -> "gpu3", "n-[009-010]x" -> "n-009x". Throws BootstrapError on an empty or
 // malformed list.

@@ -1,7 +1,8 @@
 // Collectives between the ranks of a data-parallel job (DESIGN.md section 6): all-reduce (sum,
 // average), reduce-scatter, all-gather, broadcast and barrier, each asynchronous with a handle
-// to wait on. Backends: `single` (one rank, no communication), `mpi` (OpenMPI, CPU tensors) and
-// `tcp` (CPU tensors over the rendezvous sockets, for ranks started without mpirun).
+// to wait on. Backends: `single` (one rank, no communication), `mpi` (OpenMPI, CPU tensors),
+// `tcp` (CPU tensors over the rendezvous sockets, for ranks started without mpirun) and `nccl`
+// (GPU tensors, in builds with CUDA and NCCL).
 // On the CPU every sum is taken in a fixed order, the same on every rank: the pairwise tree of
 // distributed/ordered_sum.h over the ranks' terms in rank order, so results do not depend on
 // message timing and N ranks can reproduce one rank bit for bit (train/trainer.cpp).
@@ -82,11 +83,26 @@ bool under_mpirun();   // OMPI_COMM_WORLD_SIZE (or PMI_SIZE / PMIX_RANK) in the 
 // Identity from distributed/bootstrap.h. Throws CommunicatorError (rendezvous failed, no token).
 std::unique_ptr<Communicator> make_tcp_communicator(double timeout_s);
 
-// distributed.backend resolved: auto picks nccl on GPUs (when built with NCCL), mpi under
-// mpirun, tcp for several CPU ranks from another launcher, else single. `gpu`: the trainer
-// runs on a CUDA device. `backend` is the config's string (auto, nccl, mpi, tcp, single).
-// Throws CommunicatorError naming distributed.backend for a choice this machine or build
-// cannot run.
+// GPU tensors through NCCL on this rank's own CUDA stream (device LOCAL_RANK), the unique id
+// through the TCP rendezvous (or MPI_Bcast under mpirun), a watchdog that aborts a collective
+// slower than the timeout. Throws CommunicatorError when this build has no NCCL.
+std::unique_ptr<Communicator> make_nccl_communicator(double timeout_s);
+bool nccl_available();  // built with CUDA and NCCL
+
+// Why distributed.backend = `backend` cannot run here, in words that follow the key (empty
+// when it can): a backend this build lacks (nccl without NCCL, mpi without MPI), a CPU backend
+// for a GPU run or nccl without a visible GPU, `single` under a launcher of several ranks, an
+// unknown name. `gpu`: the trainer runs on a CUDA device. Reads only the environment, so
+// `ssmtrain train` runs it before any data is read.
+std::string backend_problem(const std::string& backend, bool gpu);
+
+// `auto` made concrete (other names pass through): nccl on GPUs started by a launcher (when
+// built with NCCL), mpi under mpirun, tcp for several CPU ranks from another launcher, else single.
+std::string resolve_backend(const std::string& backend, bool gpu);
+
+// distributed.backend resolved and started. `backend` is the config's string (auto, nccl,
+// mpi, tcp, single). Throws CommunicatorError naming distributed.backend for a choice this
+// machine or build cannot run (backend_problem), or a failed start.
 std::unique_ptr<Communicator> make_communicator(const std::string& backend, bool gpu, double timeout_s);
 
 }  // namespace ssmtrain::dist

@@ -12,19 +12,31 @@
 //    is its own (NCCL's ring), so the result equals one rank to fp32 rounding only.
 // The loss of each micro-batch is to be scaled by 1 / (micro-batches per rank * ranks): the
 // sum over ranks is then the mean gradient of the global batch.
+//
+// Sharded (distributed.shard_optimizer, ZeRO-1; ordered CPU reduction only): every parameter
+// is owned by one rank (whole parameters, contiguous runs of the reverse order, balanced by
+// size). The gradients are reduce-scattered in blocks of one rank's parameters (padded to the
+// largest), so a rank ends with the summed gradients of its own parameters only; its AdamW
+// holds their moments alone; the updated parameters are all-gathered. The sums are the same
+// additions as the all-reduce's, and the gradient norm adds each parameter's sum of squares in
+// parameter order as global_grad_norm does, so sharded equals unsharded bit for bit.
 #pragma once
 
+#include <map>
+#include <string>
 #include <vector>
 
 #include "distributed/communicator.h"
 #include "distributed/ordered_sum.h"
 #include "layers/module.h"
+#include "optim/adamw.h"
 
 namespace ssmtrain::dist {
 
 class GradientReducer {
  public:
-  GradientReducer(Communicator& comm, std::vector<NamedParameter> parameters, double bucket_mb, bool ordered);
+  GradientReducer(Communicator& comm, std::vector<NamedParameter> parameters, double bucket_mb, bool ordered,
+                  bool shard = false);
 
   // After each micro-batch's backward; `last`: the step's last micro-batch, which reduces.
   // On return from the last one every parameter's .grad is the sum over all micro-batches of
@@ -33,6 +45,18 @@ class GradientReducer {
 
   int buckets() const { return int(buckets_.size()); }
 
+  // Sharded only. The parameters this rank updates, in parameter order.
+  std::vector<NamedParameter> owned_parameters() const;
+  // The global gradient norm after the last after_backward(true): global_grad_norm's value
+  // on the unsharded gradients, bit for bit.
+  double grad_norm();
+  // Every rank's updated parameters into every rank's model (after the optimizer step).
+  void gather_parameters();
+  // Every parameter's AdamW moments, from the ranks that own them (`mine`: this rank's
+  // optimizer state); CPU tensors, for a checkpoint.
+  std::map<std::string, AdamW::Moments> gather_moments(const std::map<std::string, AdamW::Moments>& mine);
+  bool sharded() const { return shard_; }
+
  private:
   struct Bucket {
     int64_t begin = 0, count = 0;  // range of the flat buffer (ordered) 
@@ -40,6 +64,9 @@ class GradientReducer {
   };
   void reduce_ordered();
   void reduce_accumulated();
+  void reduce_sharded();
+  // The W padded blocks of the sharded layout: block r holds rank r's parameters.
+  Tensor blocks_of(const std::vector<const float*>& sources) const;
 
   Communicator& comm_;
   std::vector<NamedParameter> parameters_;
@@ -49,6 +76,11 @@ class GradientReducer {
   int64_t flat_size_ = 0;
   OrderedSum sum_;
   std::vector<float> flat_;  // packed micro-batch gradient, then the reduced sum; + one flag per parameter
+
+  bool shard_ = false;
+  std::vector<int> owner_;             // per parameter: the rank that updates it (sharded)
+  std::vector<int64_t> block_offset_;  // per parameter: its place in its owner's block
+  int64_t block_ = 0;                  // elements of one rank's block (the largest share)
 };
 
 }  // namespace ssmtrain::dist

@@ -18,6 +18,12 @@ packages=(
   librsvg2-bin                 # rsvg-convert: renders the SVG reports to PNG for a look
 )
 
+# NCCL (the nccl backend: multi-GPU training) comes with NVIDIA's CUDA repository; where that
+# repository is configured, SSMTRAIN_WITH_NCCL=1 installs it too.
+if [ "${SSMTRAIN_WITH_NCCL:-0}" = 1 ]; then
+  packages+=(libnccl2 libnccl-dev)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

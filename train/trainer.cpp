@@ -24,6 +24,7 @@
 #include "autograd/stream.h"
 #include "configs/load.h"
 #include "data/loader.h"
+#include "distributed/bootstrap.h"
 #include "distributed/communicator.h"
 #include "distributed/reducer.h"
 #include "layers/from_config.h"
@@ -164,11 +165,13 @@ class Trainer {
   int agreed_stop_signal(int local_signal);
   bool minutes_due();
   bool writes_files() const { return comm_->rank() == 0; }
+  bool sharded() const { return reducer_ && reducer_->sharded(); }
 
   const configs::Config& config_;
   TrainOptions train_options_;
   std::unique_ptr<dist::Communicator> comm_;
   std::unique_ptr<dist::GradientReducer> reducer_;
+  std::map<std::string, AdamW::Moments> gathered_moments_;  // sharded: every parameter's, for a checkpoint
   int64_t world_ = 1;
   ModelOptions options_;
   Device device_;
@@ -205,7 +208,9 @@ Trainer::Trainer(const configs::Config& config, const TrainOptions& train_option
   options_ = model_options(config.model);
   options_.activation_checkpointing = config.training.activation_checkpointing;
   options_.attention.deterministic = config.training.deterministic;
-  device_ = cuda_available() ? Device::cuda(0) : Device::cpu();
+  // A rank of a multi-GPU job trains on its LOCAL_RANK's GPU (the NCCL backend uses the same).
+  device_ = cuda_available() ? Device::cuda(dist::local_device(dist::launch_env().local_rank, cuda_device_count()))
+                             : Device::cpu();
   bf16_ = device_.is_cuda() && config.training.precision != configs::Precision::fp32;
   compute_ = bf16_ ? std::optional<DType>(DType::bf16) : std::nullopt;
   run_dir_ = fs::path(config.run.output_dir) / config.run.name;
@@ -338,8 +343,16 @@ void Trainer::build() {
   model_ = std::make_unique<LanguageModel>(options_, uint64_t(config_.run.seed));
   model_->to(device_);
   params_ = model_->named_parameters();
+  // CPU: micro-batches summed in the fixed tree order (bitwise equal on any number of ranks);
+  // GPU: autograd accumulates, and the reducer only communicates (more than one rank).
+  // Sharded (ZeRO-1): this rank's AdamW updates, and keeps the moments of, its own parameters.
+  const bool shard = config_.distributed.shard_optimizer && world_ > 1;
+  if (!device_.is_cuda() ? (accum_ > 1 || world_ > 1) : world_ > 1)
+    reducer_ = std::make_unique<dist::GradientReducer>(*comm_, params_, config_.distributed.bucket_mb,
+                                                       !device_.is_cuda(), shard);
   optimizer_ = std::make_unique<AdamW>(
-      params_, AdamWOptions{config_.optim.betas[0], config_.optim.betas[1], config_.optim.eps, config_.optim.weight_decay});
+      shard ? reducer_->owned_parameters() : params_,
+      AdamWOptions{config_.optim.betas[0], config_.optim.betas[1], config_.optim.eps, config_.optim.weight_decay});
   schedule_.kind = std::string(configs::to_string(config_.schedule.kind));
   schedule_.lr = config_.optim.lr;
   schedule_.warmup_steps = config_.schedule.warmup_steps;
@@ -413,7 +426,7 @@ CheckpointContents Trainer::snapshot() {
   c.commit = ssmtrain_commit();
   c.data = data_;
   for (const NamedParameter& p : params_) c.model.emplace_back(p.name, staging_.stage("model/" + p.name, *p.value));
-  for (auto& [name, moments] : optimizer_->state())
+  for (auto& [name, moments] : sharded() ? gathered_moments_ : optimizer_->state())
     c.optim.emplace(name, CheckpointContents::Moments{staging_.stage("exp_avg/" + name, moments.exp_avg),
                                                       staging_.stage("exp_avg_sq/" + name, moments.exp_avg_sq)});
   staging_.finish(device_);
@@ -425,6 +438,7 @@ CheckpointContents Trainer::snapshot() {
 
 void Trainer::save(const char* why) {
   if (last_saved_step_ == progress_.step) return;
+  if (sharded()) gathered_moments_ = reducer_->gather_moments(optimizer_->state());  // every rank takes part
   if (!writes_files()) {
     last_saved_step_ = progress_.step;
     summary_.checkpoint = (checkpoint_folder(run_dir_) / checkpoint_file_name(progress_.step)).string();
@@ -503,7 +517,7 @@ bool Trainer::step_once(int64_t step, bool last) {
   }
   const double aux_loss = aux_sum / double(accum_ * world_);
   const double loss = loss_sum / double(accum_ * world_);  // next-token cross-entropy, without the MoE losses
-  const double grad_norm = global_grad_norm(params_);
+  const double grad_norm = sharded() ? reducer_->grad_norm() : global_grad_norm(params_);
   const double lr = learning_rate(schedule_, step);
   if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
     if (metrics_.is_open())
@@ -525,6 +539,7 @@ bool Trainer::step_once(int64_t step, bool last) {
   }
   // Clipping is folded into the update: one pass over the gradients fewer.
   optimizer_->step(lr, clip_scale(grad_norm, config_.optim.grad_clip));
+  if (sharded()) reducer_->gather_parameters();
   if (device_.is_cuda()) synchronize(device_.index);
   const double ms = 1000 * seconds_since(step_start);
   const double tok_s = double(tokens_per_step_) / (ms / 1000.0);
@@ -570,7 +585,8 @@ void Trainer::validate(int64_t step) {
 // A run file that cannot be written ends the run, after an attempt to keep its progress.
 void Trainer::fail_after_saving(const std::exception& error) {
   try {
-    if (writer_ && model_ && last_saved_step_ != progress_.step && progress_.step > 0) {
+    // Sharded, a save is a collective the other ranks are not in: this rank cannot save alone.
+    if (writer_ && model_ && last_saved_step_ != progress_.step && progress_.step > 0 && !sharded()) {
       metrics_ = MetricsLog();  // the file that failed may be this one: the checkpoint line is not needed
       save("before stopping on the error below");
       writer_->wait();
@@ -585,10 +601,6 @@ TrainSummary Trainer::run() {
   start_distributed();
   check_ranks_agree();
   build();
-  // CPU: micro-batches summed in the fixed tree order (bitwise equal on any number of ranks);
-  // GPU: autograd accumulates, and the reducer only communicates (more than one rank).
-  if (!device_.is_cuda() ? (accum_ > 1 || world_ > 1) : world_ > 1)
-    reducer_ = std::make_unique<dist::GradientReducer>(*comm_, params_, config_.distributed.bucket_mb, !device_.is_cuda());
   const int64_t parameters = model_->num_parameters(), active = model_->active_parameters();
   flops_per_token_ = training_flops_per_token(options_, config_.training.seq_len);
   peak_ = device_.is_cuda() ? peak_flops(cuda_device_name(device_.index)) : 0;
@@ -598,8 +610,14 @@ TrainSummary Trainer::run() {
       active < parameters ? fmt::format(" ({:.1f}M active)", double(active) / 1e6) : "", total_steps_,
       tokens_per_step_, accum_, config_.training.micro_batch);
   if (world_ > 1)
-    say("data parallel: {} ranks ({} backend), {} rows of each global batch per rank, gradients in {} buckets\n",
-        world_, comm_->backend(), accum_ * config_.training.micro_batch, reducer_->buckets());
+    say("data parallel: {} ranks ({} backend), {} rows of each global batch per rank, {}\n", world_,
+        comm_->backend(), accum_ * config_.training.micro_batch,
+        sharded() ? fmt::format("optimizer state sharded (ZeRO-1: reduce-scatter, local AdamW, all-gather; rank 0 "
+                                "updates {} of {} parameters)",
+                                reducer_->owned_parameters().size(), params_.size())
+                  : fmt::format("gradients in {} buckets", reducer_->buckets()));
+  else if (comm_->backend() != "single")  // a launcher's job of one rank: nothing to reduce
+    say("data parallel: 1 rank ({} backend): no gradient communication\n", comm_->backend());
   say("layout {} (M Mamba, A attention; - none, F MLP, E MoE), {} precision{}\n", options_.layout_string(),
       bf16_ ? "bf16 mixed" : "fp32",
       config_.training.deterministic ? "" : ", non-deterministic kernels allowed (training.deterministic: false)");
@@ -629,9 +647,9 @@ TrainSummary Trainer::run() {
                          : MetricsLog::create(run_dir_ / "metrics.jsonl");
     writer_ = std::make_unique<CheckpointWriter>(run_dir_, config_.checkpoint.keep);
     for (const NamedParameter& p : params_) staging_.reserve("model/" + p.name, *p.value);
-    for (auto& [name, moments] : optimizer_->state()) {
-      staging_.reserve("exp_avg/" + name, moments.exp_avg);
-      staging_.reserve("exp_avg_sq/" + name, moments.exp_avg_sq);
+    for (const NamedParameter& p : params_) {  // every parameter's moments, also when sharded
+      staging_.reserve("exp_avg/" + p.name, *p.value);
+      staging_.reserve("exp_avg_sq/" + p.name, *p.value);
     }
   }
   progress_.rng_seed = uint64_t(config_.run.seed);  // training draws no random numbers; init is seeded

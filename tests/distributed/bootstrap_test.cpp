@@ -98,5 +98,18 @@ TEST(Bootstrap, InconsistentEnvironmentsNameTheVariable) {
             std::string::npos);
 }
 
+TEST(Bootstrap, LocalDeviceIsLocalRankOrTheOnlyGpu) {
+  EXPECT_EQ(local_device(0, 8), 0);
+  EXPECT_EQ(local_device(5, 8), 5);
+  EXPECT_EQ(local_device(3, 1), 0);  // the launcher gave this rank one GPU of its own
+  try {
+    local_device(4, 4);
+    ADD_FAILURE() << "LOCAL_RANK 4 of 4 GPUs accepted";
+  } catch (const BootstrapError& e) {
+    EXPECT_NE(std::string(e.what()).find("LOCAL_RANK=4 but this rank sees only 4 GPUs"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(local_device(0, 0), BootstrapError);
+}
+
 }  // namespace
 }  // namespace ssmtrain::dist
