@@ -13,7 +13,12 @@
 #include "cli/options.h"
 #include "cli/subcommand.h"
 #include "eval/context.h"
+#include "autograd/device.h"
+#include "configs/errors.h"
+#include "configs/load.h"
 #include "eval/generate.h"
+#include "eval/mqar.h"
+#include "layers/preflight.h"
 #include "eval/perplexity.h"
 #include "eval/retrieval.h"
 
@@ -43,6 +48,7 @@ struct EvalRetrievalArgs {
 
 struct EvalMqarArgs {
   std::string recipe;
+  std::vector<std::string> overrides;
   std::string out;
 };
 
@@ -102,7 +108,8 @@ void eval_passkey_options(CLI::App& app, EvalRetrievalArgs& a) { eval_retrieval_
 
 void eval_mqar_options(CLI::App& app, EvalMqarArgs& a) {
   add_recipe(app, a.recipe);
-  add_out(app, a.out, "Directory for the results");
+  add_overrides(app, a.overrides);
+  add_out(app, a.out, "Directory for mqar.json, mqar_loss.svg and mqar_accuracy.svg");
 }
 
 void generate_options(CLI::App& app, GenerateArgs& a) {
@@ -271,6 +278,46 @@ int run_retrieval_command(const EvalRetrievalArgs& a, bool niah) {
 }
 
 int run_eval_niah(const EvalRetrievalArgs& a) { return run_retrieval_command(a, true); }
+
+// Trains the recipe's model on MQAR and scores it (eval/mqar.h): a step line every
+// logging.every steps and an accuracy line per evaluation on stderr, the files in --out, a
+// summary on stdout. A recipe that cannot run the task exits 2 before any work.
+int run_eval_mqar(const EvalMqarArgs& a) {
+  configs::Recipe recipe;
+  try {
+    recipe = configs::load_recipe(a.recipe, a.overrides);
+    if (!recipe.sweep_variants.empty())
+      throw configs::ConfigError(recipe.locate("sweep"), "sweep",
+                                 fmt::format("this recipe is a sweep of {} variants; `ssmtrain sweep {}` runs them "
+                                             "(eval mqar runs one recipe)",
+                                             recipe.sweep_variants.size(), a.recipe));
+    check_kernels_support(recipe, cuda_available());
+    eval::check_mqar(recipe.config);
+  } catch (const configs::ConfigError& e) {
+    fmt::print(stderr, "{}\n", e.what());
+    return 2;
+  } catch (const std::invalid_argument& e) {
+    fmt::print(stderr, "ssmtrain eval mqar: {}: {}\n", a.recipe, e.what());
+    return 2;
+  }
+  const configs::Config& config = recipe.config;
+  fmt::print(stderr, "mqar: {} pairs, {} queries, vocabulary {}, sequences of {}, {} steps\n", config.mqar.num_pairs,
+             eval::mqar_queries(config.mqar), config.mqar.vocab_size, config.training.seq_len,
+             config.training.total_steps());
+  const eval::MqarResult r =
+      eval::run_mqar(config, [](int64_t step, double loss, double lr, double accuracy) {
+        if (accuracy < 0)
+          fmt::print(stderr, "mqar: step {} | loss {:.4f} | lr {:.2e}\n", step, loss, lr);
+        else
+          fmt::print(stderr, "mqar: after step {}: held-out accuracy {:.4f}\n", step, accuracy);
+      });
+  eval::write_mqar_files(r, config, a.recipe, a.out);
+  fmt::print("mqar: {} ({}, {:.2f}M parameters on {}): accuracy {:.4f} ({} of {} answers; chance {:.4f}), "
+             "{:.1f} s of training; wrote {}/mqar.json, mqar_loss.svg, mqar_accuracy.svg\n",
+             r.layout, a.recipe, double(r.parameters) / 1e6, r.device, r.accuracy, r.correct, r.answers, r.chance,
+             r.train_seconds, a.out);
+  return 0;
+}
 int run_eval_passkey(const EvalRetrievalArgs& a) { return run_retrieval_command(a, false); }
 
 }  // namespace
@@ -283,7 +330,8 @@ std::vector<Subcommand> eval_commands() {
                                  run_eval_niah),
       command<EvalRetrievalArgs>("eval passkey", "Passkey retrieval over lengths x depths", eval_passkey_options,
                                  run_eval_passkey),
-      command<EvalMqarArgs>("eval mqar", "Train and score multi-query associative recall", eval_mqar_options, nullptr),
+      command<EvalMqarArgs>("eval mqar", "Train and score multi-query associative recall", eval_mqar_options,
+                            run_eval_mqar),
       command<GenerateArgs>("generate", "Generate text from a checkpoint", generate_options, run_generate),
       command<SweepArgs>("sweep", "Run every variant of a sweep and write a report", sweep_options, nullptr),
   };

@@ -6,6 +6,7 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -149,8 +150,35 @@ MqarResult run_mqar(const configs::Config& c, const MqarProgress& on_step) {
     return std::make_pair(to_device(Tensor::from_vector(inputs, {n, L}), device),
                           to_device(Tensor::from_vector(targets, {n, L}), device));
   };
+  // Held-out accuracy, teacher-forced: every answer scored from one parallel forward.
+  auto score = [&](int64_t* correct, int64_t* answers) {
+    NoGradGuard no_grad;
+    for (int64_t first = 0; first < c.mqar.test_examples; first += micro) {
+      const int64_t n = std::min(micro, c.mqar.test_examples - first);
+      const auto [inputs, targets] = batch(MqarSplit::test, first, n, c.mqar.test_examples);
+      const std::vector<float> logits =
+          cast(to_device(model.logits(inputs, Tensor(), compute), Device::cpu()), DType::f32)
+              .to_vector();  // (n L, vocab)
+      const std::vector<int64_t> want = to_device(targets, Device::cpu()).values<int64_t>();
+      mqar_count(logits.data(), options.vocab_size, want, correct, answers);
+    }
+  };
+  double eval_seconds = 0;
+  auto evaluate = [&](int64_t step, double loss, double lr) {
+    const auto t0 = Clock::now();
+    int64_t correct = 0, answers = 0;
+    score(&correct, &answers);
+    eval_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+    const double accuracy = answers > 0 ? double(correct) / double(answers) : 0.0;
+    r.eval_steps.push_back(double(step));
+    r.eval_accuracy.push_back(accuracy);
+    r.correct = correct;
+    r.answers = answers;
+    r.accuracy = accuracy;
+    if (on_step) on_step(step, loss, lr, accuracy);
+  };
   const auto start = Clock::now();
-  const int64_t log_every = std::max<int64_t>(1, c.logging.every);
+  const int64_t log_every = std::max<int64_t>(1, c.logging.every), eval_every = c.training.eval_every;
   for (int64_t step = 0; step < steps; ++step) {
     model.zero_grad();
     double loss = 0;
@@ -160,31 +188,22 @@ MqarResult run_mqar(const configs::Config& c, const MqarProgress& on_step) {
       mul(terms.total, 1.0 / double(accum)).backward();
       loss += terms.lm.item() / double(accum);
     }
-    const double lr = learning_rate(schedule, step);
-    optimizer.step(lr, clip_scale(global_grad_norm(params), c.optim.grad_clip));
+    // A diverged run stops before its update reaches the weights, naming the step.
     if (!std::isfinite(loss))
       throw std::runtime_error(fmt::format("mqar: step {}: the loss is {}; lower optim.lr", step, loss));
+    const double lr = learning_rate(schedule, step);
+    optimizer.step(lr, clip_scale(global_grad_norm(params), c.optim.grad_clip));
     r.final_loss = loss;
     if (step % log_every == 0 || step + 1 == steps) {
       r.loss_steps.push_back(double(step));
       r.losses.push_back(loss);
-      if (on_step) on_step(step, loss, lr);
+      if (on_step) on_step(step, loss, lr, -1.0);
     }
+    if (step + 1 == steps || (eval_every > 0 && (step + 1) % eval_every == 0)) evaluate(step + 1, loss, lr);
   }
   if (device.is_cuda()) synchronize(device.index);
-  r.train_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  r.train_seconds = std::chrono::duration<double>(Clock::now() - start).count() - eval_seconds;
   r.tokens_per_second = double(steps * rows * L) / std::max(r.train_seconds, 1e-9);
-  // Held-out accuracy, teacher-forced: every answer scored from one parallel forward.
-  NoGradGuard no_grad;
-  for (int64_t first = 0; first < c.mqar.test_examples; first += micro) {
-    const int64_t n = std::min(micro, c.mqar.test_examples - first);
-    const auto [inputs, targets] = batch(MqarSplit::test, first, n, c.mqar.test_examples);
-    const std::vector<float> logits =
-        cast(to_device(model.logits(inputs, Tensor(), compute), Device::cpu()), DType::f32).to_vector();  // (n L, vocab)
-    const std::vector<int64_t> want = to_device(targets, Device::cpu()).values<int64_t>();
-    mqar_count(logits.data(), options.vocab_size, want, &r.correct, &r.answers);
-  }
-  r.accuracy = r.answers > 0 ? double(r.correct) / double(r.answers) : 0.0;
   r.chance = 1.0 / double(c.mqar.vocab_size - 1 - key_count(c.mqar));
   return r;
 }
@@ -216,9 +235,15 @@ void write_mqar_files(const MqarResult& r, const configs::Config& c, const std::
   j["correct"] = r.correct;
   j["answers"] = r.answers;
   j["chance"] = r.chance;
+  // A model that answers with a random one of the sequence's values, without matching keys.
+  j["copy_baseline"] = 1.0 / double(c.mqar.num_pairs);
   j["train_seconds"] = r.train_seconds;
   j["tokens_per_second"] = r.tokens_per_second;
   j["device"] = r.device;
+  j["eval_every"] = c.training.eval_every;
+  j["evaluations"] = nlohmann::ordered_json::array();
+  for (size_t i = 0; i < r.eval_steps.size(); ++i)
+    j["evaluations"].push_back({{"step", int64_t(r.eval_steps[i])}, {"accuracy", r.eval_accuracy[i]}});
   j["loss_curve"] = {{"step", r.loss_steps}, {"loss", r.losses}};
   auto write = [&](const std::string& name, const std::string& text) {
     const std::string path = (fs::path(dir) / name).string();
@@ -231,6 +256,11 @@ void write_mqar_files(const MqarResult& r, const configs::Config& c, const std::
         line_chart_svg(svg_escape(fmt::format("MQAR training loss: {} ({}), accuracy {:.3f}", recipe, r.layout,
                                               r.accuracy)),
                        "step", "loss on answers (nats)", {Series{"train", "#1f77b4", r.loss_steps, r.losses}}));
+  write("mqar_accuracy.svg",
+        line_chart_svg(svg_escape(fmt::format("MQAR held-out accuracy: {} ({})", recipe, r.layout)), "step",
+                       "accuracy (fraction of answers)",
+                       {Series{"held-out accuracy", "#d62728", r.eval_steps, r.eval_accuracy},
+                        Series{"chance", "#7f7f7f", {0.0, double(r.steps)}, {r.chance, r.chance}}}));
 }
 
 }  // namespace ssmtrain::eval

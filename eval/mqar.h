@@ -8,6 +8,9 @@
 // [1 + K, vocab_size), K = (vocab_size - 1) / 2; keys within a sequence are distinct, values
 // may repeat. Every sequence is a function of (seed, split, index) through Philox, so the
 // training set, the held-out set and the whole run repeat bit for bit for a seed.
+// The queries follow the pairs directly (no gaps); a model must find each key among the pairs,
+// so a fixed-size recurrent state that cannot hold num_pairs associations falls below
+// attention, which is what the probe measures. Chance is 1 / (number of value tokens).
 #pragma once
 
 #include <cstdint>
@@ -50,8 +53,11 @@ struct MqarResult {
   int64_t steps = 0;
   int64_t sequences_per_step = 0;
   std::vector<double> loss_steps, losses;  // training loss (answers only) at the logged steps
+  // Held-out accuracy after the steps eval_steps (every training.eval_every steps and after the
+  // last one); the last entry is the final accuracy.
+  std::vector<double> eval_steps, eval_accuracy;
   double final_loss = 0;
-  int64_t correct = 0, answers = 0;  // on the held-out split
+  int64_t correct = 0, answers = 0;  // on the held-out split, after the last step
   double accuracy = 0;
   double chance = 0;          // 1 / number of value tokens
   double train_seconds = 0;
@@ -59,13 +65,15 @@ struct MqarResult {
   std::string device;
 };
 
-// One line per logged step: (step, loss, learning rate).
-using MqarProgress = std::function<void(int64_t step, double loss, double lr)>;
+// One call per logged step (accuracy < 0) and per evaluation (accuracy in [0, 1]).
+using MqarProgress = std::function<void(int64_t step, double loss, double lr, double accuracy)>;
 
 // Trains the recipe's model from its seed on the training split (optim, schedule,
 // training.max_steps, global_batch_tokens / seq_len sequences a step in micro_batch rows,
-// grad_clip) on the first GPU when one is visible, else the CPU, then scores the held-out
-// split. Calls check_mqar first.
+// grad_clip) on the first GPU when one is visible, else the CPU (the device `ssmtrain train`
+// picks), scoring the held-out split every training.eval_every steps (0: only at the end) and
+// after the last step. Calls check_mqar first; throws std::runtime_error when the loss turns
+// non-finite.
 MqarResult run_mqar(const configs::Config& config, const MqarProgress& on_step = {});
 
 // mqar.json (config of the task, the result) and mqar_loss.svg in `dir` (created); `recipe`
