@@ -12,6 +12,7 @@
 
 #include "cli/options.h"
 #include "cli/subcommand.h"
+#include "cli/sweep_commands.h"
 #include "eval/context.h"
 #include "autograd/device.h"
 #include "configs/errors.h"
@@ -62,11 +63,6 @@ struct GenerateArgs {
   uint64_t seed = 0;
   std::vector<int64_t> stop_tokens;
   bool no_eos_stop = false;
-};
-
-struct SweepArgs {
-  std::string recipe;
-  std::string out;
 };
 
 void eval_perplexity_options(CLI::App& app, EvalPerplexityArgs& a) {
@@ -130,7 +126,18 @@ void generate_options(CLI::App& app, GenerateArgs& a) {
 
 void sweep_options(CLI::App& app, SweepArgs& a) {
   add_recipe(app, a.recipe);
-  add_out(app, a.out, "Directory for the variants and report.md / report.csv / SVG plots", /*required=*/false);
+  add_overrides(app, a.overrides);
+  add_out(app, a.out, "Directory for the variants and report.md / report.csv / SVG plots (default: "
+                      "run.output_dir/run.name)", /*required=*/false);
+  CLI::Option* slurm =
+      app.add_flag("--slurm", a.slurm, "Write a Slurm job array (sweep.sbatch, submit.sh) instead of running");
+  CLI::Option* variant =
+      app.add_option("--variant", a.variant, "Run only variant I (0-based; what each array task runs), no report")
+          ->check(kNonNegative)
+          ->excludes(slurm);
+  app.add_flag("--report-only", a.report_only, "Write the report from the variants' results without training")
+      ->excludes(slurm)
+      ->excludes(variant);
 }
 
 // A usage error found after parsing: the message on stderr, exit status 2.
@@ -333,7 +340,7 @@ std::vector<Subcommand> eval_commands() {
       command<EvalMqarArgs>("eval mqar", "Train and score multi-query associative recall", eval_mqar_options,
                             run_eval_mqar),
       command<GenerateArgs>("generate", "Generate text from a checkpoint", generate_options, run_generate),
-      command<SweepArgs>("sweep", "Run every variant of a sweep and write a report", sweep_options, nullptr),
+      command<SweepArgs>("sweep", "Run every variant of a sweep and write a report", sweep_options, run_sweep),
   };
 }
 
