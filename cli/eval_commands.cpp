@@ -261,23 +261,16 @@ int run_retrieval_command(const EvalRetrievalArgs& a, bool niah) {
   o.seed = a.seed;
   o.batch = a.batch;
   o.compute_dtype = ctx.compute;
-  const int64_t longest = *std::max_element(o.lengths.begin(), o.lengths.end());
-  eval::RetrievalTask task;
-  if (niah) {
-    // Enough held-out text for the longest haystack several times over (it is cycled if short).
-    const std::vector<int64_t> tokens = eval::held_out_tokens(ctx.data_dir, std::max<int64_t>(65536, 4 * longest));
-    task = eval::niah_task(eval::held_out_text(*ctx.tokenizer, tokens));
-  } else {
-    task = eval::passkey_task();
-  }
-  const eval::TextCodec codec = eval::text_codec(*ctx.tokenizer);
   fmt::print(stderr, "{}: {} lengths x {} depths x {} trials on {} ({}, {})\n", name, o.lengths.size(), o.depths.size(),
              o.trials, ctx.checkpoint_name(), ctx.device.str(), dtype_name(ctx.compute));
-  const eval::RetrievalResult r = eval::run_retrieval(
-      ctx.model(), task, codec, o, [&](const eval::RetrievalCell& c, int64_t done, int64_t total) {
-        fmt::print(stderr, "{}: [{}/{}] length {} depth {:g}: {}/{} correct\n", name, done, total, c.length, c.depth,
-                   c.correct, c.trials);
-      });
+  const eval::CellCallback progress = [&](const eval::RetrievalCell& c, int64_t done, int64_t total) {
+    fmt::print(stderr, "{}: [{}/{}] length {} depth {:g}: {}/{} correct\n", name, done, total, c.length, c.depth,
+               c.correct, c.trials);
+  };
+  // NIAH's haystack is held-out text; passkey's filler is fixed.
+  const eval::RetrievalResult r =
+      niah ? eval::run_niah(ctx.model(), *ctx.tokenizer, ctx.data_dir, o, progress)
+           : eval::run_retrieval(ctx.model(), eval::passkey_task(), eval::text_codec(*ctx.tokenizer), o, progress);
   eval::write_retrieval_files(r, ctx.checkpoint_name(), config.training.seq_len, a.out);
   fmt::print("{}: accuracy {:.4f} over {} prompts; wrote {}/{}.json, {}.csv, {}.svg\n", name, r.accuracy(),
              r.samples.size(), a.out, name, name, name);

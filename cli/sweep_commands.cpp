@@ -13,6 +13,7 @@
 #include "configs/errors.h"
 #include "configs/layout.h"
 #include "configs/load.h"
+#include "eval/during_training.h"
 #include "eval/sweep.h"
 #include "layers/preflight.h"
 
@@ -20,12 +21,6 @@ namespace ssmtrain::cli {
 namespace {
 
 namespace fs = std::filesystem;
-
-bool writes_key(const configs::Recipe& recipe, const std::string& prefix) {
-  for (const auto& [path, where] : recipe.where)
-    if (path == prefix || path.rfind(prefix + ".", 0) == 0) return true;
-  return false;
-}
 
 void write_file(const fs::path& path, const std::string& text) {
   std::ofstream out(path);
@@ -52,9 +47,6 @@ int run_sweep(const SweepArgs& a) {
     if (a.variant >= int64_t(recipe.sweep_variants.size()))
       throw std::invalid_argument(fmt::format("--variant {}: the sweep has variants 0 to {}", a.variant,
                                               recipe.sweep_variants.size() - 1));
-    if (recipe.config.eval.every > 0)
-      throw configs::ConfigError(recipe.locate("eval.every"), "eval.every",
-                                 "not supported yet during training; a sweep evaluates each variant at its end");
     check_kernels_support(recipe, cuda_available());
   } catch (const configs::ConfigError& e) {
     fmt::print(stderr, "{}\n", e.what());
@@ -69,8 +61,8 @@ int run_sweep(const SweepArgs& a) {
   const std::vector<std::string> dirs = eval::sweep_variant_dirs(variants);
   const eval::SweepAxis axis = eval::sweep_axis(variants);
   eval::SweepEvals evals;
-  evals.niah = writes_key(recipe, "eval.niah");
-  evals.mqar = writes_key(recipe, "mqar");
+  evals.niah = eval::recipe_writes(recipe, "eval.niah");
+  evals.mqar = eval::recipe_writes(recipe, "mqar");
   std::error_code ec;
   fs::create_directories(out, ec);
   if (ec) throw std::runtime_error(out.string() + ": cannot create the sweep directory: " + ec.message());

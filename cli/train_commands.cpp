@@ -18,6 +18,7 @@
 #include "data/hash.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
+#include "eval/during_training.h"
 #include "autograd/device.h"
 #include "layers/from_config.h"
 #include "layers/preflight.h"
@@ -123,10 +124,6 @@ int run_train(const TrainArgs& a) {
     if (config.distributed.shard_optimizer)
       throw configs::ConfigError(recipe.locate("distributed.shard_optimizer"), "distributed.shard_optimizer",
                                  "not supported yet: optimizer-state sharding (ZeRO-1) is not built; remove the key");
-    if (config.eval.every > 0)
-      throw configs::ConfigError(recipe.locate("eval.every"), "eval.every",
-                                 "not supported yet during training: run `ssmtrain eval ...` on the checkpoints "
-                                 "(training.eval_every gives the validation loss)");
     check_kernels_support(recipe, cuda_available());
     if (const std::string warning = check_memory_fits(recipe, cuda_available()); !warning.empty())
       fmt::print(stderr, "{}\n", warning);
@@ -134,6 +131,10 @@ int run_train(const TrainArgs& a) {
     check_tokenizer(recipe);
     TrainOptions options;
     options.resume = a.resume;
+    if (config.eval.every > 0) options.evaluate = eval::training_evaluator(config, eval::recipe_writes(recipe, "eval.niah"));  // eval.niah: NIAH too
+    else if (eval::recipe_writes(recipe, "eval.niah"))
+      fmt::print(stderr, "note: eval.niah is not run during this training (eval.every is 0): `ssmtrain eval niah` "
+                         "or a sweep reads it, or set eval.every\n");
     const TrainSummary summary = train(config, options);
     if (summary.already_complete || summary.rank != 0) return 0;  // rank 0 reports for the job
     fmt::print("run directory: {} (config.yaml, metrics.jsonl, loss_curve.svg, checkpoints/)\n", summary.run_dir);

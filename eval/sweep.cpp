@@ -15,6 +15,7 @@
 #include <stdexcept>
 
 #include "eval/context.h"
+#include "eval/during_training.h"
 #include "eval/mqar.h"
 #include "eval/retrieval.h"
 #include "layers/from_config.h"
@@ -173,7 +174,9 @@ SweepPoint run_sweep_variant(const configs::Config& c, const SweepEvals& evals, 
   p.parameters = parameter_counts(options).total;
   p.niah_accuracy = p.mqar_accuracy = p.val_loss = p.perplexity = kNaN;
 
-  const TrainSummary summary = train(c);
+  TrainOptions train_options;
+  if (c.eval.every > 0) train_options.evaluate = training_evaluator(c, evals.niah);
+  const TrainSummary summary = train(c, train_options);
   if (summary.rank != 0) return p;  // rank 0 evaluates and reports for a data-parallel job
   if (summary.already_complete && fs::exists(run_dir / "sweep_result.json")) {
     say(fmt::format("{}: finished earlier; its sweep_result.json is reused", p.name));
@@ -194,10 +197,7 @@ SweepPoint run_sweep_variant(const configs::Config& c, const SweepEvals& evals, 
     o.lengths = c.eval.niah.lengths;
     o.depths = c.eval.niah.depths;
     o.compute_dtype = ctx.compute;
-    const int64_t longest = *std::max_element(o.lengths.begin(), o.lengths.end());
-    const std::vector<int64_t> tokens = held_out_tokens(ctx.data_dir, std::max<int64_t>(65536, 4 * longest));
-    const RetrievalResult r = run_retrieval(ctx.model(), niah_task(held_out_text(*ctx.tokenizer, tokens)),
-                                            text_codec(*ctx.tokenizer), o);
+    const RetrievalResult r = run_niah(ctx.model(), *ctx.tokenizer, ctx.data_dir, o);
     write_retrieval_files(r, ctx.checkpoint_name(), c.training.seq_len, (run_dir / "niah").string());
     p.niah_accuracy = r.accuracy();
     say(fmt::format("{}: NIAH accuracy {:.4f} over {} prompts", p.name, p.niah_accuracy, r.samples.size()));
