@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -17,8 +19,10 @@
 #include "autograd/device.h"
 #include "configs/errors.h"
 #include "configs/load.h"
+#include "eval/decode_bench.h"
 #include "eval/generate.h"
 #include "eval/mqar.h"
+#include "layers/from_config.h"
 #include "layers/preflight.h"
 #include "eval/perplexity.h"
 #include "eval/retrieval.h"
@@ -63,6 +67,13 @@ struct GenerateArgs {
   uint64_t seed = 0;
   std::vector<int64_t> stop_tokens;
   bool no_eos_stop = false;
+  // --bench: decode throughput and memory instead of text (eval/decode_bench.h).
+  bool bench = false;
+  std::string recipe;  // a recipe's model, randomly initialised, instead of --checkpoint
+  std::vector<std::string> overrides;
+  std::vector<int64_t> batches{1, 16};
+  std::vector<int64_t> contexts{1024, 8192, 32768};
+  std::string out;
 };
 
 void eval_perplexity_options(CLI::App& app, EvalPerplexityArgs& a) {
@@ -109,8 +120,8 @@ void eval_mqar_options(CLI::App& app, EvalMqarArgs& a) {
 }
 
 void generate_options(CLI::App& app, GenerateArgs& a) {
-  add_checkpoint(app, a.checkpoint);
-  app.add_option("--prompt", a.prompts, "Text to continue (repeat for a batch of prompts)")->required();
+  add_checkpoint(app, a.checkpoint, /*required=*/false);
+  app.add_option("--prompt", a.prompts, "Text to continue (repeat for a batch of prompts; required without --bench)");
   app.add_option("--max-new-tokens", a.max_new_tokens, "Tokens to generate")->check(kPositive)->capture_default_str();
   app.add_option("--temperature", a.temperature, "Sampling temperature (0: greedy)")
       ->check(kNonNegative)
@@ -122,6 +133,22 @@ void generate_options(CLI::App& app, GenerateArgs& a) {
   app.add_option("--seed", a.seed, "Seed of the sampling draws")->capture_default_str();
   app.add_option("--stop-token", a.stop_tokens, "Token id that ends a sequence (repeatable; the tokenizer's EOS always does)");
   app.add_flag("--no-eos-stop", a.no_eos_stop, "Do not stop at the end-of-document token");
+  app.add_flag("--bench", a.bench,
+               "Measure decode: random prompts of each --contexts length at each --batches size, --max-new-tokens "
+               "greedy tokens each; tokens/s and peak memory as JSON");
+  app.add_option("--recipe", a.recipe, "With --bench: the recipe's model, randomly initialised (instead of --checkpoint)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--set", a.overrides, "With --recipe: override a recipe key (key.path=value), repeatable")
+      ->check(kKeyValue);
+  app.add_option("--batches", a.batches, "With --bench: batch sizes, comma-separated")
+      ->delimiter(',')
+      ->check(kPositive)
+      ->capture_default_str();
+  app.add_option("--contexts", a.contexts, "With --bench: prompt lengths in tokens, comma-separated")
+      ->delimiter(',')
+      ->check(kPositive)
+      ->capture_default_str();
+  app.add_option("--out", a.out, "With --bench: also write the JSON to this file");
 }
 
 void sweep_options(CLI::App& app, SweepArgs& a) {
@@ -194,7 +221,76 @@ int run_eval_perplexity(const EvalPerplexityArgs& a) {
   return 0;
 }
 
+// `generate --bench`: the model of --checkpoint or --recipe, every batch x context, JSON.
+int run_generate_bench(const GenerateArgs& a) {
+  if (a.checkpoint.empty() == a.recipe.empty())
+    return usage_error("generate --bench", "give exactly one of --checkpoint and --recipe");
+  std::optional<eval::EvalContext> ctx;
+  std::unique_ptr<LanguageModel> owned;
+  const LanguageModel* model = nullptr;
+  std::string source;
+  DType compute = DType::f32;
+  Device device = cuda_available() ? Device::cuda(0) : Device::cpu();
+  if (!a.checkpoint.empty()) {
+    ctx = eval::open_checkpoint(a.checkpoint);
+    model = &ctx->model();
+    source = ctx->checkpoint_name();
+    compute = ctx->compute;
+    device = ctx->device;
+  } else {
+    configs::Recipe recipe;
+    try {
+      recipe = configs::load_recipe(a.recipe, a.overrides);
+      check_kernels_support(recipe, device.is_cuda());
+    } catch (const configs::ConfigError& e) {
+      fmt::print(stderr, "{}\n", e.what());
+      return 2;
+    }
+    owned = std::make_unique<LanguageModel>(model_options(recipe.config.model), uint64_t(recipe.config.run.seed));
+    owned->to(device);
+    model = owned.get();
+    source = a.recipe;
+    compute = device.is_cuda() && recipe.config.training.precision != configs::Precision::fp32 ? DType::bf16 : DType::f32;
+  }
+  eval::DecodeBenchOptions o;
+  o.batches = a.batches;
+  o.contexts = a.contexts;
+  o.new_tokens = a.max_new_tokens;
+  o.compute_dtype = compute;
+  fmt::print(stderr, "generate --bench: {} ({}) on {} in {}: batches {}, contexts {}, {} new tokens each\n", source,
+             model->options().layout_string(), device.str(), dtype_name(compute), a.batches.size(), a.contexts.size(),
+             a.max_new_tokens);
+  const std::vector<eval::DecodeBenchRow> rows = eval::decode_bench(*model, o, [](const eval::DecodeBenchRow& r) {
+    if (!r.error.empty())
+      fmt::print(stderr, "batch {:>3} context {:>6}: failed: {}\n", r.batch, r.context, r.error);
+    else
+      fmt::print(stderr, "batch {:>3} context {:>6}: prefill {:.3f} s, decode {:.0f} tok/s, end to end {:.0f} tok/s, "
+                         "peak {:.2f} GiB\n",
+                 r.batch, r.context, r.prefill_seconds, r.decode_tokens_per_second, r.tokens_per_second,
+                 double(r.peak_memory_bytes) / double(1 << 30));
+  });
+  std::string json = fmt::format("{{\"bench\": \"decode\", \"model\": {}, \"layout\": {}, \"device\": {}, "
+                                 "\"dtype\": \"{}\", \"new_tokens\": {}, \"rows\": [",
+                                 json_string(source), json_string(model->options().layout_string()),
+                                 json_string(device.is_cuda() ? cuda_device_name(device.index) : device.str()),
+                                 dtype_name(compute), a.max_new_tokens);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const eval::DecodeBenchRow& r = rows[i];
+    json += fmt::format("{}{{\"batch\": {}, \"context\": {}, \"prefill_s\": {:.6f}, \"decode_s\": {:.6f}, "
+                        "\"total_s\": {:.6f}, \"decode_tokens_per_s\": {:.2f}, \"tokens_per_s\": {:.2f}, "
+                        "\"peak_memory_bytes\": {}, \"error\": {}}}",
+                        i ? ", " : "", r.batch, r.context, r.prefill_seconds, r.decode_seconds, r.total_seconds,
+                        r.decode_tokens_per_second, r.tokens_per_second, r.peak_memory_bytes,
+                        r.error.empty() ? std::string("null") : json_string(r.error));
+  }
+  emit_json(json + "]}", a.out);
+  return 0;
+}
+
 int run_generate(const GenerateArgs& a) {
+  if (a.bench) return run_generate_bench(a);
+  if (a.checkpoint.empty()) return usage_error("generate", "--checkpoint is required (without --bench)");
+  if (a.prompts.empty()) return usage_error("generate", "--prompt is required (without --bench)");
   const eval::EvalContext ctx = eval::open_checkpoint(a.checkpoint);
   if (!ctx.tokenizer)
     throw std::runtime_error(ctx.checkpoint_name() + ": the recipe names no data or tokenizer to encode the prompt with");

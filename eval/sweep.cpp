@@ -263,7 +263,7 @@ void write_sweep_report(const std::vector<SweepPoint>& points, const SweepAxis& 
       fs::remove(file, ec);  // a plot of an earlier report with this measure would mislead
       continue;
     }
-    write_text(file, line_chart_svg(svg_escape(fmt::format("{}: {} by {}", title, plot.measure, swept)),
+    write_text(file, line_chart_svg(svg_escape(fmt::format("{}: {}", title, plot.measure)),
                                     svg_escape(axis.label), svg_escape(plot.y_label), {s}));
     written.push_back(plot.file);
   }
