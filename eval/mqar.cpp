@@ -151,16 +151,23 @@ MqarResult run_mqar(const configs::Config& c, const MqarProgress& on_step) {
                           to_device(Tensor::from_vector(targets, {n, L}), device));
   };
   // Held-out accuracy, teacher-forced: every answer scored from one parallel forward.
+  const int64_t first_answer = 2 * c.mqar.num_pairs, answer_rows = 2 * mqar_queries(c.mqar);
   auto score = [&](int64_t* correct, int64_t* answers) {
     NoGradGuard no_grad;
     for (int64_t first = 0; first < c.mqar.test_examples; first += micro) {
       const int64_t n = std::min(micro, c.mqar.test_examples - first);
       const auto [inputs, targets] = batch(MqarSplit::test, first, n, c.mqar.test_examples);
-      const std::vector<float> logits =
-          cast(to_device(model.logits(inputs, Tensor(), compute), Device::cpu()), DType::f32)
-              .to_vector();  // (n L, vocab)
+      const Tensor logits = model.logits(inputs, Tensor(), compute);  // (n L, vocab)
       const std::vector<int64_t> want = to_device(targets, Device::cpu()).values<int64_t>();
-      mqar_count(logits.data(), options.vocab_size, want, correct, answers);
+      // Only the rows of the query region leave the device: (2 queries, vocab) per sequence,
+      // a fraction of the whole (at vocabulary 8192 the full logits of a batch are gigabytes).
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t row0 = i * L + first_answer;
+        const std::vector<float> rows =
+            cast(to_device(narrow(logits, 0, row0, answer_rows), Device::cpu()), DType::f32).to_vector();
+        const std::vector<int64_t> slice(want.begin() + row0, want.begin() + row0 + answer_rows);
+        mqar_count(rows.data(), options.vocab_size, slice, correct, answers);
+      }
     }
   };
   double eval_seconds = 0;
