@@ -69,7 +69,9 @@ TEST(SweepCli, TinyAttentionRatioSweepRunsEveryVariantAndWritesTheReport) {
   const testing::CliResult r = run_binary(dir.str(), tiny_sweep_args({"sweep", kAblate, "--out", "sweep"}));
   ASSERT_EQ(r.status, 0) << r.err.substr(r.err.size() > 4000 ? r.err.size() - 4000 : 0);
   std::printf("tiny sweep of 5 variants: %.1f s\n", r.seconds);
-  EXPECT_LT(r.seconds, 180.0);  // about 30 s on 2 idle cores
+  // 45 s of CPU time here (two cores shared with other builds: 114 s to 322 s of wall time);
+  // the bound catches a sweep that stopped being a CI-sized job, not machine load.
+  EXPECT_LT(r.seconds, 600.0);
   const fs::path out = fs::path(dir.str()) / "sweep";
 
   const std::vector<std::string> csv = lines_of(read_text(out / "report.csv"));
