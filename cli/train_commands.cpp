@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "autograd/device.h"
 #include "cli/options.h"
 #include "cli/subcommand.h"
 #include "configs/errors.h"
@@ -19,7 +20,7 @@
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "distributed/communicator.h"
-#include "autograd/device.h"
+#include "eval/during_training.h"
 #include "layers/from_config.h"
 #include "layers/preflight.h"
 #include "train/checkpoint.h"
@@ -125,10 +126,6 @@ int run_train(const TrainArgs& a) {
       throw configs::ConfigError(recipe.locate("distributed.shard_optimizer"), "distributed.shard_optimizer",
                                  "not supported yet on GPUs: optimizer-state sharding (ZeRO-1) is built for CPU "
                                  "ranks (mpi, tcp) only so far; remove the key");
-    if (config.eval.every > 0)
-      throw configs::ConfigError(recipe.locate("eval.every"), "eval.every",
-                                 "not supported yet during training: run `ssmtrain eval ...` on the checkpoints "
-                                 "(training.eval_every gives the validation loss)");
     check_kernels_support(recipe, cuda_available());
     if (const std::string why = dist::backend_problem(std::string(configs::to_string(config.distributed.backend)),
                                                       cuda_available());
@@ -140,6 +137,10 @@ int run_train(const TrainArgs& a) {
     check_tokenizer(recipe);
     TrainOptions options;
     options.resume = a.resume;
+    if (config.eval.every > 0) options.evaluate = eval::training_evaluator(config, eval::recipe_writes(recipe, "eval.niah"));  // eval.niah: NIAH too
+    else if (eval::recipe_writes(recipe, "eval.niah"))
+      fmt::print(stderr, "note: eval.niah is not run during this training (eval.every is 0): `ssmtrain eval niah` "
+                         "or a sweep reads it, or set eval.every\n");
     const TrainSummary summary = train(config, options);
     if (summary.already_complete || summary.rank != 0) return 0;  // rank 0 reports for the job
     fmt::print("run directory: {} (config.yaml, metrics.jsonl, loss_curve.svg, checkpoints/)\n", summary.run_dir);

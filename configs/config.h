@@ -240,6 +240,18 @@ struct EvalConfig {
   bool operator==(const EvalConfig&) const = default;
 };
 
+// The synthetic multi-query associative recall task of `ssmtrain eval mqar` (eval/mqar.h):
+// num_pairs key-value pairs, then num_queries of the keys each followed by its value, in
+// training.seq_len tokens; keys and values drawn from `vocab_size` tokens (token 0 pads).
+struct MqarConfig {
+  int64_t vocab_size = 256;       // tokens the task uses (<= model.vocab_size): keys half, values half
+  int64_t num_pairs = 16;
+  int64_t num_queries = 0;        // 0: every pair is queried once, in a random order
+  int64_t train_examples = 100000;  // distinct training sequences, cycled
+  int64_t test_examples = 1000;     // held-out sequences scored at the end
+  bool operator==(const MqarConfig&) const = default;
+};
+
 struct LoggingConfig {
   int64_t every = 10;  // a step line every N steps
   bool jsonl = true;   // metrics.jsonl in the run directory
@@ -264,6 +276,7 @@ struct Config {
   DistributedConfig distributed;
   CheckpointConfig checkpoint;
   EvalConfig eval;
+  MqarConfig mqar;
   LoggingConfig logging;
   std::vector<SweepVariant> sweep;
   bool operator==(const Config&) const = default;

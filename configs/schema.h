@@ -245,6 +245,16 @@ void describe(EvalConfig& eval, V& v) {
 }
 
 template <class V>
+void describe(MqarConfig& mqar, V& v) {
+  v.field("vocab_size", mqar.vocab_size, "tokens the task draws keys (first half) and values (second half) from",
+          kAtLeastOne);
+  v.field("num_pairs", mqar.num_pairs, "key-value pairs at the start of each sequence", kAtLeastOne);
+  v.field("num_queries", mqar.num_queries, "keys queried after the pairs (0: all of them)", kNonNegative);
+  v.field("train_examples", mqar.train_examples, "distinct training sequences, cycled", kAtLeastOne);
+  v.field("test_examples", mqar.test_examples, "held-out sequences scored", kAtLeastOne);
+}
+
+template <class V>
 void describe(LoggingConfig& logging, V& v) {
   v.field("every", logging.every, "a step line every N steps", kAtLeastOne);
   v.field("jsonl", logging.jsonl, "write metrics.jsonl in the run directory");
@@ -262,6 +272,7 @@ void describe(Config& config, V& v) {
   v.section("distributed", config.distributed, "data parallelism");
   v.section("checkpoint", config.checkpoint, "saving and resuming");
   v.section("eval", config.eval, "evaluation during and after training");
+  v.section("mqar", config.mqar, "multi-query associative recall task (`ssmtrain eval mqar`)");
   v.section("logging", config.logging, "step lines and metric files");
   v.field("sweep", config.sweep,
           "variants of this recipe, each a map {key.path: value, ...} applied before --set");

@@ -1,6 +1,7 @@
 // See context.h.
 #include "eval/context.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "autograd/device.h"
@@ -15,14 +16,31 @@ EvalContext open_checkpoint(const std::filesystem::path& checkpoint, const std::
   const configs::Config& config = c.loaded.config;
   const configs::Precision precision = config.training.precision;
   c.compute = c.device.is_cuda() && precision != configs::Precision::fp32 ? DType::bf16 : DType::f32;
-  c.data_dir = !data_dir.empty() ? data_dir : !config.data.val.empty() ? config.data.val : config.data.train;
-  std::string tokenizer = config.data.tokenizer;
-  if (tokenizer.empty() && !c.data_dir.empty()) {
-    const data::Manifest manifest = data::read_manifest(c.data_dir);
-    tokenizer = (std::filesystem::path(c.data_dir) / manifest.tokenizer_file).string();
-  }
-  if (!tokenizer.empty()) c.tokenizer = std::make_unique<data::Tokenizer>(tokenizer);
+  c.data_dir = recipe_data_dir(config, data_dir);
+  c.tokenizer = recipe_tokenizer(config, c.data_dir);
   return c;
+}
+
+std::string recipe_data_dir(const configs::Config& config, const std::string& data_dir) {
+  return !data_dir.empty() ? data_dir : !config.data.val.empty() ? config.data.val : config.data.train;
+}
+
+std::unique_ptr<data::Tokenizer> recipe_tokenizer(const configs::Config& config, const std::string& data_dir) {
+  std::string tokenizer = config.data.tokenizer;
+  if (tokenizer.empty() && !data_dir.empty()) {
+    const data::Manifest manifest = data::read_manifest(data_dir);
+    tokenizer = (std::filesystem::path(data_dir) / manifest.tokenizer_file).string();
+  }
+  if (tokenizer.empty()) return nullptr;
+  return std::make_unique<data::Tokenizer>(tokenizer);
+}
+
+RetrievalResult run_niah(const LanguageModel& model, const data::Tokenizer& tokenizer, const std::string& data_dir,
+                         const RetrievalOptions& options, const CellCallback& on_cell) {
+  if (options.lengths.empty()) throw std::invalid_argument("niah: no context lengths");
+  const int64_t longest = *std::max_element(options.lengths.begin(), options.lengths.end());
+  const std::vector<int64_t> tokens = held_out_tokens(data_dir, std::max<int64_t>(65536, 4 * longest));
+  return run_retrieval(model, niah_task(held_out_text(tokenizer, tokens)), text_codec(tokenizer), options, on_cell);
 }
 
 std::vector<int64_t> held_out_tokens(const std::string& data_dir, int64_t max_tokens) {

@@ -30,6 +30,18 @@ struct EvalContext {
 // names. Throws (CheckpointError, DataError, std::runtime_error) naming what is missing.
 EvalContext open_checkpoint(const std::filesystem::path& checkpoint, const std::string& data_dir = "");
 
+// The directory whose val split a recipe holds out (`data_dir` when given, else data.val, else
+// data.train) and the tokenizer it names (data.tokenizer, else the one that directory's manifest
+// names; null when neither exists).
+std::string recipe_data_dir(const configs::Config& config, const std::string& data_dir = "");
+std::unique_ptr<data::Tokenizer> recipe_tokenizer(const configs::Config& config, const std::string& data_dir);
+
+// NIAH over `options`' grid with held-out text of `data_dir` as the haystack (enough for the
+// longest length several times over; cycled when short): what `eval niah`, sweeps and eval.every
+// run.
+RetrievalResult run_niah(const LanguageModel& model, const data::Tokenizer& tokenizer, const std::string& data_dir,
+                         const RetrievalOptions& options, const CellCallback& on_cell = {});
+
 // Up to `max_tokens` tokens of the val split of `data_dir`, shard after shard in manifest
 // order (0: all). Throws DataError when the directory has no val split.
 std::vector<int64_t> held_out_tokens(const std::string& data_dir, int64_t max_tokens);

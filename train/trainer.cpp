@@ -159,6 +159,7 @@ class Trainer {
   bool step_once(int64_t step, bool last);
   void validate(int64_t step);
   void write_loss_curve();
+  void evaluate(int64_t step);
   [[noreturn]] void fail_after_saving(const std::exception& error);
   void start_distributed();
   void check_ranks_agree();
@@ -583,6 +584,31 @@ void Trainer::validate(int64_t step) {
 }
 
 // A run file that cannot be written ends the run, after an attempt to keep its progress.
+// The evaluation suite of eval.every on rank 0: the validation loss (the one validate() just
+// logged at this step, else a fresh one) and the measures of TrainOptions::evaluate.
+void Trainer::evaluate(int64_t step) {
+  if (!writes_files()) return;
+  std::vector<std::pair<std::string, double>> measures;
+  if (val_loader_) {
+    const bool fresh = !progress_.val_steps.empty() && int64_t(progress_.val_steps.back()) == step;
+    const double v = fresh ? progress_.val_losses.back()
+                           : validation_loss(*model_, *val_loader_, config_.eval.perplexity_tokens, compute_);
+    measures.push_back({"val_loss", v});
+    measures.push_back({"perplexity", std::exp(v)});
+  }
+  if (train_options_.evaluate) {
+    NoGradGuard no_grad;
+    for (auto& m : train_options_.evaluate(*model_, compute_)) measures.push_back(std::move(m));
+  }
+  std::string json, line;
+  for (const auto& [name, value] : measures) {
+    json += fmt::format("{}\"{}\": {}", json.empty() ? "" : ", ", name, json_number(value));
+    line += fmt::format(" | {} {:.4f}", name, value);
+  }
+  say("step {:>6} | eval{}\n", step, line);
+  if (metrics_.is_open()) metrics_.write(fmt::format("{{\"step\": {}, \"eval\": {{{}}}}}", step, json));
+}
+
 void Trainer::fail_after_saving(const std::exception& error) {
   try {
     // Sharded, a save is a collective the other ranks are not in: this rank cannot save alone.
@@ -665,6 +691,8 @@ TrainSummary Trainer::run() {
       progress_.step = step + 1;
       const int64_t every = config_.training.eval_every;
       if (val_loader_ && (last || (every > 0 && (step + 1) % every == 0))) validate(step);
+      const int64_t eval_every = config_.eval.every;
+      if (eval_every > 0 && (last || (step + 1) % eval_every == 0)) evaluate(step);
       if (writer_) writer_->check();
       const int64_t save_every = config_.checkpoint.every;
       if (save_every > 0 && progress_.step % save_every == 0) save("checkpoint.every");

@@ -7,16 +7,32 @@
 // weights on a GPU, f32 on the CPU.
 #pragma once
 
+#include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "configs/config.h"
+#include "kernels/common.h"
 
 namespace ssmtrain {
+
+class LanguageModel;
+
+// Evaluations of the model being trained (eval/ supplies them; train/ cannot call eval/): the
+// model and its activation dtype (nullopt: f32) -> named measures, e.g. {"niah_accuracy", 0.5}.
+using TrainEvaluate =
+    std::function<std::vector<std::pair<std::string, double>>(const LanguageModel& model, std::optional<DType> compute)>;
 
 struct TrainOptions {
   // auto, none or a checkpoint path; empty: the recipe's checkpoint.resume.
   std::string resume;
+  // With eval.every > 0: called on rank 0 after every eval.every-th step and after the last,
+  // logged to metrics.jsonl as {"step": N, "eval": {"val_loss": ..., "perplexity": ..., ...}}
+  // (the validation loss from the val split when there is one) and a step line.
+  TrainEvaluate evaluate;
 };
 
 struct TrainSummary {
