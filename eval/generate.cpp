@@ -75,7 +75,7 @@ std::vector<Generated> generate(const LanguageModel& model, const std::vector<st
   if (prompts.empty()) throw std::invalid_argument("generate: no prompts");
   if (options.max_new_tokens < 1)
     throw std::invalid_argument("generate: max_new_tokens must be positive, got " + std::to_string(options.max_new_tokens));
-  const int64_t vocab = model.options().vocab_size, batch = int64_t(prompts.size());
+  const int64_t vocab = model.options().config.vocab_size, batch = int64_t(prompts.size());
   int64_t longest = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
     if (prompts[i].empty()) throw std::invalid_argument("generate: prompt " + std::to_string(i) + " is empty");

@@ -202,9 +202,7 @@ class Trainer {
 
 Trainer::Trainer(const configs::Config& config, const TrainOptions& train_options)
     : config_(config), train_options_(train_options) {
-  options_ = model_options(config.model);
-  options_.activation_checkpointing = config.training.activation_checkpointing;
-  options_.attention.deterministic = config.training.deterministic;
+  options_ = model_options(config);
   device_ = cuda_available() ? Device::cuda(0) : Device::cpu();
   bf16_ = device_.is_cuda() && config.training.precision != configs::Precision::fp32;
   compute_ = bf16_ ? std::optional<DType>(DType::bf16) : std::nullopt;
@@ -352,7 +350,7 @@ void Trainer::build() {
   loader_options.seq_len = config_.training.seq_len;
   // One next() per step: the step's sequences, cut into micro-batches here, so that a rank's
   // micro-batches are consecutive rows of the global batch.
-  loader_options.global_batch = accum_ * world_ * config_.training.micro_batch;
+  loader_options.global_batch = config_.training.sequences_per_step();
   loader_options.rank = comm_->rank();
   loader_options.world_size = int(world_);
   loader_options.seed = uint64_t(config_.run.seed);
