@@ -43,7 +43,7 @@ class AttentionMixer : public Mixer {
 struct RotaryTables {
   Tensor cos, sin;
 };
-RotaryTables rotary_tables(int64_t seqlen, int64_t head_dim, double theta, DType dtype, Device device);
+RotaryTables rotary_tables(int64_t seq_len, int64_t head_dim, double theta, DType dtype, Device device);
 Tensor rotary_embedding(const Tensor& x, const RotaryTables& tables);
 
 }  // namespace ssmtrain

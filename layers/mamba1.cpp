@@ -7,11 +7,11 @@
 #include <cmath>
 #include <vector>
 
-#include "autograd/conv_ops.h"
+#include "autograd/causal_conv1d_ops.h"
 #include "autograd/decode_ops.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"
-#include "autograd/scan_ops.h"
+#include "autograd/selective_scan_ops.h"
 
 namespace ssmtrain {
 namespace {

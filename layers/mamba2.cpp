@@ -9,8 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "autograd/conv_ops.h"
+#include "autograd/causal_conv1d_ops.h"
 #include "autograd/decode_ops.h"
+#include "autograd/gated_rmsnorm_ops.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"
 #include "autograd/ssd_ops.h"

@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "autograd/fused_ops.h"
+#include "autograd/swiglu_ops.h"
 #include "autograd/moe_ops.h"
 #include "autograd/ops.h"
 

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "autograd/checkpoint.h"
-#include "autograd/fused_ops.h"
+#include "autograd/norm_ops.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"
 
