@@ -1,5 +1,5 @@
-// Differentiable Mamba-2 ops: the SSD scan (kernels/ssd.h) and the gated RMSNorm that follows
-// it (kernels/gated_rmsnorm.h), each one fused node with a hand-written backward kernel.
+// The differentiable SSD scan of Mamba-2 (kernels/ssd.h): one fused node with a hand-written
+// backward kernel. The gated RMSNorm that follows it is autograd/gated_rmsnorm_ops.h.
 // Glossary: b batch, l sequence length, h heads, p head dim, n state size, g groups of B/C.
 #pragma once
 
@@ -34,12 +34,4 @@ struct SsdOutputs {
 };
 
 SsdOutputs ssd(const SsdInputs& in, bool return_final_states = false);
-
-// out = rmsnorm(y * silu(z)) * weight over groups of group_size elements of the last
-// dimension (Mamba-2's RMSNormGated with ngroups = d / group_size; norm_before_gate=False).
-// y, z (..., d), z optional (undefined: plain grouped RMSNorm); weight (d); group_size 0
-// means d (one group).
-Tensor gated_rmsnorm(const Tensor& y, const Tensor& z, const Tensor& weight, double eps = 1e-5,
-                     int64_t group_size = 0);
-
 }  // namespace ssmtrain

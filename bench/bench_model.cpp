@@ -17,16 +17,17 @@ using namespace ssmtrain;
 
 void bench_step(bench::Report& report, bench::Timer& timer, int64_t batch, int64_t seqlen) {
   ModelOptions o;
-  o.vocab_size = 50280;
-  o.d_model = 768;
-  o.n_layers = 24;
+  o.config.family = configs::Family::mamba1;
+  o.config.vocab_size = 50280;
+  o.config.d_model = 768;
+  o.config.n_layers = 24;
   LanguageModel model(o, 1);
   model.to(Device::cuda(0));
   Generator gen(2);
   // Uniform random tokens.
   std::vector<int64_t> tokens(static_cast<size_t>(batch * (seqlen + 1)));
   const std::vector<float> u = Tensor::rand({batch * (seqlen + 1)}, gen).to_vector();
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int64_t(u[i] * float(o.vocab_size - 1));
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int64_t(u[i] * float(o.config.vocab_size - 1));
   std::vector<int64_t> x, y;
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t t = 0; t < seqlen; ++t) {

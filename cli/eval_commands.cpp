@@ -309,9 +309,9 @@ int run_generate(const GenerateArgs& a) {
   if (!a.no_eos_stop && tok.eos_id() >= 0) o.stop_tokens.push_back(tok.eos_id());
   o.compute_dtype = ctx.compute;
   for (int64_t t : o.stop_tokens)
-    if (t < 0 || t >= ctx.model().options().vocab_size)
+    if (t < 0 || t >= ctx.model().options().config.vocab_size)
       return usage_error("generate", fmt::format("--stop-token {} is outside the vocabulary of {}", t,
-                                                 ctx.model().options().vocab_size));
+                                                 ctx.model().options().config.vocab_size));
   // One prompt streams its text as it is generated; a batch prints each text at the end.
   const bool stream = prompts.size() == 1;
   std::vector<int> so_far;

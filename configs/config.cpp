@@ -1,8 +1,11 @@
 // Values derived from the typed recipe (configs/config.h): the Mamba mixer of a layout's M
-// layers, the run's step count and gradient accumulation, and sweep variant names.
+// layers, the layers' derived sizes, the run's step count and gradient accumulation, and sweep
+// variant names.
 #include "configs/config.h"
 
 #include <yaml-cpp/yaml.h>
+
+#include <cmath>
 
 namespace ssmtrain::configs {
 
@@ -14,6 +17,31 @@ Mixer ModelConfig::mamba_mixer() const {
   }
   return family == Family::mamba2 ? Mixer::mamba2 : Mixer::mamba1;
 }
+
+int64_t ModelConfig::mamba1_dt_rank() const {
+  return mamba1.dt_rank > 0 ? mamba1.dt_rank : (d_model + 15) / 16;
+}
+
+int64_t ModelConfig::mamba2_nheads() const {
+  return mamba2.headdim > 0 ? mamba2_d_inner() / mamba2.headdim : 0;
+}
+
+int64_t ModelConfig::attention_n_kv_heads() const {
+  return attention.n_kv_heads > 0 ? attention.n_kv_heads : attention.n_heads;
+}
+
+int64_t ModelConfig::attention_head_dim() const {
+  if (attention.head_dim > 0) return attention.head_dim;
+  return attention.n_heads > 0 && d_model % attention.n_heads == 0 ? d_model / attention.n_heads : 0;
+}
+
+int64_t ModelConfig::mlp_d_ff() const {
+  if (mlp.d_ff > 0) return mlp.d_ff;
+  const auto raw = static_cast<int64_t>(std::ceil(mlp.multiplier * static_cast<double>(d_model)));
+  return (raw + 63) / 64 * 64;
+}
+
+int64_t ModelConfig::moe_d_ff() const { return moe.d_ff_expert > 0 ? moe.d_ff_expert : mlp_d_ff(); }
 
 int64_t TrainingConfig::total_steps() const {
   if (max_steps > 0) return max_steps;

@@ -158,11 +158,19 @@ struct ModelConfig {
   // The Mamba mixer of the layout's M layers (ssm, or the family when ssm is auto; mamba1 for a
   // hybrid left at auto, which validation rejects).
   Mixer mamba_mixer() const;
+
+  // The derived sizes, computed here and nowhere else: the layers are built with them, `config
+  // show` prints them, and resolve_auto_values writes the `auto` ones back. Each also holds
+  // for a config built in code whose auto (0) values were never resolved.
   int64_t mamba1_d_inner() const { return mamba1.expand * d_model; }
+  int64_t mamba1_dt_rank() const;  // dt_rank, auto: ceil(d_model / 16)
   int64_t mamba2_d_inner() const { return mamba2.expand * d_model; }
-  int64_t mamba2_nheads() const {
-    return mamba2.headdim > 0 ? mamba2_d_inner() / mamba2.headdim : 0;
-  }
+  int64_t mamba2_nheads() const;  // d_inner / headdim (0 for a headdim below 1)
+  int64_t mamba2_conv_dim() const { return mamba2_d_inner() + 2 * mamba2.ngroups * mamba2.d_state; }
+  int64_t attention_n_kv_heads() const;  // auto: n_heads
+  int64_t attention_head_dim() const;    // auto: d_model / n_heads (0 when it does not divide)
+  int64_t mlp_d_ff() const;              // auto: multiplier * d_model rounded up to 64
+  int64_t moe_d_ff() const;              // moe.d_ff_expert, auto: mlp_d_ff()
   bool operator==(const ModelConfig&) const = default;
 };
 
@@ -204,6 +212,9 @@ struct TrainingConfig {
 
   // Optimizer steps of the run: max_steps, or token_budget / global_batch_tokens rounded up.
   int64_t total_steps() const;
+  // Sequences per optimizer step over all ranks (global_batch_tokens / seq_len); a step is
+  // global_batch_tokens tokens.
+  int64_t sequences_per_step() const { return seq_len > 0 ? global_batch_tokens / seq_len : 0; }
   // Micro-batches per rank and step on `world_size` ranks (0 when it does not divide; see
   // check_world_size in configs/load.h).
   int64_t grad_accum(int64_t world_size) const;

@@ -33,35 +33,34 @@ std::string render_config_show(const Config& config, const std::optional<ModelCo
 
   text += fmt::format("# layout: {} layers ({})\n", layout.layers.size(), kLayoutLegend);
   text += fmt::format("#   mixers {}\n#   ffns   {}\n", layout.mixer_string(), layout.ffn_string());
+  // The derived sizes (ModelConfig's functions), the ones the layers are built with.
   if (layout.count(Mixer::mamba1) > 0) {
-    text +=
-        fmt::format("# mamba1: {}, d_inner {}, dt_rank {}\n", layers(layout.count(Mixer::mamba1)),
-                    model.mamba1_d_inner(), model.mamba1.dt_rank);
+    text += fmt::format("# mamba1: {}, d_inner {}, dt_rank {}\n", layers(layout.count(Mixer::mamba1)),
+                        model.mamba1_d_inner(), model.mamba1_dt_rank());
   }
   if (layout.count(Mixer::mamba2) > 0) {
-    text +=
-        fmt::format("# mamba2: {}, d_inner {}, nheads {}\n", layers(layout.count(Mixer::mamba2)),
-                    model.mamba2_d_inner(), model.mamba2_nheads());
+    text += fmt::format("# mamba2: {}, d_inner {}, nheads {} of headdim {}\n",
+                        layers(layout.count(Mixer::mamba2)), model.mamba2_d_inner(),
+                        model.mamba2_nheads(), model.mamba2.headdim);
   }
   if (layout.count(Mixer::attention) > 0) {
-    text += fmt::format("# attention: {}, head_dim {}, n_kv_heads {}\n",
-                        layers(layout.count(Mixer::attention)), model.attention.head_dim,
-                        model.attention.n_kv_heads);
+    text += fmt::format("# attention: {}, n_heads {}, head_dim {}, n_kv_heads {}\n",
+                        layers(layout.count(Mixer::attention)), model.attention.n_heads,
+                        model.attention_head_dim(), model.attention_n_kv_heads());
   }
   if (layout.count(Ffn::mlp) > 0) {
-    text += fmt::format("# mlp: {}, d_ff {}\n", layers(layout.count(Ffn::mlp)), model.mlp.d_ff);
+    text += fmt::format("# mlp: {}, d_ff {}\n", layers(layout.count(Ffn::mlp)), model.mlp_d_ff());
   }
   if (layout.count(Ffn::moe) > 0) {
-    text +=
-        fmt::format("# moe: {}, {} experts of d_ff {}, top {}\n", layers(layout.count(Ffn::moe)),
-                    model.moe.n_experts, model.moe.d_ff_expert, model.moe.top_k);
+    text += fmt::format("# moe: {}, {} experts of d_ff {}, top {}\n",
+                        layers(layout.count(Ffn::moe)), model.moe.n_experts, model.moe_d_ff(),
+                        model.moe.top_k);
   }
-  const int64_t sequences = training.global_batch_tokens / training.seq_len;
   text += fmt::format(
-      "# step: {} sequences of {} tokens, {} micro-batches of {} (grad_accum on "
+      "# step: {} tokens, {} sequences of {} tokens, {} micro-batches of {} (grad_accum on "
       "N ranks: {} / N)\n",
-      sequences, training.seq_len, training.grad_accum(1), training.micro_batch,
-      training.grad_accum(1));
+      training.global_batch_tokens, training.sequences_per_step(), training.seq_len,
+      training.grad_accum(1), training.micro_batch, training.grad_accum(1));
   text += fmt::format("# run: {} steps, {} tokens\n", training.total_steps(),
                       short_count(static_cast<double>(training.total_steps()) *
                                   static_cast<double>(training.global_batch_tokens)));

@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cmath>
 
 #include "configs/layout.h"
 #include "configs/load.h"
@@ -93,8 +92,7 @@ void check_attention(const ModelConfig& model) {
             fmt::format("expected a divisor of n_heads = {}, found {}", attention.n_heads,
                         attention.n_kv_heads));
   }
-  const int64_t head_dim =
-      attention.head_dim != 0 ? attention.head_dim : model.d_model / attention.n_heads;
+  const int64_t head_dim = model.attention_head_dim();
   if (attention.rope && head_dim % 2 != 0) {
     invalid({"model.attention.head_dim", "model.attention.n_heads", "model.attention.rope"},
             fmt::format("expected an even head_dim for rope, found {}", head_dim));
@@ -190,18 +188,14 @@ void resolve_auto_values(Config& config) {
   if (model.ssm == Ssm::from_family && model.family != Family::hybrid) {
     model.ssm = model.family == Family::mamba1 ? Ssm::mamba1 : Ssm::mamba2;
   }
-  if (model.mamba1.dt_rank == 0) model.mamba1.dt_rank = (model.d_model + 15) / 16;
-  AttentionConfig& attention = model.attention;
-  if (attention.n_kv_heads == 0) attention.n_kv_heads = attention.n_heads;
-  // Left at auto when attention is unused and n_heads does not divide d_model.
-  if (attention.head_dim == 0 && model.d_model % attention.n_heads == 0) {
-    attention.head_dim = model.d_model / attention.n_heads;
-  }
-  if (model.mlp.d_ff == 0) {
-    const auto d_ff = static_cast<int64_t>(std::ceil(model.mlp.multiplier * model.d_model));
-    model.mlp.d_ff = (d_ff + 63) / 64 * 64;
-  }
-  if (model.moe.d_ff_expert == 0) model.moe.d_ff_expert = model.mlp.d_ff;
+  // The sizes come from ModelConfig's derived-size functions, so a resolved config and one
+  // left at auto build the same layers.
+  model.mamba1.dt_rank = model.mamba1_dt_rank();
+  model.attention.n_kv_heads = model.attention_n_kv_heads();
+  // Left at auto (0) when attention is unused and n_heads does not divide d_model.
+  model.attention.head_dim = model.attention_head_dim();
+  model.moe.d_ff_expert = model.moe_d_ff();
+  model.mlp.d_ff = model.mlp_d_ff();
 }
 
 void check_world_size(const Config& config, int64_t world_size) {

@@ -17,7 +17,7 @@ namespace ssmtrain::eval {
 std::vector<DecodeBenchRow> decode_bench(const LanguageModel& model, const DecodeBenchOptions& o,
                                          const DecodeBenchProgress& on_row) {
   using Clock = std::chrono::steady_clock;
-  const int64_t vocab = model.options().vocab_size;
+  const int64_t vocab = model.options().config.vocab_size;
   const Device device = model.device();
   std::vector<DecodeBenchRow> rows;
   for (int64_t batch : o.batches) {

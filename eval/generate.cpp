@@ -32,11 +32,8 @@ std::vector<float> host_rows(const Tensor& logits) { return cast(to_device(logit
 // Mamba mixers and the MLP do; attention uploads each sequence's position and MoE routes on
 // the host.
 bool step_is_capturable(const LanguageModel& model) {
-  const ModelOptions& o = model.options();
-  for (int64_t i = 0; i < o.n_layers; ++i) {
-    const LayerKind k = o.layer(i);
+  for (const LayerKind& k : model.options().layer_list())
     if (k.mixer == MixerKind::attention || k.ffn == FfnKind::moe) return false;
-  }
   return true;
 }
 
@@ -161,7 +158,7 @@ std::vector<Generated> generate(const LanguageModel& model, const std::vector<st
   if (prompts.empty()) throw std::invalid_argument("generate: no prompts");
   if (options.max_new_tokens < 1)
     throw std::invalid_argument("generate: max_new_tokens must be positive, got " + std::to_string(options.max_new_tokens));
-  const int64_t vocab = model.options().vocab_size, batch = int64_t(prompts.size());
+  const int64_t vocab = model.options().config.vocab_size, batch = int64_t(prompts.size());
   int64_t longest = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
     if (prompts[i].empty()) throw std::invalid_argument("generate: prompt " + std::to_string(i) + " is empty");

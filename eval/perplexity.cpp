@@ -19,7 +19,7 @@ PerplexityResult perplexity(const LanguageModel& model, const std::vector<int64_
   if (L < 1) throw std::invalid_argument("perplexity: seq_len must be positive, got " + std::to_string(L));
   if (stride > L)
     throw std::invalid_argument("perplexity: stride " + std::to_string(stride) + " exceeds seq_len " + std::to_string(L));
-  const int64_t vocab = model.options().vocab_size;
+  const int64_t vocab = model.options().config.vocab_size;
   for (int64_t t : tokens)
     if (t < 0 || t >= vocab)
       throw std::invalid_argument("perplexity: token " + std::to_string(t) + " is outside the vocabulary of " +

@@ -7,28 +7,20 @@
 
 #include <vector>
 
+#include "configs/config.h"
 #include "layers/basic.h"
 
 namespace ssmtrain {
 
-struct AttentionOptions {
-  int64_t d_model = 256;
-  int64_t n_heads = 4;
-  int64_t n_kv_heads = 0;  // 0: n_heads (multi-head); fewer: grouped-query, dividing n_heads
-  int64_t head_dim = 0;    // 0: d_model / n_heads
-  bool rope = false;       // rotary embedding on q and k (hybrids usually rely on Mamba for position)
-  double rope_theta = 10000.0;
-  int64_t n_layers = 1;    // o_proj is scaled by 1 / sqrt(n_layers) at init, as Mamba's out_proj
-  bool deterministic = true;  // false: the faster atomic-dQ backward on the GPU (training.deterministic)
-  int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
-  int64_t dim_per_head() const { return head_dim > 0 ? head_dim : d_model / n_heads; }
-};
-
 class AttentionMixer : public Mixer {
  public:
-  // Throws std::invalid_argument when kv heads do not divide the heads, or the head dim is
-  // not given and n_heads does not divide d_model, or rope is asked with an odd head dim.
-  AttentionMixer(const AttentionOptions& options, Generator& gen, DType dtype = DType::f32);
+  // Built from model.attention, d_model, n_layers (o_proj is scaled by 1 / sqrt(n_layers) at
+  // init, as Mamba's out_proj) and the derived sizes model.attention_n_kv_heads() and
+  // attention_head_dim(); `deterministic` false picks the faster atomic-dQ backward on the GPU
+  // (training.deterministic). Throws std::invalid_argument when kv heads do not divide the
+  // heads, or the head dim is not given and n_heads does not divide d_model, or rope is asked
+  // with an odd head dim.
+  AttentionMixer(const configs::ModelConfig& model, bool deterministic, Generator& gen, DType dtype = DType::f32);
   // x (b, l, d) -> (b, l, d); with doc_index a token attends only within its own document.
   Tensor forward(const Tensor& x, const Tensor& doc_index) const override;
   MixerCache new_cache(int64_t batch, int64_t max_len, DType dtype, Device device) const override;
@@ -36,7 +28,8 @@ class AttentionMixer : public Mixer {
   Tensor step(const Tensor& x, const MixerCache& cache, const std::vector<int64_t>& positions) const override;
 
  private:
-  AttentionOptions options_;
+  configs::ModelConfig model_;
+  bool deterministic_;
   Linear& q_proj_;  // d -> h dh
   Linear& k_proj_;  // d -> kv dh
   Linear& v_proj_;  // d -> kv dh
@@ -50,7 +43,7 @@ class AttentionMixer : public Mixer {
 struct RotaryTables {
   Tensor cos, sin;
 };
-RotaryTables rotary_tables(int64_t seqlen, int64_t head_dim, double theta, DType dtype, Device device);
+RotaryTables rotary_tables(int64_t seq_len, int64_t head_dim, double theta, DType dtype, Device device);
 Tensor rotary_embedding(const Tensor& x, const RotaryTables& tables);
 
 }  // namespace ssmtrain

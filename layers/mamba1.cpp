@@ -7,14 +7,18 @@
 #include <cmath>
 #include <vector>
 
-#include "autograd/conv_ops.h"
+#include "autograd/causal_conv1d_ops.h"
 #include "autograd/decode_ops.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"
-#include "autograd/scan_ops.h"
+#include "autograd/selective_scan_ops.h"
 
 namespace ssmtrain {
 namespace {
+
+// The RMSNorms on dt, B and C (dt_bc_norm) use Jamba's default epsilon whatever model.norm_eps
+// says (interop/hf.cpp asks for model.norm_eps 1e-6 so that Jamba's one rms_norm_eps matches).
+constexpr double kDtBcNormEps = 1e-6;
 
 Tensor a_log_init(int64_t e, int64_t n, DType dtype) {
   std::vector<double> v(e * n);
@@ -25,28 +29,28 @@ Tensor a_log_init(int64_t e, int64_t n, DType dtype) {
 
 }  // namespace
 
-Mamba1Mixer::Mamba1Mixer(const Mamba1Options& o, Generator& gen, DType dtype)
-    : options_(o),
-      in_proj_(register_module("in_proj", std::make_unique<Linear>(o.d_model, 2 * o.d_inner(), false, gen, dtype))),
+Mamba1Mixer::Mamba1Mixer(const configs::ModelConfig& model, Generator& gen, DType dtype)
+    : model_(model),
+      in_proj_(register_module("in_proj", std::make_unique<Linear>(model.d_model, 2 * model.mamba1_d_inner(), false, gen, dtype))),
       conv_weight_(register_parameter("conv1d.weight",
-                                      uniform_init({o.d_inner(), o.d_conv}, 1.0 / std::sqrt(double(o.d_conv)), gen, dtype))),
+                                      uniform_init({model.mamba1_d_inner(), model.mamba1.d_conv}, 1.0 / std::sqrt(double(model.mamba1.d_conv)), gen, dtype))),
       conv_bias_(register_parameter("conv1d.bias",
-                                    uniform_init({o.d_inner()}, 1.0 / std::sqrt(double(o.d_conv)), gen, dtype),
+                                    uniform_init({model.mamba1_d_inner()}, 1.0 / std::sqrt(double(model.mamba1.d_conv)), gen, dtype),
                                     /*weight_decay=*/false)),
-      x_proj_(register_module("x_proj", std::make_unique<Linear>(o.d_inner(), o.rank() + 2 * o.d_state, false, gen, dtype))),
-      dt_proj_(register_module("dt_proj", std::make_unique<Linear>(o.rank(), o.d_inner(), true, gen, dtype))),
-      A_log_(register_parameter("A_log", a_log_init(o.d_inner(), o.d_state, dtype), /*weight_decay=*/false)),
-      D_(register_parameter("D", Tensor::ones({o.d_inner()}, dtype), /*weight_decay=*/false)),
-      out_proj_(register_module("out_proj", std::make_unique<Linear>(o.d_inner(), o.d_model, false, gen, dtype))) {
+      x_proj_(register_module("x_proj", std::make_unique<Linear>(model.mamba1_d_inner(), model.mamba1_dt_rank() + 2 * model.mamba1.d_state, false, gen, dtype))),
+      dt_proj_(register_module("dt_proj", std::make_unique<Linear>(model.mamba1_dt_rank(), model.mamba1_d_inner(), true, gen, dtype))),
+      A_log_(register_parameter("A_log", a_log_init(model.mamba1_d_inner(), model.mamba1.d_state, dtype), /*weight_decay=*/false)),
+      D_(register_parameter("D", Tensor::ones({model.mamba1_d_inner()}, dtype), /*weight_decay=*/false)),
+      out_proj_(register_module("out_proj", std::make_unique<Linear>(model.mamba1_d_inner(), model.d_model, false, gen, dtype))) {
   NoGradGuard no_grad;
-  const double dt_std = 1.0 / std::sqrt(double(o.rank()));
+  const double dt_std = 1.0 / std::sqrt(double(model.mamba1_dt_rank()));
   copy_into(dt_proj_.weight, uniform_init(dt_proj_.weight.shape(), dt_std, gen, dtype));
-  copy_into(*dt_proj_.bias, dt_bias_init(o.d_inner(), o.dt_min, o.dt_max, o.dt_init_floor, gen, dtype));
-  copy_into(out_proj_.weight, mul(out_proj_.weight, 1.0 / std::sqrt(double(std::max<int64_t>(o.n_layers, 1)))));
-  if (o.dt_bc_norm) {
-    dt_norm_ = &register_module("dt_layernorm", std::make_unique<RMSNorm>(o.rank(), o.norm_eps, dtype));
-    B_norm_ = &register_module("b_layernorm", std::make_unique<RMSNorm>(o.d_state, o.norm_eps, dtype));
-    C_norm_ = &register_module("c_layernorm", std::make_unique<RMSNorm>(o.d_state, o.norm_eps, dtype));
+  copy_into(*dt_proj_.bias, dt_bias_init(model.mamba1_d_inner(), model.mamba1.dt_min, model.mamba1.dt_max, model.mamba1.dt_init_floor, gen, dtype));
+  copy_into(out_proj_.weight, mul(out_proj_.weight, 1.0 / std::sqrt(double(std::max<int64_t>(model.n_layers, 1)))));
+  if (model.mamba1.dt_bc_norm) {
+    dt_norm_ = &register_module("dt_layernorm", std::make_unique<RMSNorm>(model.mamba1_dt_rank(), kDtBcNormEps, dtype));
+    B_norm_ = &register_module("b_layernorm", std::make_unique<RMSNorm>(model.mamba1.d_state, kDtBcNormEps, dtype));
+    C_norm_ = &register_module("c_layernorm", std::make_unique<RMSNorm>(model.mamba1.d_state, kDtBcNormEps, dtype));
   }
 }
 
@@ -56,7 +60,7 @@ Tensor Mamba1Mixer::forward(const Tensor& x, const Tensor& doc_index) const { re
 // convolution and the scan read, with its weight shared by the batch, so no activation is
 // transposed (the dt/B/C norms of Jamba-style stacks transpose their small inputs only).
 Tensor Mamba1Mixer::run(const Tensor& x, const Tensor& doc_index, const MixerCache* cache) const {
-  const int64_t b = x.size(0), l = x.size(1), e = options_.d_inner(), n = options_.d_state, r = options_.rank();
+  const int64_t b = x.size(0), l = x.size(1), e = model_.mamba1_d_inner(), n = model_.mamba1.d_state, r = model_.mamba1_dt_rank();
   const Tensor w_in = weight_for(in_proj_.weight, x);                    // (2e, d)
   const Tensor x_bel = matmul(narrow(w_in, 0, 0, e), x, false, true);    // (b, e, l)
   const Tensor z_bel = matmul(narrow(w_in, 0, e, e), x, false, true);    // (b, e, l)
@@ -85,15 +89,15 @@ Tensor Mamba1Mixer::run(const Tensor& x, const Tensor& doc_index, const MixerCac
 MixerCache Mamba1Mixer::new_cache(int64_t batch, int64_t, DType dtype, Device device) const {
   const DType state_dtype = dtype == DType::f64 ? DType::f64 : DType::f32;
   MixerCache c;
-  c.conv = Tensor::zeros({batch, options_.d_inner(), options_.d_conv - 1}, dtype, device);  // (b, e, w-1)
-  c.ssm = Tensor::zeros({batch, options_.d_inner(), options_.d_state}, state_dtype, device);  // (b, e, n)
+  c.conv = Tensor::zeros({batch, model_.mamba1_d_inner(), model_.mamba1.d_conv - 1}, dtype, device);  // (b, e, w-1)
+  c.ssm = Tensor::zeros({batch, model_.mamba1_d_inner(), model_.mamba1.d_state}, state_dtype, device);  // (b, e, n)
   return c;
 }
 
 Tensor Mamba1Mixer::prefill(const Tensor& x, const MixerCache& cache) const { return run(x, Tensor(), &cache); }
 
 Tensor Mamba1Mixer::step(const Tensor& x, const MixerCache& cache, const std::vector<int64_t>&) const {
-  const int64_t b = x.size(0), e = options_.d_inner(), n = options_.d_state, r = options_.rank();
+  const int64_t b = x.size(0), e = model_.mamba1_d_inner(), n = model_.mamba1.d_state, r = model_.mamba1_dt_rank();
   std::vector<Tensor> xz = split(reshape(in_proj_.forward(x), {b, 2 * e}), {e, e}, -1);  // 2 x (b, e)
   const Tensor u = causal_conv1d_step(xz[0], conv_weight_, conv_bias_, cache.conv, true);  // (b, e)
   std::vector<Tensor> dbc = split(x_proj_.forward(u), {r, n, n}, -1);  // (b, r), (b, n) x 2

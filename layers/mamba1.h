@@ -6,31 +6,19 @@
 // r dt_rank, w d_conv.
 #pragma once
 
+#include <memory>
 #include <vector>
 
-#include <memory>
-
+#include "configs/config.h"
 #include "layers/basic.h"
 
 namespace ssmtrain {
 
-struct Mamba1Options {
-  int64_t d_model = 256;
-  int64_t d_state = 16;
-  int64_t d_conv = 4;
-  int64_t expand = 2;
-  int64_t dt_rank = 0;  // 0: ceil(d_model / 16)
-  double dt_min = 0.001, dt_max = 0.1, dt_init_floor = 1e-4;
-  bool dt_bc_norm = false;  // Jamba: RMSNorm on dt, B and C
-  double norm_eps = 1e-6;
-  int64_t n_layers = 1;     // out_proj is scaled by 1 / sqrt(n_layers) at init
-  int64_t d_inner() const { return expand * d_model; }
-  int64_t rank() const { return dt_rank > 0 ? dt_rank : (d_model + 15) / 16; }
-};
-
 class Mamba1Mixer : public Mixer {
  public:
-  Mamba1Mixer(const Mamba1Options& options, Generator& gen, DType dtype = DType::f32);
+  // Built from model.mamba1, d_model, n_layers (out_proj is scaled by 1 / sqrt(n_layers) at
+  // init) and the derived sizes model.mamba1_d_inner() and mamba1_dt_rank().
+  Mamba1Mixer(const configs::ModelConfig& model, Generator& gen, DType dtype = DType::f32);
   // x (b, l, d) -> (b, l, d); doc_index (b, l) i32 or undefined resets the state and the
   // convolution window at document starts.
   Tensor forward(const Tensor& x, const Tensor& doc_index) const override;
@@ -43,7 +31,7 @@ class Mamba1Mixer : public Mixer {
   Tensor run(const Tensor& x, const Tensor& doc_index, const MixerCache* cache) const;
 
  private:
-  Mamba1Options options_;
+  configs::ModelConfig model_;
   Linear& in_proj_;   // d -> 2e
   Tensor& conv_weight_;  // (e, w)
   Tensor& conv_bias_;    // (e)

@@ -1,6 +1,6 @@
 // See mamba2.h. Initialisation follows the reference implementation (mamba_ssm's Mamba2):
 // dt_bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] (at least dt_init_floor);
-// A_log = log(U(A_init_min, A_init_max)); D = 1; norm weight 1; the convolution as PyTorch's
+// A_log = log(U(1, 16)); D = 1; norm weight 1; the convolution as PyTorch's
 // Conv1d; out_proj scaled by 1 / sqrt(n_layers).
 #include "layers/mamba2.h"
 
@@ -9,8 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "autograd/conv_ops.h"
+#include "autograd/causal_conv1d_ops.h"
 #include "autograd/decode_ops.h"
+#include "autograd/gated_rmsnorm_ops.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"
 #include "autograd/ssd_ops.h"
@@ -18,21 +19,23 @@
 namespace ssmtrain {
 namespace {
 
-const Mamba2Options& checked(const Mamba2Options& o) {
-  if (o.headdim < 1 || o.d_inner() % o.headdim != 0)
-    throw std::invalid_argument("mamba2: d_inner " + std::to_string(o.d_inner()) + " (expand x d_model) is not a multiple of headdim " +
+const configs::ModelConfig& checked(const configs::ModelConfig& model) {
+  const configs::Mamba2Config& o = model.mamba2;
+  if (o.headdim < 1 || model.mamba2_d_inner() % o.headdim != 0)
+    throw std::invalid_argument("mamba2: d_inner " + std::to_string(model.mamba2_d_inner()) + " (expand x d_model) is not a multiple of headdim " +
                                 std::to_string(o.headdim));
-  if (o.ngroups < 1 || o.nheads() % o.ngroups != 0)
+  if (o.ngroups < 1 || model.mamba2_nheads() % o.ngroups != 0)
     throw std::invalid_argument("mamba2: ngroups " + std::to_string(o.ngroups) + " does not divide the " +
-                                std::to_string(o.nheads()) + " heads");
-  return o;
+                                std::to_string(model.mamba2_nheads()) + " heads");
+  return model;
 }
 
-int64_t conv_dim(const Mamba2Options& o) { return o.d_inner() + 2 * o.ngroups * o.d_state; }
+// A = -U(kAInitMin, kAInitMax), as mamba_ssm's Mamba2 (A_init_range).
+constexpr double kAInitMin = 1.0, kAInitMax = 16.0;
 
-Tensor a_log_init(int64_t heads, const Mamba2Options& o, Generator& gen, DType dtype) {
-  const std::vector<float> u = Tensor::rand({heads}, gen, DType::f32, Device::cpu(), float(o.A_init_min),
-                                            float(o.A_init_max)).to_vector();
+Tensor a_log_init(int64_t heads, Generator& gen, DType dtype) {
+  const std::vector<float> u = Tensor::rand({heads}, gen, DType::f32, Device::cpu(), float(kAInitMin),
+                                            float(kAInitMax)).to_vector();
   std::vector<double> v(heads);
   for (int64_t i = 0; i < heads; ++i) v[i] = std::log(double(u[i]));
   return Tensor::from_vector(v, {heads}, dtype);
@@ -40,28 +43,28 @@ Tensor a_log_init(int64_t heads, const Mamba2Options& o, Generator& gen, DType d
 
 }  // namespace
 
-Mamba2Mixer::Mamba2Mixer(const Mamba2Options& o, Generator& gen, DType dtype)
-    : options_(checked(o)),
-      in_proj_(register_module("in_proj", std::make_unique<Linear>(o.d_model, 2 * o.d_inner() + 2 * o.ngroups * o.d_state + o.nheads(),
+Mamba2Mixer::Mamba2Mixer(const configs::ModelConfig& model, Generator& gen, DType dtype)
+    : model_(checked(model)),
+      in_proj_(register_module("in_proj", std::make_unique<Linear>(model.d_model, 2 * model.mamba2_d_inner() + 2 * model.mamba2.ngroups * model.mamba2.d_state + model.mamba2_nheads(),
                                                                    false, gen, dtype))),
       conv_weight_(register_parameter("conv1d.weight",
-                                      uniform_init({conv_dim(o), o.d_conv}, 1.0 / std::sqrt(double(o.d_conv)), gen, dtype))),
-      conv_bias_(register_parameter("conv1d.bias", uniform_init({conv_dim(o)}, 1.0 / std::sqrt(double(o.d_conv)), gen, dtype),
+                                      uniform_init({model.mamba2_conv_dim(), model.mamba2.d_conv}, 1.0 / std::sqrt(double(model.mamba2.d_conv)), gen, dtype))),
+      conv_bias_(register_parameter("conv1d.bias", uniform_init({model.mamba2_conv_dim()}, 1.0 / std::sqrt(double(model.mamba2.d_conv)), gen, dtype),
                                     /*weight_decay=*/false)),
-      dt_bias_(register_parameter("dt_bias", dt_bias_init(o.nheads(), o.dt_min, o.dt_max, o.dt_init_floor, gen, dtype), /*weight_decay=*/false)),
-      A_log_(register_parameter("A_log", a_log_init(o.nheads(), o, gen, dtype), /*weight_decay=*/false)),
-      D_(register_parameter("D", Tensor::ones({o.nheads()}, dtype), /*weight_decay=*/false)),
-      norm_weight_(register_parameter("norm.weight", Tensor::ones({o.d_inner()}, dtype), /*weight_decay=*/false)),
-      out_proj_(register_module("out_proj", std::make_unique<Linear>(o.d_inner(), o.d_model, false, gen, dtype))) {
+      dt_bias_(register_parameter("dt_bias", dt_bias_init(model.mamba2_nheads(), model.mamba2.dt_min, model.mamba2.dt_max, model.mamba2.dt_init_floor, gen, dtype), /*weight_decay=*/false)),
+      A_log_(register_parameter("A_log", a_log_init(model.mamba2_nheads(), gen, dtype), /*weight_decay=*/false)),
+      D_(register_parameter("D", Tensor::ones({model.mamba2_nheads()}, dtype), /*weight_decay=*/false)),
+      norm_weight_(register_parameter("norm.weight", Tensor::ones({model.mamba2_d_inner()}, dtype), /*weight_decay=*/false)),
+      out_proj_(register_module("out_proj", std::make_unique<Linear>(model.mamba2_d_inner(), model.d_model, false, gen, dtype))) {
   NoGradGuard no_grad;
-  copy_into(out_proj_.weight, mul(out_proj_.weight, 1.0 / std::sqrt(double(std::max<int64_t>(o.n_layers, 1)))));
+  copy_into(out_proj_.weight, mul(out_proj_.weight, 1.0 / std::sqrt(double(std::max<int64_t>(model.n_layers, 1)))));
 }
 
 Tensor Mamba2Mixer::forward(const Tensor& x, const Tensor& doc_index) const { return run(x, doc_index, nullptr); }
 
 Tensor Mamba2Mixer::run(const Tensor& x, const Tensor& doc_index, const MixerCache* cache) const {
-  const Mamba2Options& o = options_;
-  const int64_t b = x.size(0), l = x.size(1), e = o.d_inner(), h = o.nheads(), p = o.headdim, g = o.ngroups,
+  const configs::Mamba2Config& o = model_.mamba2;
+  const int64_t b = x.size(0), l = x.size(1), e = model_.mamba2_d_inner(), h = model_.mamba2_nheads(), p = o.headdim, g = o.ngroups,
                 n = o.d_state, gn = g * n;
   std::vector<Tensor> parts = split(in_proj_.forward(x), {e, e + 2 * gn, h}, -1);  // z, xBC, dt
   const Tensor& z = parts[0];                                                       // (b, l, e)
@@ -85,24 +88,24 @@ Tensor Mamba2Mixer::run(const Tensor& x, const Tensor& doc_index, const MixerCac
     copy_into(cache->ssm, scanned.final_states);
   }
   const Tensor y = reshape(scanned.out, {b, l, e});                                 // (b, l, e)
-  const Tensor normed = gated_rmsnorm(y, z, weight_for(norm_weight_, y), o.norm_eps, e / g);
+  const Tensor normed = gated_rmsnorm(y, z, weight_for(norm_weight_, y), model_.norm_eps, e / g);
   return out_proj_.forward(normed);                                                 // (b, l, d)
 }
 
 MixerCache Mamba2Mixer::new_cache(int64_t batch, int64_t, DType dtype, Device device) const {
-  const Mamba2Options& o = options_;
+  const configs::Mamba2Config& o = model_.mamba2;
   const DType state_dtype = dtype == DType::f64 ? DType::f64 : DType::f32;
   MixerCache c;
-  c.conv = Tensor::zeros({batch, conv_dim(o), o.d_conv - 1}, dtype, device);                    // (b, e + 2gn, w-1)
-  c.ssm = Tensor::zeros({batch, o.nheads(), o.headdim, o.d_state}, state_dtype, device);     // (b, h, p, n)
+  c.conv = Tensor::zeros({batch, model_.mamba2_conv_dim(), o.d_conv - 1}, dtype, device);                    // (b, e + 2gn, w-1)
+  c.ssm = Tensor::zeros({batch, model_.mamba2_nheads(), o.headdim, o.d_state}, state_dtype, device);     // (b, h, p, n)
   return c;
 }
 
 Tensor Mamba2Mixer::prefill(const Tensor& x, const MixerCache& cache) const { return run(x, Tensor(), &cache); }
 
 Tensor Mamba2Mixer::step(const Tensor& x, const MixerCache& cache, const std::vector<int64_t>&) const {
-  const Mamba2Options& o = options_;
-  const int64_t b = x.size(0), e = o.d_inner(), h = o.nheads(), p = o.headdim, g = o.ngroups, n = o.d_state,
+  const configs::Mamba2Config& o = model_.mamba2;
+  const int64_t b = x.size(0), e = model_.mamba2_d_inner(), h = model_.mamba2_nheads(), p = o.headdim, g = o.ngroups, n = o.d_state,
                 gn = g * n;
   std::vector<Tensor> parts = split(reshape(in_proj_.forward(x), {b, 2 * e + 2 * gn + h}), {e, e + 2 * gn, h}, -1);
   const Tensor xBC = causal_conv1d_step(parts[1], conv_weight_, conv_bias_, cache.conv, true);  // (b, e + 2gn)
@@ -117,7 +120,7 @@ Tensor Mamba2Mixer::step(const Tensor& x, const MixerCache& cache, const std::ve
   in.dt_bias = dt_bias_;
   const Tensor y = reshape(ssd_step(in, cache.ssm), {b, 1, e});  // (b, 1, e)
   const Tensor z = reshape(parts[0], {b, 1, e});
-  const Tensor normed = gated_rmsnorm(y, z, weight_for(norm_weight_, y), o.norm_eps, e / g);
+  const Tensor normed = gated_rmsnorm(y, z, weight_for(norm_weight_, y), model_.norm_eps, e / g);
   return out_proj_.forward(normed);  // (b, 1, d)
 }
 

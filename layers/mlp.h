@@ -6,23 +6,16 @@
 // e experts, k experts per token.
 #pragma once
 
+#include "configs/config.h"
 #include "layers/basic.h"
 
 namespace ssmtrain {
 
-// d_ff rounded: multiplier * d_model up to a multiple of 64 when d_ff is not given.
-int64_t swiglu_hidden(int64_t d_model, int64_t d_ff, double multiplier);
-
-struct MlpOptions {
-  int64_t d_model = 256;
-  int64_t d_ff = 1024;
-  int64_t n_layers = 1;  // down is scaled by 1 / sqrt(n_layers) at init
-};
-
 // down(silu(gate x) * up x), with gate and up packed in one projection (d -> 2f).
 class Mlp : public FeedForward {
  public:
-  Mlp(const MlpOptions& options, Generator& gen, DType dtype = DType::f32);
+  // d_model -> model.mlp_d_ff() -> d_model; down is scaled by 1 / sqrt(n_layers) at init.
+  Mlp(const configs::ModelConfig& model, Generator& gen, DType dtype = DType::f32);
   Tensor forward(const Tensor& x, AuxLosses* aux) const override;  // (b, l, d) -> (b, l, d)
 
  private:
@@ -30,28 +23,19 @@ class Mlp : public FeedForward {
   Linear& down_;     // f -> d
 };
 
-struct MoeLayerOptions {
-  int64_t d_model = 256;
-  int64_t n_experts = 16;
-  int64_t top_k = 2;
-  int64_t d_ff = 1024;  // each expert's hidden width
-  double aux_loss_coef = 0.01;
-  double z_loss_coef = 0.001;
-  bool normalize_topk = false;  // Jamba keeps the top-k probabilities as they are; Mixtral renormalises
-  int64_t n_layers = 1;
-};
-
 class Moe : public FeedForward {
  public:
-  // Throws std::invalid_argument when top_k is not in 1..n_experts or n_experts > 64.
-  Moe(const MoeLayerOptions& options, Generator& gen, DType dtype = DType::f32);
+  // model.moe's experts of hidden width model.moe_d_ff(); the top-k probabilities are kept as
+  // they are (Jamba; Mixtral renormalises them). Throws std::invalid_argument when top_k is
+  // not in 1..n_experts or n_experts > 64.
+  Moe(const configs::ModelConfig& model, Generator& gen, DType dtype = DType::f32);
   // Adds aux_loss_coef * load-balancing + z_loss_coef * z-loss and the expert counts to aux.
   Tensor forward(const Tensor& x, AuxLosses* aux) const override;  // (b, l, d) -> (b, l, d)
   // Expert parameters a token does not use: those of n_experts - top_k experts.
   int64_t inactive_parameters() const;
 
  private:
-  MoeLayerOptions options_;
+  configs::ModelConfig model_;
   Tensor& router_;  // (e, d)
   Tensor& w_gate_;  // (e, f, d)
   Tensor& w_up_;    // (e, f, d)

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "autograd/checkpoint.h"
-#include "autograd/fused_ops.h"
+#include "autograd/norm_ops.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"
 
@@ -13,38 +13,16 @@ namespace ssmtrain {
 namespace {
 std::unique_ptr<Mixer> make_mixer(const ModelOptions& o, MixerKind kind, Generator& gen, DType dtype) {
   switch (kind) {
-    case MixerKind::mamba2: {
-      Mamba2Options m = o.mamba2;
-      m.d_model = o.d_model;
-      m.n_layers = o.n_layers;
-      return std::make_unique<Mamba2Mixer>(m, gen, dtype);
-    }
-    case MixerKind::attention: {
-      AttentionOptions a = o.attention;
-      a.d_model = o.d_model;
-      a.n_layers = o.n_layers;
-      return std::make_unique<AttentionMixer>(a, gen, dtype);
-    }
-    case MixerKind::mamba1:
-      break;
+    case MixerKind::mamba2: return std::make_unique<Mamba2Mixer>(o.config, gen, dtype);
+    case MixerKind::attention: return std::make_unique<AttentionMixer>(o.config, o.deterministic, gen, dtype);
+    case MixerKind::mamba1: break;
   }
-  Mamba1Options m = o.mamba1;
-  m.d_model = o.d_model;
-  m.n_layers = o.n_layers;
-  return std::make_unique<Mamba1Mixer>(m, gen, dtype);
+  return std::make_unique<Mamba1Mixer>(o.config, gen, dtype);
 }
 
 std::unique_ptr<FeedForward> make_ffn(const ModelOptions& o, FfnKind kind, Generator& gen, DType dtype) {
-  if (kind == FfnKind::mlp) {
-    MlpOptions m = o.mlp;
-    m.d_model = o.d_model;
-    m.n_layers = o.n_layers;
-    return std::make_unique<Mlp>(m, gen, dtype);
-  }
-  MoeLayerOptions m = o.moe;
-  m.d_model = o.d_model;
-  m.n_layers = o.n_layers;
-  return std::make_unique<Moe>(m, gen, dtype);
+  if (kind == FfnKind::mlp) return std::make_unique<Mlp>(o.config, gen, dtype);
+  return std::make_unique<Moe>(o.config, gen, dtype);
 }
 
 // block->forward under activation checkpointing: the block's inputs are kept, its inside is
@@ -76,75 +54,67 @@ AddRmsnormOutputs add_norm(const Tensor& delta, const Tensor& residual, const RM
 }
 }  // namespace
 
-LayerKind ModelOptions::layer(int64_t i) const {
-  return layers.empty() ? LayerKind{mixer, FfnKind::none} : layers.at(size_t(i));
+std::vector<LayerKind> ModelOptions::layer_list() const {
+  if (layers.empty()) return configs::resolve_layout(config).layers;
+  if (int64_t(layers.size()) != config.n_layers)
+    throw std::invalid_argument("model: " + std::to_string(layers.size()) + " layer kinds given for n_layers " +
+                                std::to_string(config.n_layers));
+  return layers;
 }
 
 std::string ModelOptions::layout_string() const {
-  std::string mixers, ffns;
-  for (int64_t i = 0; i < n_layers; ++i) {
-    const LayerKind k = layer(i);
-    mixers += k.mixer == MixerKind::attention ? 'A' : 'M';
-    ffns += k.ffn == FfnKind::none ? '-' : k.ffn == FfnKind::mlp ? 'F' : 'E';
-  }
-  return mixers + " / " + ffns;
+  const configs::Layout layout{layer_list()};
+  return layout.mixer_string() + " / " + layout.ffn_string();
 }
 
-double training_flops_per_token(const ModelOptions& o, int64_t seq_len) {
+double training_flops_per_token(const ModelOptions& options, int64_t seq_len) {
+  const configs::ModelConfig& o = options.config;
   const double d = double(o.d_model);
   double per_token = d * double(o.vocab_size);  // LM head
-  for (int64_t i = 0; i < o.n_layers; ++i) {
-    const LayerKind k = o.layer(i);
+  for (const LayerKind& k : options.layer_list()) {
     if (k.mixer == MixerKind::mamba1) {
-      const double e = double(o.mamba1.expand * o.d_model), n = double(o.mamba1.d_state);
-      const double r = double(o.mamba1.dt_rank > 0 ? o.mamba1.dt_rank : (o.d_model + 15) / 16);
+      const double e = double(o.mamba1_d_inner()), n = double(o.mamba1.d_state), r = double(o.mamba1_dt_rank());
       per_token += d * 2 * e + e * (r + 2 * n) + r * e + e * d;  // in, x, dt and out projections
     } else if (k.mixer == MixerKind::mamba2) {
-      const double e = double(o.mamba2.expand * o.d_model), gn = double(o.mamba2.ngroups * o.mamba2.d_state);
-      const double h = e / double(o.mamba2.headdim);
+      const double e = double(o.mamba2_d_inner()), gn = double(o.mamba2.ngroups * o.mamba2.d_state);
+      const double h = double(o.mamba2_nheads());
       per_token += d * (2 * e + 2 * gn + h) + e * d;  // in and out projections
     } else {
-      AttentionOptions a = o.attention;
-      a.d_model = o.d_model;
-      const double q = double(a.n_heads * a.dim_per_head()), kv = double(a.kv_heads() * a.dim_per_head());
+      const double q = double(o.attention.n_heads * o.attention_head_dim());
+      const double kv = double(o.attention_n_kv_heads() * o.attention_head_dim());
       per_token += d * (2 * q + 2 * kv);  // q, k, v and o projections
       per_token += double(seq_len) * q;   // causal: half of 2 l (h dh) multiply-adds (scores and values)
     }
-    if (k.ffn == FfnKind::mlp) per_token += 3 * d * double(o.mlp.d_ff);
-    if (k.ffn == FfnKind::moe) per_token += d * double(o.moe.n_experts) + double(o.moe.top_k) * 3 * d * double(o.moe.d_ff);
+    if (k.ffn == FfnKind::mlp) per_token += 3 * d * double(o.mlp_d_ff());
+    if (k.ffn == FfnKind::moe) per_token += d * double(o.moe.n_experts) + double(o.moe.top_k) * 3 * d * double(o.moe_d_ff());
   }
   return 6.0 * per_token;
 }
 
-ParameterCounts parameter_counts(const ModelOptions& o) {
+ParameterCounts parameter_counts(const ModelOptions& options) {
+  const configs::ModelConfig& o = options.config;
   const int64_t d = o.d_model;
   ParameterCounts c;
   c.total = o.vocab_size * d + d + (o.tie_embeddings ? 0 : d * o.vocab_size);  // embedding, norm_f, lm_head
   int64_t inactive = 0;
-  for (int64_t i = 0; i < o.n_layers; ++i) {
-    const LayerKind k = o.layer(i);
+  for (const LayerKind& k : options.layer_list()) {
     c.total += d;  // norm
     if (k.mixer == MixerKind::mamba1) {
-      Mamba1Options m = o.mamba1;
-      m.d_model = d;
-      const int64_t e = m.d_inner(), n = m.d_state, r = m.rank();
-      c.total += d * 2 * e + e * m.d_conv + e + e * (r + 2 * n) + r * e + e + e * n + e + e * d;
-      if (m.dt_bc_norm) c.total += r + 2 * n;
+      const int64_t e = o.mamba1_d_inner(), n = o.mamba1.d_state, r = o.mamba1_dt_rank();
+      c.total += d * 2 * e + e * o.mamba1.d_conv + e + e * (r + 2 * n) + r * e + e + e * n + e + e * d;
+      if (o.mamba1.dt_bc_norm) c.total += r + 2 * n;
     } else if (k.mixer == MixerKind::mamba2) {
-      Mamba2Options m = o.mamba2;
-      m.d_model = d;
-      const int64_t e = m.d_inner(), gn = m.ngroups * m.d_state, h = m.nheads(), conv = e + 2 * gn;
-      c.total += d * (2 * e + 2 * gn + h) + conv * m.d_conv + conv + 3 * h + e + e * d;
+      const int64_t e = o.mamba2_d_inner(), gn = o.mamba2.ngroups * o.mamba2.d_state, h = o.mamba2_nheads();
+      const int64_t conv = o.mamba2_conv_dim();
+      c.total += d * (2 * e + 2 * gn + h) + conv * o.mamba2.d_conv + conv + 3 * h + e + e * d;
     } else {
-      AttentionOptions a = o.attention;
-      a.d_model = d;
-      const int64_t q = a.n_heads * a.dim_per_head(), kv = a.kv_heads() * a.dim_per_head();
+      const int64_t q = o.attention.n_heads * o.attention_head_dim(), kv = o.attention_n_kv_heads() * o.attention_head_dim();
       c.total += d * q + 2 * d * kv + q * d;
     }
-    if (k.ffn == FfnKind::mlp) c.total += d + 3 * d * o.mlp.d_ff;
+    if (k.ffn == FfnKind::mlp) c.total += d + 3 * d * o.mlp_d_ff();
     if (k.ffn == FfnKind::moe) {
-      c.total += d + o.moe.n_experts * d + 3 * o.moe.n_experts * o.moe.d_ff * d;
-      inactive += (o.moe.n_experts - o.moe.top_k) * 3 * d * o.moe.d_ff;
+      c.total += d + o.moe.n_experts * d + 3 * o.moe.n_experts * o.moe_d_ff() * d;
+      inactive += (o.moe.n_experts - o.moe.top_k) * 3 * d * o.moe_d_ff();
     }
   }
   c.active = c.total - inactive;
@@ -152,10 +122,10 @@ ParameterCounts parameter_counts(const ModelOptions& o) {
 }
 
 Block::Block(const ModelOptions& o, LayerKind kind, Generator& gen, DType dtype)
-    : norm_(register_module("norm", std::make_unique<RMSNorm>(o.d_model, o.norm_eps, dtype))),
+    : norm_(register_module("norm", std::make_unique<RMSNorm>(o.config.d_model, o.config.norm_eps, dtype))),
       mixer_(register_module("mixer", make_mixer(o, kind.mixer, gen, dtype))) {
   if (kind.ffn != FfnKind::none) {
-    ffn_norm_ = &register_module("ffn_norm", std::make_unique<RMSNorm>(o.d_model, o.norm_eps, dtype));
+    ffn_norm_ = &register_module("ffn_norm", std::make_unique<RMSNorm>(o.config.d_model, o.config.norm_eps, dtype));
     ffn_ = &register_module(kind.ffn == FfnKind::mlp ? "mlp" : "moe", make_ffn(o, kind.ffn, gen, dtype));
   }
 }
@@ -195,18 +165,20 @@ InferenceCache InferenceCache::row(int64_t i) const {
 LanguageModel::LanguageModel(const ModelOptions& o, uint64_t seed, DType dtype)
     : options_(o), embedding_([&]() -> Embedding& {
         Generator gen(seed);
-        return register_module("embedding", std::make_unique<Embedding>(o.vocab_size, o.d_model, gen, dtype));
+        return register_module("embedding", std::make_unique<Embedding>(o.config.vocab_size, o.config.d_model, gen, dtype));
       }()) {
+  options_.layers = o.layer_list();  // resolved once
   // Each component draws from its own stream (seed, offset by component) so adding a layer
   // does not change the ones before it.
-  for (int64_t i = 0; i < o.n_layers; ++i) {
+  for (int64_t i = 0; i < o.config.n_layers; ++i) {
     Generator gen(seed + 1 + uint64_t(i));
-    blocks_.push_back(&register_module("blocks." + std::to_string(i), std::make_unique<Block>(o, o.layer(i), gen, dtype)));
+    blocks_.push_back(&register_module("blocks." + std::to_string(i),
+                                       std::make_unique<Block>(options_, options_.layers[size_t(i)], gen, dtype)));
   }
-  final_norm_ = &register_module("norm_f", std::make_unique<RMSNorm>(o.d_model, o.norm_eps, dtype));
-  if (!o.tie_embeddings) {
-    Generator gen(seed + 1 + uint64_t(o.n_layers));
-    lm_head_ = &register_module("lm_head", std::make_unique<Linear>(o.d_model, o.vocab_size, false, gen, dtype));
+  final_norm_ = &register_module("norm_f", std::make_unique<RMSNorm>(o.config.d_model, o.config.norm_eps, dtype));
+  if (!o.config.tie_embeddings) {
+    Generator gen(seed + 1 + uint64_t(o.config.n_layers));
+    lm_head_ = &register_module("lm_head", std::make_unique<Linear>(o.config.d_model, o.config.vocab_size, false, gen, dtype));
   }
 }
 
@@ -222,7 +194,7 @@ Tensor LanguageModel::logits(const Tensor& ids, const Tensor& doc_index, std::op
 
 Tensor LanguageModel::head(const Block::Stream& stream) const {
   Tensor h = add_norm(stream.delta, stream.residual, *final_norm_).normed;
-  h = reshape(h, {-1, options_.d_model});  // (b l, d)
+  h = reshape(h, {-1, options_.config.d_model});  // (b l, d)
   return lm_head_ ? lm_head_->forward(h) : matmul(h, weight_for(embedding_.table, h), false, true);
 }
 

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "configs/config.h"
+#include "configs/layout.h"
 #include "layers/attention.h"
 #include "layers/basic.h"
 #include "layers/mamba1.h"
@@ -18,34 +20,28 @@
 
 namespace ssmtrain {
 
-enum class MixerKind { mamba1, mamba2, attention };
-enum class FfnKind { none, mlp, moe };
+// The layer kinds are the recipe's (configs/layout.h); these names read better next to the
+// Mixer and FeedForward modules.
+using MixerKind = configs::Mixer;
+using FfnKind = configs::Ffn;
+using LayerKind = configs::LayerSpec;
 
-struct LayerKind {
-  MixerKind mixer = MixerKind::mamba2;
-  FfnKind ffn = FfnKind::none;
-};
-
+// What a LanguageModel is built from. Every hyperparameter, its one default and the sizes
+// derived from it live in configs/ (configs/config.h); the layers read `config` directly.
 struct ModelOptions {
-  int64_t vocab_size = 256;
-  int64_t d_model = 128;
-  int64_t n_layers = 2;
-  bool tie_embeddings = true;
-  double norm_eps = 1e-5;
-  // One entry per layer; when empty, every layer is {mixer, none}.
+  configs::ModelConfig config;
+  // One entry per layer (model_options fills it from config.layout); when empty, the layout
+  // config.layout resolves to. Tests give lists a recipe cannot (Mamba-1 and Mamba-2 mixed).
   std::vector<LayerKind> layers;
-  MixerKind mixer = MixerKind::mamba1;
-  // Per-kind settings; d_model and n_layers are taken from above.
-  Mamba1Options mamba1;
-  Mamba2Options mamba2;
-  AttentionOptions attention;
-  MlpOptions mlp;
-  MoeLayerOptions moe;
   // Keep only each block's inputs during the forward and recompute the block in the backward
-  // (autograd/checkpoint.h): less activation memory for about a third more compute.
+  // (autograd/checkpoint.h): less activation memory for about a third more compute
+  // (training.activation_checkpointing).
   bool activation_checkpointing = false;
+  bool deterministic = true;  // false: the faster atomic-dQ attention backward on the GPU (training.deterministic)
 
-  LayerKind layer(int64_t i) const;
+  // The per-layer list: `layers`, else config's resolved layout (throws configs::ConfigError
+  // when it does not resolve, std::invalid_argument when `layers` has not config.n_layers entries).
+  std::vector<LayerKind> layer_list() const;
   // The layout as DESIGN.md shows it: mixers ("MMMMAMMM") and feed-forwards ("-E-E-E-E").
   std::string layout_string() const;
 };

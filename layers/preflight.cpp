@@ -1,5 +1,5 @@
-// See preflight.h. The shapes are built from the same ModelOptions the layers are built from,
-// so the sizes checked are the sizes the kernels will see.
+// See preflight.h. The shapes come from the derived sizes of configs::ModelConfig the layers
+// are built with, so the sizes checked are the sizes the kernels will see.
 #include "layers/preflight.h"
 
 #include <fmt/core.h>
@@ -8,6 +8,7 @@
 #include <string>
 
 #include "autograd/device.h"
+#include "configs/layout.h"
 #include "kernels/support.h"
 #include "layers/from_config.h"
 
@@ -34,83 +35,67 @@ void check(const configs::Recipe& recipe, const kernels::Unsupported& why, const
 }  // namespace
 
 void check_kernels_support(const configs::Recipe& recipe, bool cuda) {
-  const ModelOptions o = model_options(recipe.config.model);
-  bool mamba1 = false, mamba2 = false, attention = false, moe = false;
-  for (const LayerKind& layer : o.layers) {
-    mamba1 = mamba1 || layer.mixer == MixerKind::mamba1;
-    mamba2 = mamba2 || layer.mixer == MixerKind::mamba2;
-    attention = attention || layer.mixer == MixerKind::attention;
-    moe = moe || layer.ffn == FfnKind::moe;
-  }
-  if (o.layers.empty()) {
-    mamba1 = o.mixer == MixerKind::mamba1;
-    mamba2 = o.mixer == MixerKind::mamba2;
-    attention = o.mixer == MixerKind::attention;
-  }
-  if (mamba2) {
-    const Mamba2Options& m = o.mamba2;
+  const configs::ModelConfig& m = recipe.config.model;
+  const configs::Layout layout = configs::resolve_layout(m);
+  if (layout.count(configs::Mixer::mamba2) > 0) {
     kernels::SsdShape s;
-    s.nheads = m.headdim > 0 ? m.expand * o.d_model / m.headdim : 0;
-    s.headdim = m.headdim;
-    s.dstate = m.d_state;
-    s.ngroups = m.ngroups;
-    s.chunk_size = m.chunk_size;
+    s.nheads = m.mamba2_nheads();
+    s.headdim = m.mamba2.headdim;
+    s.dstate = m.mamba2.d_state;
+    s.ngroups = m.mamba2.ngroups;
+    s.chunk_size = m.mamba2.chunk_size;
     check(recipe, kernels::ssd_support(s, cuda),
           {{"headdim", "model.mamba2.headdim"}, {"dstate", "model.mamba2.d_state"},
            {"ngroups", "model.mamba2.ngroups"}, {"chunk_size", "model.mamba2.chunk_size"}},
           {{"headdim", s.headdim}, {"dstate", s.dstate}, {"ngroups", s.ngroups}, {"chunk_size", s.chunk_size}}, cuda);
     kernels::Conv1dShape c;
-    c.width = m.d_conv;
+    c.width = m.mamba2.d_conv;
     check(recipe, kernels::conv1d_support(c, cuda), {{"width", "model.mamba2.d_conv"}}, {{"width", c.width}}, cuda);
   }
-  if (mamba1) {
-    const Mamba1Options& m = o.mamba1;
+  if (layout.count(configs::Mixer::mamba1) > 0) {
     kernels::ScanShape s;
-    s.dim = m.expand * o.d_model;
-    s.dstate = m.d_state;
+    s.dim = m.mamba1_d_inner();
+    s.dstate = m.mamba1.d_state;
     check(recipe, kernels::selective_scan_support(s, cuda), {{"dstate", "model.mamba1.d_state"}},
           {{"dstate", s.dstate}}, cuda);
     kernels::Conv1dShape c;
-    c.width = m.d_conv;
+    c.width = m.mamba1.d_conv;
     check(recipe, kernels::conv1d_support(c, cuda), {{"width", "model.mamba1.d_conv"}}, {{"width", c.width}}, cuda);
   }
-  if (attention) {
-    AttentionOptions a = o.attention;
-    a.d_model = o.d_model;
+  if (layout.count(configs::Mixer::attention) > 0) {
     kernels::AttentionShape s;
-    s.heads = a.n_heads;
-    s.kv_heads = a.kv_heads();
-    s.head_dim = a.dim_per_head();
+    s.heads = m.attention.n_heads;
+    s.kv_heads = m.attention_n_kv_heads();
+    s.head_dim = m.attention_head_dim();
     check(recipe, kernels::attention_support(s, cuda),
           {{"head_dim", "model.attention.head_dim"}, {"kv_heads", "model.attention.n_kv_heads"}},
           {{"head_dim", s.head_dim}, {"kv_heads", s.kv_heads}}, cuda);
   }
-  if (moe) {
+  if (layout.count(configs::Ffn::moe) > 0) {
     kernels::MoeExpertShape s;
-    s.experts = o.moe.n_experts;
-    s.d_model = o.d_model;
-    s.d_ff = o.moe.d_ff;
+    s.experts = m.moe.n_experts;
+    s.d_model = m.d_model;
+    s.d_ff = m.moe_d_ff();
     check(recipe, kernels::moe_support(s, cuda), {{"experts", "model.moe.n_experts"}}, {{"experts", s.experts}}, cuda);
   }
 }
 
 MemoryEstimate estimate_training_memory(const configs::Config& config, bool bf16) {
-  const ModelOptions o = model_options(config.model);
-  const ParameterCounts counts = parameter_counts(o);
+  const configs::ModelConfig& o = config.model;
+  const ParameterCounts counts = parameter_counts(model_options(o));
   MemoryEstimate m;
   m.state = uint64_t(counts.total) * (16 + (bf16 ? 2 : 0));
   const double tokens = double(config.training.micro_batch) * double(config.training.seq_len);
   const double bytes = bf16 ? 2 : 4;
   double per_token = 0;  // elements saved for the backward per token
-  for (int64_t i = 0; i < o.n_layers; ++i) {
-    const LayerKind k = o.layer(i);
+  for (const configs::LayerSpec& k : configs::resolve_layout(o).layers) {
     per_token += 4.0 * double(o.d_model);  // norms and residual stream
-    if (k.mixer == MixerKind::mamba1) per_token += 8.0 * double(o.mamba1.expand * o.d_model);
-    if (k.mixer == MixerKind::mamba2)
-      per_token += 6.0 * double(o.mamba2.expand * o.d_model) + 4.0 * double(o.mamba2.ngroups * o.mamba2.d_state);
-    if (k.mixer == MixerKind::attention) per_token += 6.0 * double(o.d_model);
-    if (k.ffn == FfnKind::mlp) per_token += 3.0 * double(o.mlp.d_ff);
-    if (k.ffn == FfnKind::moe) per_token += 3.0 * double(o.moe.top_k * o.moe.d_ff) + double(o.moe.n_experts);
+    if (k.mixer == configs::Mixer::mamba1) per_token += 8.0 * double(o.mamba1_d_inner());
+    if (k.mixer == configs::Mixer::mamba2)
+      per_token += 6.0 * double(o.mamba2_d_inner()) + 4.0 * double(o.mamba2.ngroups * o.mamba2.d_state);
+    if (k.mixer == configs::Mixer::attention) per_token += 6.0 * double(o.d_model);
+    if (k.ffn == configs::Ffn::mlp) per_token += 3.0 * double(o.mlp_d_ff());
+    if (k.ffn == configs::Ffn::moe) per_token += 3.0 * double(o.moe.top_k * o.moe_d_ff()) + double(o.moe.n_experts);
   }
   m.activations = uint64_t(tokens * (per_token * bytes + double(o.vocab_size) * 8.0));
   return m;

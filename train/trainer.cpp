@@ -206,9 +206,7 @@ class Trainer {
 
 Trainer::Trainer(const configs::Config& config, const TrainOptions& train_options)
     : config_(config), train_options_(train_options) {
-  options_ = model_options(config.model);
-  options_.activation_checkpointing = config.training.activation_checkpointing;
-  options_.attention.deterministic = config.training.deterministic;
+  options_ = model_options(config);
   // A rank of a multi-GPU job trains on its LOCAL_RANK's GPU (the NCCL backend uses the same).
   device_ = cuda_available() ? Device::cuda(dist::local_device(dist::launch_env().local_rank, cuda_device_count()))
                              : Device::cpu();
@@ -366,7 +364,7 @@ void Trainer::build() {
   loader_options.seq_len = config_.training.seq_len;
   // One next() per step: the step's sequences, cut into micro-batches here, so that a rank's
   // micro-batches are consecutive rows of the global batch.
-  loader_options.global_batch = accum_ * world_ * config_.training.micro_batch;
+  loader_options.global_batch = config_.training.sequences_per_step();
   loader_options.rank = comm_->rank();
   loader_options.world_size = int(world_);
   loader_options.seed = uint64_t(config_.run.seed);

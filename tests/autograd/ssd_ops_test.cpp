@@ -1,6 +1,6 @@
 // Finite-difference gradients (f64, CPU) of the SSD node, with every optional input, groups,
 // document boundaries, D as (h) and (h, p), the dt clamp and the final states as a second
-// output; and of the gated RMSNorm, with and without z, over one group and several.
+// output.
 #include <stdexcept>
 #include <gtest/gtest.h>
 
@@ -76,21 +76,6 @@ TEST(SsdGrad, BadShapesAreClearErrors) {
   in.B = random_f64({1, 6, 3, 2}, 4);  // 3 groups do not divide 2 heads
   in.C = random_f64({1, 6, 3, 2}, 5);
   EXPECT_THROW(ssd(in), std::invalid_argument);
-}
-
-TEST(GatedRmsNormGrad, WithAndWithoutGate) {
-  const int64_t rows = 3, d = 8;
-  for (int64_t group_size : {0, 4, 2})
-    for (bool gate : {false, true}) {
-      const V inputs{random_f64({rows, d}, 21), random_f64({d}, 22, 0.5, 1.0), random_f64({rows, d}, 23)};
-      EXPECT_TRUE(gradcheck([&](const V& x) {
-        return gated_rmsnorm(x[0], gate ? x[2] : Tensor(), x[1], 1e-5, group_size);
-      }, inputs)) << "group_size " << group_size << " gate " << gate;
-    }
-}
-
-TEST(GatedRmsNormGrad, GroupMustDivide) {
-  EXPECT_THROW(gated_rmsnorm(random_f64({2, 6}, 1), Tensor(), random_f64({6}, 2), 1e-5, 4), std::invalid_argument);
 }
 
 }  // namespace

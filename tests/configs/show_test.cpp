@@ -26,9 +26,9 @@ TEST(Show, PrintsTheConfigThenTheLayoutAndSizesAsComments) {
   EXPECT_TRUE(shown.starts_with(dump_config(config))) << shown;
   EXPECT_NE(shown.find("#   mixers MMMMAMMM\n#   ffns   FEFEFEFE\n"), std::string::npos) << shown;
   EXPECT_NE(shown.find("# mamba1: 7 layers, d_inner 256, dt_rank 8\n"), std::string::npos) << shown;
-  EXPECT_NE(shown.find("# attention: 1 layer, head_dim 32, n_kv_heads 4\n"), std::string::npos);
+  EXPECT_NE(shown.find("# attention: 1 layer, n_heads 4, head_dim 32, n_kv_heads 4\n"), std::string::npos);
   EXPECT_NE(shown.find("# moe: 4 layers, 8 experts of d_ff 512, top 2\n"), std::string::npos);
-  EXPECT_NE(shown.find("# step: 32 sequences of 256 tokens, 4 micro-batches of 8 (grad_accum on "
+  EXPECT_NE(shown.find("# step: 8192 tokens, 32 sequences of 256 tokens, 4 micro-batches of 8 (grad_accum on "
                        "N ranks: 4 / N)\n"),
             std::string::npos)
       << shown;

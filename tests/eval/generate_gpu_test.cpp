@@ -16,20 +16,20 @@ namespace {
 
 ModelOptions base(MixerKind mixer, FfnKind ffn) {
   ModelOptions o;
-  o.vocab_size = 101;
-  o.d_model = 64;
-  o.n_layers = 3;
+  o.config.vocab_size = 101;
+  o.config.d_model = 64;
+  o.config.n_layers = 3;
   o.layers = std::vector<LayerKind>(3, LayerKind{mixer, ffn});
-  o.mamba1.d_state = 16;
-  o.mamba2.d_state = 32;
-  o.mamba2.headdim = 32;
-  o.mamba2.chunk_size = 64;
-  o.attention.n_heads = 4;
-  o.attention.n_kv_heads = 2;
-  o.mlp.d_ff = 128;
-  o.moe.n_experts = 4;
-  o.moe.top_k = 2;
-  o.moe.d_ff = 64;
+  o.config.mamba1.d_state = 16;
+  o.config.mamba2.d_state = 32;
+  o.config.mamba2.headdim = 32;
+  o.config.mamba2.chunk_size = 64;
+  o.config.attention.n_heads = 4;
+  o.config.attention.n_kv_heads = 2;
+  o.config.mlp.d_ff = 128;
+  o.config.moe.n_experts = 4;
+  o.config.moe.top_k = 2;
+  o.config.moe.d_ff_expert = 64;
   return o;
 }
 

@@ -21,21 +21,21 @@ namespace {
 
 ModelOptions hybrid() {
   ModelOptions o;
-  o.vocab_size = 29;
-  o.d_model = 16;
-  o.n_layers = 3;
+  o.config.vocab_size = 29;
+  o.config.d_model = 16;
+  o.config.n_layers = 3;
   o.layers = {{MixerKind::mamba2, FfnKind::moe}, {MixerKind::attention, FfnKind::mlp}, {MixerKind::mamba1, FfnKind::none}};
-  o.mamba1.d_state = 4;
-  o.mamba2.d_state = 8;
-  o.mamba2.headdim = 8;
-  o.mamba2.chunk_size = 8;
-  o.attention.n_heads = 4;
-  o.attention.n_kv_heads = 2;
-  o.attention.rope = true;
-  o.mlp.d_ff = 24;
-  o.moe.n_experts = 4;
-  o.moe.top_k = 2;
-  o.moe.d_ff = 12;
+  o.config.mamba1.d_state = 4;
+  o.config.mamba2.d_state = 8;
+  o.config.mamba2.headdim = 8;
+  o.config.mamba2.chunk_size = 8;
+  o.config.attention.n_heads = 4;
+  o.config.attention.n_kv_heads = 2;
+  o.config.attention.rope = true;
+  o.config.mlp.d_ff = 24;
+  o.config.moe.n_experts = 4;
+  o.config.moe.top_k = 2;
+  o.config.moe.d_ff_expert = 12;
   return o;
 }
 
@@ -44,7 +44,7 @@ const std::vector<std::vector<int64_t>> kPrompts{{3, 1, 4, 1, 5, 9, 2, 6, 5}, {2
 // Greedy continuation by the parallel forward over the whole text, one token at a time.
 std::vector<int64_t> greedy_reference(const LanguageModel& model, std::vector<int64_t> text, int64_t n) {
   NoGradGuard no_grad;
-  const int64_t v = model.options().vocab_size;
+  const int64_t v = model.options().config.vocab_size;
   std::vector<int64_t> out;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t l = int64_t(text.size());

@@ -18,15 +18,15 @@ namespace {
 
 ModelOptions small() {
   ModelOptions o;
-  o.vocab_size = 31;
-  o.d_model = 16;
-  o.n_layers = 2;
+  o.config.vocab_size = 31;
+  o.config.d_model = 16;
+  o.config.n_layers = 2;
   o.layers = {{MixerKind::mamba2, FfnKind::none}, {MixerKind::attention, FfnKind::mlp}};
-  o.mamba2.d_state = 8;
-  o.mamba2.headdim = 8;
-  o.mamba2.chunk_size = 8;
-  o.attention.n_heads = 2;
-  o.mlp.d_ff = 24;
+  o.config.mamba2.d_state = 8;
+  o.config.mamba2.headdim = 8;
+  o.config.mamba2.chunk_size = 8;
+  o.config.attention.n_heads = 2;
+  o.config.mlp.d_ff = 24;
   return o;
 }
 
@@ -40,7 +40,7 @@ std::vector<int64_t> text(int64_t n) {
 // first window whose last target reaches j.
 double direct_nll(const LanguageModel& model, const std::vector<int64_t>& tokens, int64_t L, int64_t stride) {
   NoGradGuard no_grad;
-  const int64_t n = int64_t(tokens.size()), v = model.options().vocab_size;
+  const int64_t n = int64_t(tokens.size()), v = model.options().config.vocab_size;
   double nll = 0;
   for (int64_t j = 1; j < n; ++j) {
     int64_t k = 0;

@@ -4,7 +4,7 @@
 // and initial state, f32 and bf16; bitwise repeats; the decode step token by token.
 #include <gtest/gtest.h>
 
-#include "autograd/conv_ops.h"
+#include "autograd/causal_conv1d_ops.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"
 #include "autograd/rng.h"

@@ -9,7 +9,7 @@
 
 #include "autograd/node.h"
 #include "autograd/ops.h"
-#include "autograd/ssd_ops.h"
+#include "autograd/gated_rmsnorm_ops.h"
 #include "tests/support/compare.h"
 
 namespace ssmtrain {

@@ -8,7 +8,7 @@
 #include "autograd/node.h"
 #include "autograd/ops.h"
 #include "autograd/rng.h"
-#include "autograd/scan_ops.h"
+#include "autograd/selective_scan_ops.h"
 #include "autograd/stream.h"
 #include "kernels/selective_scan.h"
 #include "tests/support/compare.h"

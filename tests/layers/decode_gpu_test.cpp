@@ -26,42 +26,42 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 ModelOptions base() {
   ModelOptions o;
-  o.vocab_size = 97;
-  o.d_model = 64;
-  o.n_layers = 2;
-  o.mamba2.d_state = 32;
-  o.mamba2.headdim = 32;  // 4 heads
-  o.mamba2.chunk_size = 64;
-  o.attention.n_heads = 4;  // head dim 16
-  o.attention.n_kv_heads = 2;
-  o.mlp.d_ff = 128;
-  o.moe.n_experts = 4;
-  o.moe.top_k = 2;
-  o.moe.d_ff = 96;
+  o.config.vocab_size = 97;
+  o.config.d_model = 64;
+  o.config.n_layers = 2;
+  o.config.mamba2.d_state = 32;
+  o.config.mamba2.headdim = 32;  // 4 heads
+  o.config.mamba2.chunk_size = 64;
+  o.config.attention.n_heads = 4;  // head dim 16
+  o.config.attention.n_kv_heads = 2;
+  o.config.mlp.d_ff = 128;
+  o.config.moe.n_experts = 4;
+  o.config.moe.top_k = 2;
+  o.config.moe.d_ff_expert = 96;
   return o;
 }
 
 std::vector<Case> cases() {
   std::vector<Case> out;
   ModelOptions o = base();
-  o.mixer = MixerKind::mamba1;
+  o.config.family = configs::Family::mamba1;
   out.push_back({"Mamba1", o});
   o = base();
-  o.mixer = MixerKind::mamba2;
+  o.config.family = configs::Family::mamba2;
   out.push_back({"Mamba2Groups1", o});
-  o.mamba2.ngroups = 2;
+  o.config.mamba2.ngroups = 2;
   out.push_back({"Mamba2Groups2", o});
   o = base();
   o.layers = {{MixerKind::attention, FfnKind::mlp}, {MixerKind::attention, FfnKind::mlp}};
-  o.attention.rope = true;
+  o.config.attention.rope = true;
   out.push_back({"AttentionGqaRope", o});
   o = base();
-  o.n_layers = 4;
+  o.config.n_layers = 4;
   o.layers = {{MixerKind::mamba1, FfnKind::moe},
               {MixerKind::attention, FfnKind::mlp},
               {MixerKind::mamba2, FfnKind::moe},
               {MixerKind::attention, FfnKind::none}};
-  o.mamba1.dt_bc_norm = true;
+  o.config.mamba1.dt_bc_norm = true;
   out.push_back({"HybridMoE", o});
   return out;
 }
@@ -72,7 +72,7 @@ TEST_P(DecodeGpu, PrefillThenStepsMatchTheCpuForward) {
   SSM_REQUIRE_GPU();
   NoGradGuard no_grad;
   const ModelOptions& o = GetParam().options;
-  const int64_t b = 2, l = 130, prefill = 100, v = o.vocab_size;
+  const int64_t b = 2, l = 130, prefill = 100, v = o.config.vocab_size;
   std::vector<int64_t> ids;
   for (int64_t i = 0; i < b * l; ++i) ids.push_back((i * 7 + i / 5) % v);
   LanguageModel cpu_model(o, 21);

@@ -25,20 +25,20 @@ struct Case {
 
 ModelOptions base() {
   ModelOptions o;
-  o.vocab_size = 23;
-  o.d_model = 16;
-  o.n_layers = 2;
-  o.mamba1.d_state = 4;
-  o.mamba1.dt_rank = 3;
-  o.mamba2.d_state = 8;
-  o.mamba2.headdim = 8;  // 4 heads
-  o.mamba2.chunk_size = 8;
-  o.attention.n_heads = 4;
-  o.attention.n_kv_heads = 2;
-  o.mlp.d_ff = 24;
-  o.moe.n_experts = 4;
-  o.moe.top_k = 2;
-  o.moe.d_ff = 12;
+  o.config.vocab_size = 23;
+  o.config.d_model = 16;
+  o.config.n_layers = 2;
+  o.config.mamba1.d_state = 4;
+  o.config.mamba1.dt_rank = 3;
+  o.config.mamba2.d_state = 8;
+  o.config.mamba2.headdim = 8;  // 4 heads
+  o.config.mamba2.chunk_size = 8;
+  o.config.attention.n_heads = 4;
+  o.config.attention.n_kv_heads = 2;
+  o.config.mlp.d_ff = 24;
+  o.config.moe.n_experts = 4;
+  o.config.moe.top_k = 2;
+  o.config.moe.d_ff_expert = 12;
   return o;
 }
 
@@ -47,30 +47,30 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 std::vector<Case> cases() {
   std::vector<Case> out;
   ModelOptions o = base();
-  o.mixer = MixerKind::mamba1;
+  o.config.family = configs::Family::mamba1;
   out.push_back({"Mamba1", o});
-  o.mamba1.dt_bc_norm = true;
-  o.mamba1.d_conv = 3;
+  o.config.mamba1.dt_bc_norm = true;
+  o.config.mamba1.d_conv = 3;
   out.push_back({"Mamba1JambaNorms", o});
   o = base();
-  o.mixer = MixerKind::mamba2;
+  o.config.family = configs::Family::mamba2;
   out.push_back({"Mamba2Groups1", o});
-  o.mamba2.ngroups = 2;
+  o.config.mamba2.ngroups = 2;
   out.push_back({"Mamba2Groups2", o});
   o = base();
   o.layers = {{MixerKind::attention, FfnKind::mlp}, {MixerKind::attention, FfnKind::mlp}};
-  o.attention.rope = true;
+  o.config.attention.rope = true;
   out.push_back({"AttentionGqaRope", o});
   o = base();
   o.layers = {{MixerKind::mamba2, FfnKind::moe}, {MixerKind::attention, FfnKind::moe}};
   out.push_back({"MoE", o});
   o = base();
-  o.n_layers = 4;
+  o.config.n_layers = 4;
   o.layers = {{MixerKind::mamba1, FfnKind::moe},
               {MixerKind::attention, FfnKind::mlp},
               {MixerKind::mamba2, FfnKind::moe},
               {MixerKind::attention, FfnKind::none}};
-  o.mamba2.ngroups = 2;
+  o.config.mamba2.ngroups = 2;
   out.push_back({"Hybrid", o});
   return out;
 }
@@ -96,7 +96,7 @@ TEST_P(Decode, PrefillThenStepsEqualTheParallelForward) {
   const ModelOptions& o = GetParam().options;
   NoGradGuard no_grad;
   LanguageModel model(o, 7);
-  const int64_t b = 2, l = 20, prefill = 11, v = o.vocab_size;
+  const int64_t b = 2, l = 20, prefill = 11, v = o.config.vocab_size;
   std::vector<int64_t> ids = tokens(b * l, v, 3);
   const std::vector<float> full = model.logits(Tensor::from_vector(ids, {b, l})).to_vector();  // (b l, v)
 
@@ -106,14 +106,14 @@ TEST_P(Decode, PrefillThenStepsEqualTheParallelForward) {
   const std::vector<float> pre = model.prefill(Tensor::from_vector(head, {b, prefill}), cache).to_vector();
   for (int64_t i = 0; i < b; ++i)
     EXPECT_TRUE(testing::close(rows(pre, v, i * prefill, (i + 1) * prefill), rows(full, v, i * l, i * l + prefill),
-                               DType::f32, o.d_model))
+                               DType::f32, o.config.d_model))
         << "prefill, sequence " << i;
   for (int64_t t = prefill; t < l; ++t) {
     std::vector<int64_t> next;
     for (int64_t i = 0; i < b; ++i) next.push_back(ids[size_t(i * l + t)]);
     const std::vector<float> got = model.step(Tensor::from_vector(next, {b}), cache, {t, t}).to_vector();  // (b, v)
     for (int64_t i = 0; i < b; ++i)
-      EXPECT_TRUE(testing::close(rows(got, v, i, i + 1), rows(full, v, i * l + t, i * l + t + 1), DType::f32, o.d_model))
+      EXPECT_TRUE(testing::close(rows(got, v, i, i + 1), rows(full, v, i * l + t, i * l + t + 1), DType::f32, o.config.d_model))
           << "step at position " << t << ", sequence " << i;
   }
 }
@@ -122,7 +122,7 @@ TEST_P(Decode, RaggedBatchStepsEachSequenceAtItsOwnPosition) {
   const ModelOptions& o = GetParam().options;
   NoGradGuard no_grad;
   LanguageModel model(o, 11);
-  const int64_t v = o.vocab_size, steps = 6;
+  const int64_t v = o.config.vocab_size, steps = 6;
   const std::vector<int64_t> prompt_len{5, 9};
   std::vector<std::vector<int64_t>> seqs;
   std::vector<std::vector<float>> full;
@@ -142,7 +142,7 @@ TEST_P(Decode, RaggedBatchStepsEachSequenceAtItsOwnPosition) {
     const std::vector<float> got = model.step(Tensor::from_vector(next, {2}), cache, pos).to_vector();
     for (int64_t i = 0; i < 2; ++i)
       EXPECT_TRUE(testing::close(rows(got, v, i, i + 1), rows(full[size_t(i)], v, pos[size_t(i)], pos[size_t(i)] + 1),
-                                 DType::f32, o.d_model))
+                                 DType::f32, o.config.d_model))
           << "step " << s << ", sequence " << i;
   }
 }

@@ -22,29 +22,29 @@ Tensor ids(const std::vector<int64_t>& v, const Shape& shape) { return Tensor::f
 // Four layers: mamba1+MoE, attention(GQA, RoPE)+MLP, mamba2+MoE, attention+none.
 ModelOptions tiny_hybrid() {
   ModelOptions o;
-  o.vocab_size = 11;
-  o.d_model = 8;
-  o.n_layers = 4;
+  o.config.vocab_size = 11;
+  o.config.d_model = 8;
+  o.config.n_layers = 4;
   o.layers = {{MixerKind::mamba1, FfnKind::moe},
               {MixerKind::attention, FfnKind::mlp},
               {MixerKind::mamba2, FfnKind::moe},
               {MixerKind::attention, FfnKind::none}};
-  o.mamba1.d_state = 4;
-  o.mamba1.d_conv = 3;
-  o.mamba1.dt_rank = 2;
-  o.mamba1.dt_bc_norm = true;
-  o.mamba2.d_state = 4;
-  o.mamba2.d_conv = 3;
-  o.mamba2.headdim = 4;
-  o.attention.n_heads = 4;
-  o.attention.n_kv_heads = 2;
-  o.attention.rope = true;
-  o.mlp.d_ff = 12;
-  o.moe.n_experts = 4;
-  o.moe.top_k = 2;
-  o.moe.d_ff = 6;
-  o.moe.aux_loss_coef = 0.05;  // large enough that a wrong auxiliary gradient shows
-  o.moe.z_loss_coef = 0.01;
+  o.config.mamba1.d_state = 4;
+  o.config.mamba1.d_conv = 3;
+  o.config.mamba1.dt_rank = 2;
+  o.config.mamba1.dt_bc_norm = true;
+  o.config.mamba2.d_state = 4;
+  o.config.mamba2.d_conv = 3;
+  o.config.mamba2.headdim = 4;
+  o.config.attention.n_heads = 4;
+  o.config.attention.n_kv_heads = 2;
+  o.config.attention.rope = true;
+  o.config.mlp.d_ff = 12;
+  o.config.moe.n_experts = 4;
+  o.config.moe.top_k = 2;
+  o.config.moe.d_ff_expert = 6;
+  o.config.moe.aux_loss_coef = 0.05;  // large enough that a wrong auxiliary gradient shows
+  o.config.moe.z_loss_coef = 0.01;
   return o;
 }
 
@@ -81,19 +81,19 @@ TEST(HybridModel, LayoutNamesAndParameterCounts) {
 TEST(HybridModel, ParameterCountsFromShapesEqualTheBuiltModel) {
   std::vector<ModelOptions> cases{tiny_hybrid()};
   ModelOptions v = tiny_hybrid();
-  v.tie_embeddings = !v.tie_embeddings;
-  v.mamba2.ngroups = 2;
-  v.mamba1.dt_bc_norm = false;
-  v.mamba1.dt_rank = 0;  // auto
+  v.config.tie_embeddings = !v.config.tie_embeddings;
+  v.config.mamba2.ngroups = 2;
+  v.config.mamba1.dt_bc_norm = false;
+  v.config.mamba1.dt_rank = 0;  // auto
   cases.push_back(v);
   ModelOptions plain;
-  plain.vocab_size = 13;
-  plain.d_model = 16;
-  plain.n_layers = 2;
-  plain.mixer = MixerKind::mamba1;
+  plain.config.vocab_size = 13;
+  plain.config.d_model = 16;
+  plain.config.n_layers = 2;
+  plain.config.family = configs::Family::mamba1;
   cases.push_back(plain);
-  plain.mixer = MixerKind::mamba2;
-  plain.mamba2.headdim = 8;
+  plain.config.family = configs::Family::mamba2;
+  plain.config.mamba2.headdim = 8;
   cases.push_back(plain);
   for (const ModelOptions& o : cases) {
     LanguageModel model(o, 3);
@@ -106,7 +106,7 @@ TEST(HybridModel, ParameterCountsFromShapesEqualTheBuiltModel) {
 TEST(HybridModel, FlopsPerTokenCountAttentionAndActiveExperts) {
   ModelOptions o = tiny_hybrid();
   o.layers = {{MixerKind::attention, FfnKind::moe}};
-  o.n_layers = 1;
+  o.config.n_layers = 1;
   const double d = 8, l = 16;
   // q, k, v, o projections + causal scores/values (l h dh) + router + 2 experts + LM head.
   const double expected = 6 * (d * (2 * 8 + 2 * 4) + l * 8 + d * 4 + 2 * 3 * d * 6 + d * 11);
@@ -160,8 +160,8 @@ TEST(HybridModel, ActivationCheckpointingChangesNoBits) {
 TEST(HybridModel, DocumentBoundariesIsolateDocumentsThroughAttention) {
   ModelOptions o = tiny_hybrid();
   o.layers = {{MixerKind::attention, FfnKind::mlp}, {MixerKind::mamba2, FfnKind::none}};
-  o.n_layers = 2;
-  o.attention.rope = false;  // positions are absolute within the window; without RoPE the second
+  o.config.n_layers = 2;
+  o.config.attention.rope = false;  // positions are absolute within the window; without RoPE the second
                              // document's logits cannot depend on where it starts either
   LanguageModel model(o, 9);
   const Tensor doc = Tensor::from_vector(std::vector<int64_t>{0, 0, 0, 1, 1, 1}, {1, 6}, DType::i32);
@@ -173,10 +173,10 @@ TEST(HybridModel, DocumentBoundariesIsolateDocumentsThroughAttention) {
 
 TEST(HybridModel, InconsistentDimensionsAreClearErrors) {
   ModelOptions o = tiny_hybrid();
-  o.attention.n_kv_heads = 3;  // does not divide 4 heads
+  o.config.attention.n_kv_heads = 3;  // does not divide 4 heads
   EXPECT_THROW(LanguageModel(o, 1), std::invalid_argument);
   o = tiny_hybrid();
-  o.moe.top_k = 5;  // more than the 4 experts
+  o.config.moe.top_k = 5;  // more than the 4 experts
   EXPECT_THROW(LanguageModel(o, 1), std::invalid_argument);
 }
 

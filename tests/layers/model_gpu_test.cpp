@@ -16,31 +16,32 @@ enum class Family { mamba1, mamba2, hybrid };
 
 ModelOptions small(Family family) {
   ModelOptions o;
-  o.vocab_size = 97;
-  o.d_model = 64;
-  o.n_layers = 2;
+  o.config.family = configs::Family::mamba1;
+  o.config.vocab_size = 97;
+  o.config.d_model = 64;
+  o.config.n_layers = 2;
   if (family == Family::mamba2) {
-    o.mixer = MixerKind::mamba2;
-    o.mamba2.d_state = 32;
-    o.mamba2.headdim = 32;  // 4 heads
-    o.mamba2.chunk_size = 64;
+    o.config.family = configs::Family::mamba2;
+    o.config.mamba2.d_state = 32;
+    o.config.mamba2.headdim = 32;  // 4 heads
+    o.config.mamba2.chunk_size = 64;
   }
   if (family == Family::hybrid) {
-    o.n_layers = 4;
+    o.config.n_layers = 4;
     o.layers = {{MixerKind::mamba1, FfnKind::moe},
                 {MixerKind::attention, FfnKind::mlp},
                 {MixerKind::mamba2, FfnKind::moe},
                 {MixerKind::attention, FfnKind::none}};
-    o.mamba1.dt_bc_norm = true;
-    o.mamba2.d_state = 32;
-    o.mamba2.headdim = 32;
-    o.mamba2.chunk_size = 64;
-    o.attention.n_heads = 4;  // head dim 16
-    o.attention.n_kv_heads = 2;
-    o.mlp.d_ff = 128;
-    o.moe.n_experts = 4;
-    o.moe.top_k = 2;
-    o.moe.d_ff = 96;
+    o.config.mamba1.dt_bc_norm = true;
+    o.config.mamba2.d_state = 32;
+    o.config.mamba2.headdim = 32;
+    o.config.mamba2.chunk_size = 64;
+    o.config.attention.n_heads = 4;  // head dim 16
+    o.config.attention.n_kv_heads = 2;
+    o.config.mlp.d_ff = 128;
+    o.config.moe.n_experts = 4;
+    o.config.moe.top_k = 2;
+    o.config.moe.d_ff_expert = 96;
   }
   return o;
 }

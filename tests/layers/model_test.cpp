@@ -16,13 +16,14 @@ namespace {
 
 ModelOptions tiny() {
   ModelOptions o;
-  o.vocab_size = 11;
-  o.d_model = 8;
-  o.n_layers = 2;
-  o.mamba1.d_state = 4;
-  o.mamba1.d_conv = 3;
-  o.mamba1.expand = 2;
-  o.mamba1.dt_rank = 2;
+  o.config.family = configs::Family::mamba1;
+  o.config.vocab_size = 11;
+  o.config.d_model = 8;
+  o.config.n_layers = 2;
+  o.config.mamba1.d_state = 4;
+  o.config.mamba1.d_conv = 3;
+  o.config.mamba1.expand = 2;
+  o.config.mamba1.dt_rank = 2;
   return o;
 }
 
@@ -66,15 +67,15 @@ TEST(Mamba1Model, FiniteDifferenceGradientsOfEveryParameter) {
 
 ModelOptions tiny_mamba2() {
   ModelOptions o;
-  o.vocab_size = 11;
-  o.d_model = 8;
-  o.n_layers = 2;
-  o.mixer = MixerKind::mamba2;
-  o.mamba2.d_state = 4;
-  o.mamba2.d_conv = 3;
-  o.mamba2.expand = 2;
-  o.mamba2.headdim = 4;  // 4 heads
-  o.mamba2.ngroups = 2;
+  o.config.vocab_size = 11;
+  o.config.d_model = 8;
+  o.config.n_layers = 2;
+  o.config.family = configs::Family::mamba2;
+  o.config.mamba2.d_state = 4;
+  o.config.mamba2.d_conv = 3;
+  o.config.mamba2.expand = 2;
+  o.config.mamba2.headdim = 4;  // 4 heads
+  o.config.mamba2.ngroups = 2;
   return o;
 }
 
@@ -87,10 +88,10 @@ TEST(Mamba2Model, FiniteDifferenceGradientsOfEveryParameter) {
 
 TEST(Mamba2Model, InconsistentDimensionsAreClearErrors) {
   ModelOptions o = tiny_mamba2();
-  o.mamba2.headdim = 5;  // d_inner 16 is not a multiple of 5
+  o.config.mamba2.headdim = 5;  // d_inner 16 is not a multiple of 5
   EXPECT_THROW(LanguageModel(o, 1), std::invalid_argument);
   o = tiny_mamba2();
-  o.mamba2.ngroups = 3;  // 4 heads
+  o.config.mamba2.ngroups = 3;  // 4 heads
   EXPECT_THROW(LanguageModel(o, 1), std::invalid_argument);
 }
 
@@ -107,7 +108,7 @@ TEST(Mamba1Model, DocumentBoundariesIsolateDocuments) {
 
 TEST(Mamba1Model, LossFallsUnderGradientDescent) {
   ModelOptions o = tiny();
-  o.d_model = 32;
+  o.config.d_model = 32;
   LanguageModel model(o, 11);
   std::vector<int64_t> seq;
   for (int i = 0; i < 33; ++i) seq.push_back((i * 3) % 11);  // a periodic sequence

@@ -181,9 +181,10 @@ TEST_F(CheckpointTest, LatestMissingOrDanglingIsNamedAndAutoFindsTheNewestThatVe
 
 TEST_F(CheckpointTest, ACheckpointOfAnotherModelNamesTheParameter) {
   ModelOptions options;
-  options.vocab_size = 64;
-  options.d_model = 16;
-  options.n_layers = 1;
+  options.config.family = configs::Family::mamba1;
+  options.config.vocab_size = 64;
+  options.config.d_model = 16;
+  options.config.n_layers = 1;
   LanguageModel model(options, 1);
   auto arrays = model_arrays(model);
   EXPECT_NO_THROW(load_model_arrays(model, arrays, "same.h5"));

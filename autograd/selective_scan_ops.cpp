@@ -1,6 +1,6 @@
 // The selective-scan node: checks shapes, runs kernels/selective_scan.h on the inputs'
 // device, and records one node whose backward is the hand-written backward kernel.
-#include "autograd/scan_ops.h"
+#include "autograd/selective_scan_ops.h"
 
 #include "autograd/dispatch.h"
 #include "autograd/node.h"

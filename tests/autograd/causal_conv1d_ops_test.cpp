@@ -3,7 +3,7 @@
 #include <stdexcept>
 #include <gtest/gtest.h>
 
-#include "autograd/conv_ops.h"
+#include "autograd/causal_conv1d_ops.h"
 #include "autograd/ops.h"
 #include "tests/support/gradcheck.h"
 

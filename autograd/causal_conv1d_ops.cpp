@@ -1,7 +1,7 @@
 // The causal conv1d node: checks shapes, runs kernels/causal_conv1d.h on the inputs' device,
 // and records one node whose backward is the hand-written backward kernel (dx, dweight,
 // dbias and d initial state in one pass).
-#include "autograd/conv_ops.h"
+#include "autograd/causal_conv1d_ops.h"
 
 #include "autograd/dispatch.h"
 #include "autograd/node.h"

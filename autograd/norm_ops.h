@@ -1,6 +1,5 @@
-// Fused differentiable ops of the residual stream and the MLP: residual add + RMSNorm in one
-// pass (kernels/norm.h), and SwiGLU over a packed gate/up projection (kernels/swiglu.h). Each
-// is one node whose backward is a hand-written kernel.
+// The fused residual add + RMSNorm of every block (kernels/norm.h): one pass, one node whose
+// backward is a hand-written kernel.
 #pragma once
 
 #include "autograd/tensor.h"
@@ -17,8 +16,5 @@ struct AddRmsnormOutputs {
 // gradients (the backward adds the gradient reaching sum to the one through normed).
 AddRmsnormOutputs add_rmsnorm(const Tensor& x, const Tensor& residual, const Tensor& weight,
                               double eps = 1e-5);
-
-// gate_up (..., 2f): first half gate, second half up -> silu(gate) * up (..., f).
-Tensor swiglu(const Tensor& gate_up);
 
 }  // namespace ssmtrain

@@ -1,4 +1,4 @@
-// ssmtrain_bench_scan [--out FILE.json] [--reps N]: times the Mamba-1 selective scan, forward
+// ssmtrain_bench_selective_scan [--out FILE.json] [--reps N]: times the Mamba-1 selective scan, forward
 // and forward + backward, at the shapes of the selective-scan issue (bf16 u / delta / z /
 // B / C, f32 A / D / delta_bias, softplus on), against this GPU's copy bandwidth.
 #include <fmt/core.h>

@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "autograd/ops.h"
-#include "autograd/scan_ops.h"
+#include "autograd/selective_scan_ops.h"
 #include "tests/support/gradcheck.h"
 
 namespace ssmtrain {

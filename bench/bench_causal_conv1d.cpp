@@ -1,4 +1,4 @@
-// ssmtrain_bench_conv1d [--out FILE.json] [--reps N]: times the causal depthwise conv1d,
+// ssmtrain_bench_causal_conv1d [--out FILE.json] [--reps N]: times the causal depthwise conv1d,
 // forward, backward and forward + backward, at the shape of the Mamba-1 kernels issue
 // (b=8, d=3072, l=2048, width 4, bf16 x, f32 weight / bias, SiLU), against this GPU's
 // copy bandwidth; also with a document index, whose (b, l) reads are counted too.
