@@ -166,7 +166,7 @@ MqarResult run_mqar(const configs::Config& c, const MqarProgress& on_step) {
         const std::vector<float> rows =
             cast(to_device(narrow(logits, 0, row0, answer_rows), Device::cpu()), DType::f32).to_vector();
         const std::vector<int64_t> slice(want.begin() + row0, want.begin() + row0 + answer_rows);
-        mqar_count(rows.data(), options.vocab_size, slice, correct, answers);
+        mqar_count(rows.data(), options.config.vocab_size, slice, correct, answers);
       }
     }
   };
