@@ -1,6 +1,7 @@
 // `ssmtrain eval perplexity|niah|passkey|mqar`, `ssmtrain generate` and `ssmtrain sweep`:
 // evaluations of checkpoints and recipes (DESIGN.md section 8).
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -148,7 +149,9 @@ void generate_options(CLI::App& app, GenerateArgs& a) {
       ->delimiter(',')
       ->check(kPositive)
       ->capture_default_str();
-  app.add_option("--out", a.out, "With --bench: also write the JSON to this file");
+  app.add_option("--out", a.out,
+                 "With --bench: also write the JSON to this file; else write each prompt's token ids and the "
+                 "generated ids there as JSON (for comparing with other tools token by token)");
 }
 
 void sweep_options(CLI::App& app, SweepArgs& a) {
@@ -329,6 +332,15 @@ int run_generate(const GenerateArgs& a) {
     }
   };
   const std::vector<eval::Generated> out = eval::generate(ctx.model(), prompts, o, on_token);
+  if (!a.out.empty()) {
+    std::string json = "{\"sequences\": [";
+    for (size_t i = 0; i < out.size(); ++i)
+      json += fmt::format("{}{{\"prompt\": {}, \"prompt_ids\": [{}], \"new_ids\": [{}]}}", i ? ", " : "",
+                          json_string(a.prompts[i]), fmt::join(prompts[i], ", "), fmt::join(out[i].tokens, ", "));
+    std::ofstream file(a.out);
+    file << json << "]}\n";
+    if (!file) throw std::runtime_error(a.out + ": cannot write the token ids");
+  }
   if (stream) {
     fmt::print("\n");
     return 0;

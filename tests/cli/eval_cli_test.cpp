@@ -97,6 +97,31 @@ TEST_F(EvalCli, GenerateStreamsRepeatsWithASeedAndBatches) {
   EXPECT_NE(batch.out.find("=== 1 ===\nThe kernel module"), std::string::npos) << batch.out;
 }
 
+// --out writes the token ids: the prompt's (EOS first, as training documents follow one) and the
+// generated ones, which decode to exactly the text the command printed.
+TEST_F(EvalCli, GenerateWritesTheTokenIdsOfWhatItPrinted) {
+  ASSERT_EQ(train_.code, 0) << train_.err;
+  const std::string ids_path = (fs::path(dir_->str()) / "ids.json").string();
+  const Exit r = run({"generate", "--checkpoint", checkpoint(), "--prompt", "The kernel", "--max-new-tokens", "12",
+                      "--out", ids_path});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(read_text(ids_path));
+  ASSERT_EQ(j["sequences"].size(), 1u);
+  const nlohmann::json& seq = j["sequences"][0];
+  EXPECT_EQ(seq["prompt"], "The kernel");
+  const eval::EvalContext ctx = eval::open_checkpoint(checkpoint());
+  ASSERT_TRUE(ctx.tokenizer);
+  std::vector<int> prompt_ids = seq["prompt_ids"].get<std::vector<int>>(), new_ids;
+  ASSERT_FALSE(prompt_ids.empty());
+  EXPECT_EQ(prompt_ids[0], ctx.tokenizer->eos_id());
+  EXPECT_EQ(ctx.tokenizer->decode(std::vector<int>(prompt_ids.begin() + 1, prompt_ids.end())), "The kernel");
+  for (int t : seq["new_ids"].get<std::vector<int>>())
+    if (t != ctx.tokenizer->eos_id()) new_ids.push_back(t);
+  ASSERT_FALSE(seq["new_ids"].empty());
+  EXPECT_LE(seq["new_ids"].size(), 12u);
+  EXPECT_EQ("The kernel" + ctx.tokenizer->decode(new_ids) + "\n", r.out);
+}
+
 TEST_F(EvalCli, PerplexityJsonEqualsTheLibrarysComputation) {
   ASSERT_EQ(train_.code, 0) << train_.err;
   const std::string json_path = (fs::path(dir_->str()) / "ppl.json").string();
