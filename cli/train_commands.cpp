@@ -19,6 +19,7 @@
 #include "data/hash.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
+#include "distributed/bootstrap.h"
 #include "distributed/communicator.h"
 #include "eval/during_training.h"
 #include "layers/from_config.h"
@@ -138,7 +139,7 @@ int run_train(const TrainArgs& a) {
     TrainOptions options;
     options.resume = a.resume;
     if (config.eval.every > 0) options.evaluate = eval::training_evaluator(config, eval::recipe_writes(recipe, "eval.niah"));  // eval.niah: NIAH too
-    else if (eval::recipe_writes(recipe, "eval.niah"))
+    else if (eval::recipe_writes(recipe, "eval.niah") && dist::launch_env().rank == 0)  // one note per job
       fmt::print(stderr, "note: eval.niah is not run during this training (eval.every is 0): `ssmtrain eval niah` "
                          "or a sweep reads it, or set eval.every\n");
     const TrainSummary summary = train(config, options);

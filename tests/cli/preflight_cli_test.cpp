@@ -134,12 +134,6 @@ TEST_F(Preflight, RatioThatPlacesNoAttentionLayerNamesTheDepthItNeeds) {
   EXPECT_EQ(run({"config", "show", "r.yaml", "--set", "model.n_layers=8"}).status, 0);
 }
 
-TEST_F(Preflight, KeysWhoseMachineryIsNotBuiltAreRefused) {
-  // (distributed.shard_optimizer, refused here before, is built now: tests/distributed/data_parallel_mpi_test.cpp)
-  write("r.yaml", mamba2_recipe("  mamba2: {headdim: 32, d_state: 16}") + "eval: {every: 10}\n");
-  expect_one_line_error(run({"train", "r.yaml"}), {"r.yaml:14:", "eval.every", "not supported yet"});
-}
-
 TEST_F(Preflight, TabsInTheIndentationAreNamed) {
   write("t.yaml", "model:\n  family: mamba2\n\td_model: 64\n");
   expect_one_line_error(run({"config", "show", "t.yaml"}), {"t.yaml:3:1", "a tab in the indentation"});

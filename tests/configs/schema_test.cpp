@@ -54,7 +54,7 @@ TEST(Schema, UnknownKeyMessages) {
             "unknown key; did you mean activation_checkpointing?");
   EXPECT_EQ(unknown_key_message("zzz"),
             "unknown key; the sections are run, model, data, optim, schedule, training, "
-            "distributed, checkpoint, eval, logging, sweep");
+            "distributed, checkpoint, eval, mqar, logging, sweep");
   EXPECT_EQ(unknown_key_message("eval.niah.colour"),
             "unknown key; eval.niah takes lengths, depths");
 }

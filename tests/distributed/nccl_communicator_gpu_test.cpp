@@ -62,6 +62,7 @@ bool worker() { return std::getenv("SSMTRAIN_NCCL_WORKER") != nullptr; }
 TEST(Nccl, WorldOfOneOnDeviceTensors) {
   if (worker()) GTEST_SKIP();
   require_gpu_and_nccl();
+  if (IsSkipped()) return;
   clear_launcher_environment();
   auto comm = make_nccl_communicator(60);
   ASSERT_EQ(comm->backend(), "nccl");
@@ -241,6 +242,7 @@ std::string log_of(const Ranks& r, int rank) {
 TEST(NcclRanks, TwoGpusEqualTheOrderedSum) {
   if (worker()) GTEST_SKIP();
   require_gpu_and_nccl();
+  if (IsSkipped()) return;
   if (cuda_device_count() < 2) GTEST_SKIP() << "needs two GPUs";
   const fs::path dir = fs::temp_directory_path() / ("ssmtrain-nccl-" + std::to_string(::getpid()));
   Ranks r = start_two("collectives", dir);
@@ -254,6 +256,7 @@ TEST(NcclRanks, TwoGpusEqualTheOrderedSum) {
 TEST(NcclRanks, PeerThatNeverJoinsEndsTheOtherThroughTheWatchdog) {
   if (worker()) GTEST_SKIP();
   require_gpu_and_nccl();
+  if (IsSkipped()) return;
   if (cuda_device_count() < 2) GTEST_SKIP() << "needs two GPUs";
   const fs::path dir = fs::temp_directory_path() / ("ssmtrain-nccl-stall-" + std::to_string(::getpid()));
   Ranks r = start_two("stall", dir);
