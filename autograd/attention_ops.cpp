@@ -22,25 +22,25 @@ kernels::AttentionShape attention_shape(const Tensor& q, const Tensor& k, const 
                               ", " + v.str());
   kernels::AttentionShape s;
   s.batch = q.size(0);
-  s.seqlen = q.size(1);
-  s.heads = q.size(2);
+  s.seq_len = q.size(1);
+  s.n_heads = q.size(2);
   s.head_dim = q.size(3);
-  s.kv_heads = k.size(2);
+  s.n_kv_heads = k.size(2);
   s.scale = scale;
   s.deterministic = deterministic;
-  const Shape kv_shape{s.batch, s.seqlen, s.kv_heads, s.head_dim};
+  const Shape kv_shape{s.batch, s.seq_len, s.n_kv_heads, s.head_dim};
   if (k.shape() != kv_shape || v.shape() != kv_shape)
     detail::op_error(kOp, "k and v must both be " + shape_str(kv_shape) + " to match q " + q.str() + "; got " +
                               k.str() + ", " + v.str());
-  if (s.kv_heads < 1 || s.heads % s.kv_heads != 0)
-    detail::op_error(kOp, "kv heads " + std::to_string(s.kv_heads) + " must divide query heads " +
-                              std::to_string(s.heads));
+  if (s.n_kv_heads < 1 || s.n_heads % s.n_kv_heads != 0)
+    detail::op_error(kOp, "kv heads " + std::to_string(s.n_kv_heads) + " must divide query heads " +
+                              std::to_string(s.n_heads));
   if (!std::isfinite(scale)) detail::op_error(kOp, "scale must be finite");
   for (const Tensor* t : {&q, &k, &v})
     if (!t->is_contiguous()) detail::op_error(kOp, "q, k and v must be contiguous (call .contiguous()); got " + t->str());
   if (doc_index.defined()) {
-    if (doc_index.dtype() != DType::i32 || doc_index.shape() != Shape{s.batch, s.seqlen})
-      detail::op_error(kOp, "doc_index must be i32 " + shape_str({s.batch, s.seqlen}) + ", got " + doc_index.str());
+    if (doc_index.dtype() != DType::i32 || doc_index.shape() != Shape{s.batch, s.seq_len})
+      detail::op_error(kOp, "doc_index must be i32 " + shape_str({s.batch, s.seq_len}) + ", got " + doc_index.str());
     if (doc_index.device() != q.device())
       detail::op_error(kOp, "doc_index must be on " + q.device().str() + ", got " + doc_index.str());
   }
@@ -66,14 +66,14 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());  // (b, l, h, dh)
   Tensor lse;                                                     // (b, h, l): f32 on the GPU, q's dtype on the CPU
   if (q.device().is_cpu()) {
-    lse = Tensor::empty({s.batch, s.heads, s.seqlen}, q.dtype(), q.device());
+    lse = Tensor::empty({s.batch, s.n_heads, s.seq_len}, q.dtype(), q.device());
     detail::cpu_float_dispatch(kOp, q.dtype(), [&](auto tag) {
       using T = decltype(tag);
       kernels::cpu::attention_forward<T>(s, ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<int32_t>(doc), mut<T>(out),
                                          mut<T>(lse));
     });
   } else {
-    lse = Tensor::empty({s.batch, s.heads, s.seqlen}, DType::f32, q.device());
+    lse = Tensor::empty({s.batch, s.n_heads, s.seq_len}, DType::f32, q.device());
     SSM_CUDA_BRANCH(q, kernels::cuda::attention_forward(s, q.dtype(), q.data(), k.data(), v.data(),
                                                         ptr<int32_t>(doc), out.data(), mut<float>(lse), stream));
   }

@@ -24,7 +24,7 @@ kernels::Conv1dShape conv_shape(const CausalConv1dInputs& in) {
   kernels::Conv1dShape s;
   s.batch = in.x.size(0);
   s.dim = in.x.size(1);
-  s.seqlen = in.x.size(2);
+  s.seq_len = in.x.size(2);
   s.width = in.weight.size(1);
   s.silu = in.silu;
   if (s.width < 2 || s.width > 4)
@@ -32,7 +32,7 @@ kernels::Conv1dShape conv_shape(const CausalConv1dInputs& in) {
   expect_shape(in.weight, {s.dim, s.width}, "weight");
   expect_shape(in.bias, {s.dim}, "bias");
   expect_shape(in.initial_state, {s.batch, s.dim, s.width - 1}, "initial_state");
-  expect_shape(in.doc_index, {s.batch, s.seqlen}, "doc_index");
+  expect_shape(in.doc_index, {s.batch, s.seq_len}, "doc_index");
   if (in.doc_index.defined() && in.doc_index.dtype() != DType::i32)
     detail::op_error(kOp, "doc_index must be i32, got " + in.doc_index.str());
   for (const Tensor* t : {&in.bias, &in.initial_state, &in.doc_index})

@@ -39,7 +39,7 @@ Tensor causal_conv1d_step(const Tensor& x_raw, const Tensor& weight_raw, const T
   kernels::Conv1dShape s;
   s.batch = x.size(0);
   s.dim = x.size(1);
-  s.seqlen = 1;
+  s.seq_len = 1;
   s.width = weight.size(1);
   s.silu = silu;
   expect(op, weight, {s.dim, s.width}, "weight");
@@ -72,18 +72,18 @@ Tensor selective_scan_step(const SelectiveScanStepInputs& raw, const Tensor& sta
   kernels::ScanShape s;
   s.batch = in.u.size(0);
   s.dim = in.u.size(1);
-  s.seqlen = 1;
+  s.seq_len = 1;
   s.ngroups = in.B.size(1);
-  s.dstate = in.B.size(2);
+  s.d_state = in.B.size(2);
   s.delta_softplus = in.delta_softplus;
   expect(op, in.delta, {s.batch, s.dim}, "delta", true);
-  expect(op, in.A, {s.dim, s.dstate}, "A", true);
-  expect(op, in.B, {s.batch, s.ngroups, s.dstate}, "B", true);
-  expect(op, in.C, {s.batch, s.ngroups, s.dstate}, "C", true);
+  expect(op, in.A, {s.dim, s.d_state}, "A", true);
+  expect(op, in.B, {s.batch, s.ngroups, s.d_state}, "B", true);
+  expect(op, in.C, {s.batch, s.ngroups, s.d_state}, "C", true);
   expect(op, in.D, {s.dim}, "D");
   expect(op, in.z, {s.batch, s.dim}, "z");
   expect(op, in.delta_bias, {s.dim}, "delta_bias");
-  expect(op, state, {s.batch, s.dim, s.dstate}, "state", true);
+  expect(op, state, {s.batch, s.dim, s.d_state}, "state", true);
   if (s.dim % s.ngroups != 0) detail::op_error(op, "the groups of B and C must divide the channels");
   detail::common_device(op, {&in.u, &in.delta, &in.A, &in.B, &in.C, &state});
   Tensor out = Tensor::empty({s.batch, s.dim}, in.u.dtype(), in.u.device());
@@ -114,25 +114,25 @@ Tensor ssd_step(const SsdStepInputs& raw, const Tensor& states) {
   if (!in.B.defined() || in.B.dim() != 3) detail::op_error(op, "B must be (b, g, n), got " + in.B.str());
   kernels::SsdShape s;
   s.batch = in.x.size(0);
-  s.seqlen = 1;
-  s.nheads = in.x.size(1);
-  s.headdim = in.x.size(2);
+  s.seq_len = 1;
+  s.n_heads = in.x.size(1);
+  s.head_dim = in.x.size(2);
   s.ngroups = in.B.size(1);
-  s.dstate = in.B.size(2);
+  s.d_state = in.B.size(2);
   s.dt_softplus = in.dt_softplus;
-  s.D_has_headdim = in.D.defined() && in.D.dim() == 2;
-  expect(op, in.dt, {s.batch, s.nheads}, "dt", true);
-  expect(op, in.A, {s.nheads}, "A", true);
-  expect(op, in.B, {s.batch, s.ngroups, s.dstate}, "B", true);
-  expect(op, in.C, {s.batch, s.ngroups, s.dstate}, "C", true);
-  if (s.D_has_headdim) expect(op, in.D, {s.nheads, s.headdim}, "D");
-  else expect(op, in.D, {s.nheads}, "D");
-  expect(op, in.z, {s.batch, s.nheads, s.headdim}, "z");
-  expect(op, in.dt_bias, {s.nheads}, "dt_bias");
-  expect(op, states, {s.batch, s.nheads, s.headdim, s.dstate}, "states", true);
-  if (s.nheads % s.ngroups != 0) detail::op_error(op, "the groups of B and C must divide the heads");
+  s.D_has_head_dim = in.D.defined() && in.D.dim() == 2;
+  expect(op, in.dt, {s.batch, s.n_heads}, "dt", true);
+  expect(op, in.A, {s.n_heads}, "A", true);
+  expect(op, in.B, {s.batch, s.ngroups, s.d_state}, "B", true);
+  expect(op, in.C, {s.batch, s.ngroups, s.d_state}, "C", true);
+  if (s.D_has_head_dim) expect(op, in.D, {s.n_heads, s.head_dim}, "D");
+  else expect(op, in.D, {s.n_heads}, "D");
+  expect(op, in.z, {s.batch, s.n_heads, s.head_dim}, "z");
+  expect(op, in.dt_bias, {s.n_heads}, "dt_bias");
+  expect(op, states, {s.batch, s.n_heads, s.head_dim, s.d_state}, "states", true);
+  if (s.n_heads % s.ngroups != 0) detail::op_error(op, "the groups of B and C must divide the heads");
   detail::common_device(op, {&in.x, &in.dt, &in.A, &in.B, &in.C, &states});
-  Tensor out = Tensor::empty({s.batch, s.nheads, s.headdim}, in.x.dtype(), in.x.device());
+  Tensor out = Tensor::empty({s.batch, s.n_heads, s.head_dim}, in.x.dtype(), in.x.device());
   if (in.x.device().is_cpu()) {
     detail::check_same_dtype(op, {&in.x, &in.dt, &in.A, &in.B, &in.C, &states});
     detail::cpu_float_dispatch(op, in.x.dtype(), [&](auto tag) {
@@ -160,24 +160,24 @@ Tensor attention_decode(const Tensor& q_raw, const Tensor& k_cache, const Tensor
   if (!k_cache.defined() || k_cache.dim() != 4) detail::op_error(op, "k_cache must be (b, L, h_kv, dh), got " + k_cache.str());
   kernels::AttentionShape s;
   s.batch = q.size(0);
-  s.heads = q.size(1);
+  s.n_heads = q.size(1);
   s.head_dim = q.size(2);
-  s.seqlen = k_cache.size(1);
-  s.kv_heads = k_cache.size(2);
-  expect(op, k_cache, {s.batch, s.seqlen, s.kv_heads, s.head_dim}, "k_cache", true);
-  expect(op, v_cache, {s.batch, s.seqlen, s.kv_heads, s.head_dim}, "v_cache", true);
+  s.seq_len = k_cache.size(1);
+  s.n_kv_heads = k_cache.size(2);
+  expect(op, k_cache, {s.batch, s.seq_len, s.n_kv_heads, s.head_dim}, "k_cache", true);
+  expect(op, v_cache, {s.batch, s.seq_len, s.n_kv_heads, s.head_dim}, "v_cache", true);
   if (int64_t(lengths.size()) != s.batch)
     detail::op_error(op, std::to_string(lengths.size()) + " lengths for a batch of " + std::to_string(s.batch));
   std::vector<int32_t> lens(lengths.size());
   for (size_t i = 0; i < lengths.size(); ++i) {
-    if (lengths[i] < 1 || lengths[i] > s.seqlen)
+    if (lengths[i] < 1 || lengths[i] > s.seq_len)
       detail::op_error(op, "length " + std::to_string(lengths[i]) + " of sequence " + std::to_string(i) +
-                               " is outside the cache's 1.." + std::to_string(s.seqlen));
+                               " is outside the cache's 1.." + std::to_string(s.seq_len));
     lens[i] = int32_t(lengths[i]);
   }
   detail::common_device(op, {&q, &k_cache, &v_cache});
   detail::check_same_dtype(op, {&q, &k_cache, &v_cache});
-  Tensor out = Tensor::empty({s.batch, s.heads, s.head_dim}, q.dtype(), q.device());
+  Tensor out = Tensor::empty({s.batch, s.n_heads, s.head_dim}, q.dtype(), q.device());
   if (q.device().is_cpu()) {
     detail::cpu_float_dispatch(op, q.dtype(), [&](auto tag) {
       using T = decltype(tag);

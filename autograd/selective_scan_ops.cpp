@@ -25,21 +25,21 @@ kernels::ScanShape scan_shape(const SelectiveScanInputs& in) {
   kernels::ScanShape s;
   s.batch = in.u.size(0);
   s.dim = in.u.size(1);
-  s.seqlen = in.u.size(2);
-  s.dstate = in.A.size(1);
+  s.seq_len = in.u.size(2);
+  s.d_state = in.A.size(1);
   s.ngroups = in.B.size(1);
   s.delta_softplus = in.delta_softplus;
   if (s.ngroups < 1 || s.dim % s.ngroups != 0)
     detail::op_error(kOp, "groups " + std::to_string(s.ngroups) + " must divide d " + std::to_string(s.dim));
   expect_shape(in.delta, in.u.shape(), "delta");
   expect_shape(in.z, in.u.shape(), "z");
-  expect_shape(in.A, {s.dim, s.dstate}, "A");
-  expect_shape(in.B, {s.batch, s.ngroups, s.dstate, s.seqlen}, "B");
-  expect_shape(in.C, {s.batch, s.ngroups, s.dstate, s.seqlen}, "C");
+  expect_shape(in.A, {s.dim, s.d_state}, "A");
+  expect_shape(in.B, {s.batch, s.ngroups, s.d_state, s.seq_len}, "B");
+  expect_shape(in.C, {s.batch, s.ngroups, s.d_state, s.seq_len}, "C");
   expect_shape(in.D, {s.dim}, "D");
   expect_shape(in.delta_bias, {s.dim}, "delta_bias");
-  expect_shape(in.initial_state, {s.batch, s.dim, s.dstate}, "initial_state");
-  expect_shape(in.doc_index, {s.batch, s.seqlen}, "doc_index");
+  expect_shape(in.initial_state, {s.batch, s.dim, s.d_state}, "initial_state");
+  expect_shape(in.doc_index, {s.batch, s.seq_len}, "doc_index");
   if (in.doc_index.defined() && in.doc_index.dtype() != DType::i32)
     detail::op_error(kOp, "doc_index must be i32, got " + in.doc_index.str());
   return s;
@@ -78,7 +78,7 @@ SelectiveScanOutputs selective_scan(const SelectiveScanInputs& in_raw, bool retu
   Tensor chunk_states;  // GPU: the state entering each chunk, for the backward
   result.out = Tensor::empty(in.u.shape(), in.u.dtype(), in.u.device());
   const bool want_state = return_final_state;
-  if (want_state) result.final_state = Tensor::empty({s.batch, s.dim, s.dstate}, param_dtype, in.u.device());
+  if (want_state) result.final_state = Tensor::empty({s.batch, s.dim, s.d_state}, param_dtype, in.u.device());
 
   if (in.u.device().is_cpu()) {
     if (param_dtype != in.u.dtype())
@@ -94,7 +94,7 @@ SelectiveScanOutputs selective_scan(const SelectiveScanInputs& in_raw, bool retu
     if (param_dtype != DType::f32)
       detail::op_error(kOp, "on the GPU, A, D, delta_bias and initial_state must be f32; got " + in.A.str());
 #if SSMTRAIN_WITH_CUDA
-    chunk_states = Tensor::empty({s.batch, s.dim, kernels::cuda::selective_scan_num_chunks(s), s.dstate},
+    chunk_states = Tensor::empty({s.batch, s.dim, kernels::cuda::selective_scan_num_chunks(s), s.d_state},
                                  DType::f32, in.u.device());
 #endif
     SSM_CUDA_BRANCH(in.u, kernels::cuda::selective_scan_forward(

@@ -29,31 +29,31 @@ kernels::SsdShape ssd_shape(const SsdInputs& in) {
                                in.A.str() + ", " + in.B.str());
   kernels::SsdShape s;
   s.batch = in.x.size(0);
-  s.seqlen = in.x.size(1);
-  s.nheads = in.x.size(2);
-  s.headdim = in.x.size(3);
+  s.seq_len = in.x.size(1);
+  s.n_heads = in.x.size(2);
+  s.head_dim = in.x.size(3);
   s.ngroups = in.B.size(2);
-  s.dstate = in.B.size(3);
+  s.d_state = in.B.size(3);
   s.chunk_size = in.chunk_size;
   s.dt_softplus = in.dt_softplus;
   s.dt_min = in.dt_min;
   s.dt_max = in.dt_max;
-  s.D_has_headdim = in.D.defined() && in.D.dim() == 2;
-  if (s.ngroups < 1 || s.nheads % s.ngroups != 0)
-    detail::op_error(kSsd, "groups " + std::to_string(s.ngroups) + " must divide heads " + std::to_string(s.nheads));
+  s.D_has_head_dim = in.D.defined() && in.D.dim() == 2;
+  if (s.ngroups < 1 || s.n_heads % s.ngroups != 0)
+    detail::op_error(kSsd, "groups " + std::to_string(s.ngroups) + " must divide heads " + std::to_string(s.n_heads));
   if (s.chunk_size < 1) detail::op_error(kSsd, "chunk_size must be positive, got " + std::to_string(s.chunk_size));
   if (!(s.dt_min <= s.dt_max))
     detail::op_error(kSsd, "dt range [" + std::to_string(s.dt_min) + ", " + std::to_string(s.dt_max) + "] is empty");
-  expect_shape(kSsd, in.dt, {s.batch, s.seqlen, s.nheads}, "dt");
-  expect_shape(kSsd, in.A, {s.nheads}, "A");
-  expect_shape(kSsd, in.B, {s.batch, s.seqlen, s.ngroups, s.dstate}, "B");
-  expect_shape(kSsd, in.C, {s.batch, s.seqlen, s.ngroups, s.dstate}, "C");
-  if (s.D_has_headdim) expect_shape(kSsd, in.D, {s.nheads, s.headdim}, "D");
-  else expect_shape(kSsd, in.D, {s.nheads}, "D");
+  expect_shape(kSsd, in.dt, {s.batch, s.seq_len, s.n_heads}, "dt");
+  expect_shape(kSsd, in.A, {s.n_heads}, "A");
+  expect_shape(kSsd, in.B, {s.batch, s.seq_len, s.ngroups, s.d_state}, "B");
+  expect_shape(kSsd, in.C, {s.batch, s.seq_len, s.ngroups, s.d_state}, "C");
+  if (s.D_has_head_dim) expect_shape(kSsd, in.D, {s.n_heads, s.head_dim}, "D");
+  else expect_shape(kSsd, in.D, {s.n_heads}, "D");
   expect_shape(kSsd, in.z, in.x.shape(), "z");
-  expect_shape(kSsd, in.dt_bias, {s.nheads}, "dt_bias");
-  expect_shape(kSsd, in.initial_states, {s.batch, s.nheads, s.headdim, s.dstate}, "initial_states");
-  expect_shape(kSsd, in.doc_index, {s.batch, s.seqlen}, "doc_index");
+  expect_shape(kSsd, in.dt_bias, {s.n_heads}, "dt_bias");
+  expect_shape(kSsd, in.initial_states, {s.batch, s.n_heads, s.head_dim, s.d_state}, "initial_states");
+  expect_shape(kSsd, in.doc_index, {s.batch, s.seq_len}, "doc_index");
   if (in.doc_index.defined() && in.doc_index.dtype() != DType::i32)
     detail::op_error(kSsd, "doc_index must be i32, got " + in.doc_index.str());
   return s;
@@ -103,7 +103,7 @@ SsdOutputs ssd(const SsdInputs& in_raw, bool return_final_states) {
   result.out = Tensor::empty(in.x.shape(), in.x.dtype(), in.x.device());
   const bool want_states = return_final_states;
   if (want_states)
-    result.final_states = Tensor::empty({s.batch, s.nheads, s.headdim, s.dstate}, param_dtype, in.x.device());
+    result.final_states = Tensor::empty({s.batch, s.n_heads, s.head_dim, s.d_state}, param_dtype, in.x.device());
 
   if (in.x.device().is_cpu()) {
     if (param_dtype != in.x.dtype())
@@ -123,7 +123,7 @@ SsdOutputs ssd(const SsdInputs& in_raw, bool return_final_states) {
       detail::op_error(kSsd, "on the GPU, x, dt, B, C and z must be f32 or bf16; got " + in.x.str());
 #if SSMTRAIN_WITH_CUDA
     // The state entering each chunk, for the backward.
-    saved[kChunkStates] = Tensor::empty({s.batch, kernels::cuda::ssd_num_chunks(s), s.nheads, s.headdim, s.dstate},
+    saved[kChunkStates] = Tensor::empty({s.batch, kernels::cuda::ssd_num_chunks(s), s.n_heads, s.head_dim, s.d_state},
                                         DType::f32, in.x.device());
 #endif
     SSM_CUDA_BRANCH(in.x, kernels::cuda::ssd_forward(s, in.x.dtype(), void_args(saved), result.out.data(),

@@ -24,10 +24,10 @@ void bench_ssd(Report& report, Timer& timer, int64_t b, int64_t l, int64_t h, in
   cudaStream_t s = timer.stream();
   kernels::SsdShape shape;
   shape.batch = b;
-  shape.seqlen = l;
-  shape.nheads = h;
-  shape.headdim = p;
-  shape.dstate = n;
+  shape.seq_len = l;
+  shape.n_heads = h;
+  shape.head_dim = p;
+  shape.d_state = n;
   shape.ngroups = g;
   shape.chunk_size = chunk;
   shape.dt_softplus = true;

@@ -22,8 +22,8 @@ int64_t ModelConfig::mamba1_dt_rank() const {
   return mamba1.dt_rank > 0 ? mamba1.dt_rank : (d_model + 15) / 16;
 }
 
-int64_t ModelConfig::mamba2_nheads() const {
-  return mamba2.headdim > 0 ? mamba2_d_inner() / mamba2.headdim : 0;
+int64_t ModelConfig::mamba2_n_heads() const {
+  return mamba2.head_dim > 0 ? mamba2_d_inner() / mamba2.head_dim : 0;
 }
 
 int64_t ModelConfig::attention_n_kv_heads() const {

@@ -92,7 +92,7 @@ struct Mamba2Config {
   int64_t d_state = 128;  // n: SSM state size per head
   int64_t d_conv = 4;
   int64_t expand = 2;        // d_inner = expand * d_model
-  int64_t headdim = 64;      // p: nheads = d_inner / headdim
+  int64_t head_dim = 64;      // p: n_heads = d_inner / head_dim
   int64_t ngroups = 1;       // g: heads share B and C within a group
   int64_t chunk_size = 256;  // SSD chunk length
   double dt_min = 0.001;
@@ -165,7 +165,7 @@ struct ModelConfig {
   int64_t mamba1_d_inner() const { return mamba1.expand * d_model; }
   int64_t mamba1_dt_rank() const;  // dt_rank, auto: ceil(d_model / 16)
   int64_t mamba2_d_inner() const { return mamba2.expand * d_model; }
-  int64_t mamba2_nheads() const;  // d_inner / headdim (0 for a headdim below 1)
+  int64_t mamba2_n_heads() const;  // d_inner / head_dim (0 for a head_dim below 1)
   int64_t mamba2_conv_dim() const { return mamba2_d_inner() + 2 * mamba2.ngroups * mamba2.d_state; }
   int64_t attention_n_kv_heads() const;  // auto: n_heads
   int64_t attention_head_dim() const;    // auto: d_model / n_heads (0 when it does not divide)

@@ -59,9 +59,9 @@ void describe(Mamba2Config& mamba2, V& v) {
   v.field("d_state", mamba2.d_state, "SSM state size per head (N)", kAtLeastOne);
   v.field("d_conv", mamba2.d_conv, "causal depthwise convolution width", kAtLeastOne);
   v.field("expand", mamba2.expand, "d_inner = expand * d_model", kAtLeastOne);
-  v.field("headdim", mamba2.headdim, "channels per SSD head (P); nheads = d_inner / headdim",
+  v.field("head_dim", mamba2.head_dim, "channels per SSD head (P); n_heads = d_inner / head_dim",
           kAtLeastOne);
-  v.field("ngroups", mamba2.ngroups, "groups of heads sharing B and C; divides nheads",
+  v.field("ngroups", mamba2.ngroups, "groups of heads sharing B and C; divides n_heads",
           kAtLeastOne);
   v.field("chunk_size", mamba2.chunk_size, "SSD chunk length", kAtLeastOne);
   describe_dt_init(mamba2, v);
@@ -282,7 +282,7 @@ void describe(Config& config, V& v) {
 
 // One key of the schema, for did-you-mean, `config keys`-style listings and the docs.
 struct KeyInfo {
-  std::string path;  // e.g. "model.mamba2.headdim"
+  std::string path;  // e.g. "model.mamba2.head_dim"
   bool is_section = false;
   std::string expected;       // e.g. "an integer >= 1" (empty for a section)
   std::string default_value;  // YAML text of the default (empty for a section)

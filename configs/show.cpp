@@ -39,9 +39,9 @@ std::string render_config_show(const Config& config, const std::optional<ModelCo
                         model.mamba1_d_inner(), model.mamba1_dt_rank());
   }
   if (layout.count(Mixer::mamba2) > 0) {
-    text += fmt::format("# mamba2: {}, d_inner {}, nheads {} of headdim {}\n",
+    text += fmt::format("# mamba2: {}, d_inner {}, n_heads {} of head_dim {}\n",
                         layers(layout.count(Mixer::mamba2)), model.mamba2_d_inner(),
-                        model.mamba2_nheads(), model.mamba2.headdim);
+                        model.mamba2_n_heads(), model.mamba2.head_dim);
   }
   if (layout.count(Mixer::attention) > 0) {
     text += fmt::format("# attention: {}, n_heads {}, head_dim {}, n_kv_heads {}\n",

@@ -60,16 +60,16 @@ void check_dt_range(double dt_min, double dt_max, const std::string& section) {
 void check_mamba2(const ModelConfig& model) {
   const Mamba2Config& mamba2 = model.mamba2;
   const int64_t d_inner = model.mamba2_d_inner();
-  if (d_inner % mamba2.headdim != 0) {
-    invalid({"model.mamba2.headdim", "model.mamba2.expand", "model.d_model"},
-            fmt::format("expected d_inner = expand * d_model divisible by headdim, found "
-                        "{} * {} = {} and headdim {}",
-                        mamba2.expand, model.d_model, d_inner, mamba2.headdim));
+  if (d_inner % mamba2.head_dim != 0) {
+    invalid({"model.mamba2.head_dim", "model.mamba2.expand", "model.d_model"},
+            fmt::format("expected d_inner = expand * d_model divisible by head_dim, found "
+                        "{} * {} = {} and head_dim {}",
+                        mamba2.expand, model.d_model, d_inner, mamba2.head_dim));
   }
-  const int64_t nheads = model.mamba2_nheads();
-  if (nheads % mamba2.ngroups != 0) {
+  const int64_t n_heads = model.mamba2_n_heads();
+  if (n_heads % mamba2.ngroups != 0) {
     invalid({"model.mamba2.ngroups"},
-            fmt::format("expected a divisor of nheads = d_inner / headdim = {}, found {}", nheads,
+            fmt::format("expected a divisor of n_heads = d_inner / head_dim = {}, found {}", n_heads,
                         mamba2.ngroups));
   }
   check_dt_range(mamba2.dt_min, mamba2.dt_max, "model.mamba2");

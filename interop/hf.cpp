@@ -155,8 +155,8 @@ json hf_config(const configs::ModelConfig& m, HfFamily f) {
       c["state_size"] = m.mamba2.d_state;
       c["conv_kernel"] = m.mamba2.d_conv;
       c["expand"] = m.mamba2.expand;
-      c["head_dim"] = m.mamba2.headdim;
-      c["num_heads"] = m.mamba2_nheads();
+      c["head_dim"] = m.mamba2.head_dim;
+      c["num_heads"] = m.mamba2_n_heads();
       c["n_groups"] = m.mamba2.ngroups;
       c["chunk_size"] = m.mamba2.chunk_size;
       c["time_step_min"] = m.mamba2.dt_min;
@@ -218,8 +218,8 @@ json hf_config(const configs::ModelConfig& m, HfFamily f) {
       c["head_dim"] = m.attention.head_dim;
       c["attention_bias"] = false;
       c["ssm_state_size"] = m.mamba2.d_state;
-      c["mamba_num_heads"] = m.mamba2_nheads();
-      c["mamba_head_dim"] = m.mamba2.headdim;
+      c["mamba_num_heads"] = m.mamba2_n_heads();
+      c["mamba_head_dim"] = m.mamba2.head_dim;
       c["n_groups"] = m.mamba2.ngroups;
       c["conv_kernel"] = m.mamba2.d_conv;
       c["expand"] = m.mamba2.expand;
@@ -319,7 +319,7 @@ configs::ModelConfig model_config_from_hf(const json& c, HfFamily& family) {
       m.mamba2.d_state = r.integer(nemo ? "ssm_state_size" : "state_size");
       m.mamba2.d_conv = r.integer_or("conv_kernel", 4);
       m.mamba2.expand = r.integer_or("expand", 2);
-      m.mamba2.headdim = r.integer(nemo ? "mamba_head_dim" : "head_dim");
+      m.mamba2.head_dim = r.integer(nemo ? "mamba_head_dim" : "head_dim");
       m.mamba2.ngroups = r.integer_or("n_groups", 1);
       m.mamba2.chunk_size = r.integer_or("chunk_size", 256);
       m.mamba2.dt_min = r.number_or("time_step_min", 0.001);
@@ -331,8 +331,8 @@ configs::ModelConfig model_config_from_hf(const json& c, HfFamily& family) {
       m.mamba2.dt_max = r.number_or("time_step_max", 0.1);
       m.mamba2.dt_init_floor = r.number_or("time_step_floor", 1e-4);
       const int64_t heads = r.integer(nemo ? "mamba_num_heads" : "num_heads");
-      if (heads * m.mamba2.headdim != m.mamba2.expand * m.d_model)
-        throw InteropError(type + ": config.json heads x head_dim (" + std::to_string(heads) + " x " + std::to_string(m.mamba2.headdim) +
+      if (heads * m.mamba2.head_dim != m.mamba2.expand * m.d_model)
+        throw InteropError(type + ": config.json heads x head_dim (" + std::to_string(heads) + " x " + std::to_string(m.mamba2.head_dim) +
                            ") is not expand x hidden_size (" + std::to_string(m.mamba2.expand * m.d_model) + "), which ssmtrain requires");
       r.require("use_bias", false, "ssmtrain's Mamba projections have no bias");
       r.require("mamba_proj_bias", false, "ssmtrain's Mamba projections have no bias");

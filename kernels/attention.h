@@ -17,9 +17,9 @@ namespace ssmtrain::kernels {
 
 struct AttentionShape {
   int64_t batch = 0;     // b
-  int64_t seqlen = 0;    // l
-  int64_t heads = 0;     // h
-  int64_t kv_heads = 0;  // h_kv, divides h
+  int64_t seq_len = 0;    // l
+  int64_t n_heads = 0;     // h
+  int64_t n_kv_heads = 0;  // h_kv, divides h
   int64_t head_dim = 0;  // dh (1..128 on the GPU)
   double scale = 0.0;    // 0 means 1 / sqrt(dh)
   // false lets the GPU backward use a faster kernel whose float atomics make dq differ in its
@@ -46,7 +46,7 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
                         T* dk, T* dv);
 // One decoding step: q (b, h, dh) is the token at position lengths[bi] - 1 of sequence bi;
 // k_cache, v_cache (b, L, h_kv, dh) hold positions 0 .. lengths[bi] - 1 (the new token's
-// key and value included); out (b, h, dh). s.seqlen is L.
+// key and value included); out (b, h, dh). s.seq_len is L.
 template <typename T>
 void attention_decode(const AttentionShape& s, const T* q, const T* k_cache, const T* v_cache,
                       const int32_t* lengths, T* out);

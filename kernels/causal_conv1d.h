@@ -18,7 +18,7 @@ namespace ssmtrain::kernels {
 struct Conv1dShape {
   int64_t batch = 0;   // b
   int64_t dim = 0;     // d
-  int64_t seqlen = 0;  // l
+  int64_t seq_len = 0;  // l
   int64_t width = 4;   // w, 2..4
   bool silu = false;   // fused SiLU on the output
 };

@@ -17,8 +17,8 @@ namespace ssmtrain::kernels {
 struct ScanShape {
   int64_t batch = 0;    // b
   int64_t dim = 0;      // d
-  int64_t seqlen = 0;   // l
-  int64_t dstate = 0;   // n, 1..64 on the GPU
+  int64_t seq_len = 0;   // l
+  int64_t d_state = 0;   // n, 1..64 on the GPU
   int64_t ngroups = 1;  // g, divides d
   bool delta_softplus = false;
 };

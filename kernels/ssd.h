@@ -8,7 +8,7 @@
 // intra-chunk (C Bᵀ ∘ decay mask) x, each chunk's own state, state passing between chunks,
 // and the passed state's contribution to the chunk's outputs.
 //
-// Glossary: b batch, l sequence length, h heads, p head dim (headdim), n state size (dstate),
+// Glossary: b batch, l sequence length, h heads, p head dim (head_dim), n state size (d_state),
 // g groups of B/C (ngroups, divides h).
 #pragma once
 
@@ -21,13 +21,13 @@ namespace ssmtrain::kernels {
 
 struct SsdShape {
   int64_t batch = 0;         // b
-  int64_t seqlen = 0;        // l
-  int64_t nheads = 0;        // h
-  int64_t headdim = 0;       // p; 32, 64 or 128 on the GPU
-  int64_t dstate = 0;        // n; 16..256 on the GPU
+  int64_t seq_len = 0;        // l
+  int64_t n_heads = 0;        // h
+  int64_t head_dim = 0;       // p; 32, 64 or 128 on the GPU
+  int64_t d_state = 0;        // n; 16..256 on the GPU
   int64_t ngroups = 1;       // g, divides h
   int64_t chunk_size = 256;  // tokens per chunk of the chunked forms; 64..256 on the GPU
-  bool D_has_headdim = false;  // D is (h, p) rather than (h)
+  bool D_has_head_dim = false;  // D is (h, p) rather than (h)
   bool dt_softplus = false;
   // dt is clamped to [dt_min, dt_max] after softplus when the range is narrower than the
   // default (0, inf), as mamba_chunk_scan_combined's dt_limit. The clamp passes no gradient
@@ -46,7 +46,7 @@ struct SsdArgs {
   const P* A = nullptr;                // (h)
   const T* B = nullptr;                // (b, l, g, n)
   const T* C = nullptr;                // (b, l, g, n)
-  const P* D = nullptr;                // (h), or (h, p) when D_has_headdim; optional
+  const P* D = nullptr;                // (h), or (h, p) when D_has_head_dim; optional
   const T* z = nullptr;                // (b, l, h, p), optional
   const P* dt_bias = nullptr;          // (h), optional
   const P* initial_states = nullptr;   // (b, h, p, n), optional
@@ -82,7 +82,7 @@ void ssd_forward_chunked(const SsdShape& s, const SsdArgs<T, T>& a, T* out, T* f
 template <typename T>
 void ssd_backward(const SsdShape& s, const SsdArgs<T, T>& a, const SsdGrads<T, T>& g);
 // One decoding step: states (b, h, p, n) are updated in place; x, z, out are (b, h, p); dt is
-// (b, h); B, C are (b, g, n). seqlen, initial_states and doc_index are not read.
+// (b, h); B, C are (b, g, n). seq_len, initial_states and doc_index are not read.
 template <typename T>
 void ssd_step(const SsdShape& s, const SsdArgs<T, T>& a, T* states, T* out);
 }  // namespace cpu

@@ -14,7 +14,7 @@
 
 namespace ssmtrain::kernels {
 
-// A shape the kernels cannot run: the field of the shape struct ("headdim", "chunk_size",
+// A shape the kernels cannot run: the field of the shape struct ("head_dim", "chunk_size",
 // ...) and what it must be. `field` empty: supported.
 struct Unsupported {
   std::string field;

@@ -15,9 +15,9 @@ namespace ssmtrain {
 namespace {
 const configs::ModelConfig& checked(const configs::ModelConfig& model) {
   const configs::AttentionConfig& o = model.attention;
-  const int64_t kv_heads = model.attention_n_kv_heads();
-  if (o.n_heads <= 0 || kv_heads <= 0 || o.n_heads % kv_heads != 0)
-    throw std::invalid_argument("attention: n_kv_heads (" + std::to_string(kv_heads) +
+  const int64_t n_kv_heads = model.attention_n_kv_heads();
+  if (o.n_heads <= 0 || n_kv_heads <= 0 || o.n_heads % n_kv_heads != 0)
+    throw std::invalid_argument("attention: n_kv_heads (" + std::to_string(n_kv_heads) +
                                 ") must divide n_heads (" + std::to_string(o.n_heads) + ")");
   if (model.attention_head_dim() <= 0)
     throw std::invalid_argument("attention: n_heads (" + std::to_string(o.n_heads) + ") must divide d_model (" +

@@ -21,12 +21,12 @@ namespace {
 
 const configs::ModelConfig& checked(const configs::ModelConfig& model) {
   const configs::Mamba2Config& o = model.mamba2;
-  if (o.headdim < 1 || model.mamba2_d_inner() % o.headdim != 0)
-    throw std::invalid_argument("mamba2: d_inner " + std::to_string(model.mamba2_d_inner()) + " (expand x d_model) is not a multiple of headdim " +
-                                std::to_string(o.headdim));
-  if (o.ngroups < 1 || model.mamba2_nheads() % o.ngroups != 0)
+  if (o.head_dim < 1 || model.mamba2_d_inner() % o.head_dim != 0)
+    throw std::invalid_argument("mamba2: d_inner " + std::to_string(model.mamba2_d_inner()) + " (expand x d_model) is not a multiple of head_dim " +
+                                std::to_string(o.head_dim));
+  if (o.ngroups < 1 || model.mamba2_n_heads() % o.ngroups != 0)
     throw std::invalid_argument("mamba2: ngroups " + std::to_string(o.ngroups) + " does not divide the " +
-                                std::to_string(model.mamba2_nheads()) + " heads");
+                                std::to_string(model.mamba2_n_heads()) + " heads");
   return model;
 }
 
@@ -45,15 +45,15 @@ Tensor a_log_init(int64_t heads, Generator& gen, DType dtype) {
 
 Mamba2Mixer::Mamba2Mixer(const configs::ModelConfig& model, Generator& gen, DType dtype)
     : model_(checked(model)),
-      in_proj_(register_module("in_proj", std::make_unique<Linear>(model.d_model, 2 * model.mamba2_d_inner() + 2 * model.mamba2.ngroups * model.mamba2.d_state + model.mamba2_nheads(),
+      in_proj_(register_module("in_proj", std::make_unique<Linear>(model.d_model, 2 * model.mamba2_d_inner() + 2 * model.mamba2.ngroups * model.mamba2.d_state + model.mamba2_n_heads(),
                                                                    false, gen, dtype))),
       conv_weight_(register_parameter("conv1d.weight",
                                       uniform_init({model.mamba2_conv_dim(), model.mamba2.d_conv}, 1.0 / std::sqrt(double(model.mamba2.d_conv)), gen, dtype))),
       conv_bias_(register_parameter("conv1d.bias", uniform_init({model.mamba2_conv_dim()}, 1.0 / std::sqrt(double(model.mamba2.d_conv)), gen, dtype),
                                     /*weight_decay=*/false)),
-      dt_bias_(register_parameter("dt_bias", dt_bias_init(model.mamba2_nheads(), model.mamba2.dt_min, model.mamba2.dt_max, model.mamba2.dt_init_floor, gen, dtype), /*weight_decay=*/false)),
-      A_log_(register_parameter("A_log", a_log_init(model.mamba2_nheads(), gen, dtype), /*weight_decay=*/false)),
-      D_(register_parameter("D", Tensor::ones({model.mamba2_nheads()}, dtype), /*weight_decay=*/false)),
+      dt_bias_(register_parameter("dt_bias", dt_bias_init(model.mamba2_n_heads(), model.mamba2.dt_min, model.mamba2.dt_max, model.mamba2.dt_init_floor, gen, dtype), /*weight_decay=*/false)),
+      A_log_(register_parameter("A_log", a_log_init(model.mamba2_n_heads(), gen, dtype), /*weight_decay=*/false)),
+      D_(register_parameter("D", Tensor::ones({model.mamba2_n_heads()}, dtype), /*weight_decay=*/false)),
       norm_weight_(register_parameter("norm.weight", Tensor::ones({model.mamba2_d_inner()}, dtype), /*weight_decay=*/false)),
       out_proj_(register_module("out_proj", std::make_unique<Linear>(model.mamba2_d_inner(), model.d_model, false, gen, dtype))) {
   NoGradGuard no_grad;
@@ -64,7 +64,7 @@ Tensor Mamba2Mixer::forward(const Tensor& x, const Tensor& doc_index) const { re
 
 Tensor Mamba2Mixer::run(const Tensor& x, const Tensor& doc_index, const MixerCache* cache) const {
   const configs::Mamba2Config& o = model_.mamba2;
-  const int64_t b = x.size(0), l = x.size(1), e = model_.mamba2_d_inner(), h = model_.mamba2_nheads(), p = o.headdim, g = o.ngroups,
+  const int64_t b = x.size(0), l = x.size(1), e = model_.mamba2_d_inner(), h = model_.mamba2_n_heads(), p = o.head_dim, g = o.ngroups,
                 n = o.d_state, gn = g * n;
   std::vector<Tensor> parts = split(in_proj_.forward(x), {e, e + 2 * gn, h}, -1);  // z, xBC, dt
   const Tensor& z = parts[0];                                                       // (b, l, e)
@@ -97,7 +97,7 @@ MixerCache Mamba2Mixer::new_cache(int64_t batch, int64_t, DType dtype, Device de
   const DType state_dtype = dtype == DType::f64 ? DType::f64 : DType::f32;
   MixerCache c;
   c.conv = Tensor::zeros({batch, model_.mamba2_conv_dim(), o.d_conv - 1}, dtype, device);                    // (b, e + 2gn, w-1)
-  c.ssm = Tensor::zeros({batch, model_.mamba2_nheads(), o.headdim, o.d_state}, state_dtype, device);     // (b, h, p, n)
+  c.ssm = Tensor::zeros({batch, model_.mamba2_n_heads(), o.head_dim, o.d_state}, state_dtype, device);     // (b, h, p, n)
   return c;
 }
 
@@ -105,7 +105,7 @@ Tensor Mamba2Mixer::prefill(const Tensor& x, const MixerCache& cache) const { re
 
 Tensor Mamba2Mixer::step(const Tensor& x, const MixerCache& cache, const std::vector<int64_t>&) const {
   const configs::Mamba2Config& o = model_.mamba2;
-  const int64_t b = x.size(0), e = model_.mamba2_d_inner(), h = model_.mamba2_nheads(), p = o.headdim, g = o.ngroups, n = o.d_state,
+  const int64_t b = x.size(0), e = model_.mamba2_d_inner(), h = model_.mamba2_n_heads(), p = o.head_dim, g = o.ngroups, n = o.d_state,
                 gn = g * n;
   std::vector<Tensor> parts = split(reshape(in_proj_.forward(x), {b, 2 * e + 2 * gn + h}), {e, e + 2 * gn, h}, -1);
   const Tensor xBC = causal_conv1d_step(parts[1], conv_weight_, conv_bias_, cache.conv, true);  // (b, e + 2gn)

@@ -77,7 +77,7 @@ double training_flops_per_token(const ModelOptions& options, int64_t seq_len) {
       per_token += d * 2 * e + e * (r + 2 * n) + r * e + e * d;  // in, x, dt and out projections
     } else if (k.mixer == MixerKind::mamba2) {
       const double e = double(o.mamba2_d_inner()), gn = double(o.mamba2.ngroups * o.mamba2.d_state);
-      const double h = double(o.mamba2_nheads());
+      const double h = double(o.mamba2_n_heads());
       per_token += d * (2 * e + 2 * gn + h) + e * d;  // in and out projections
     } else {
       const double q = double(o.attention.n_heads * o.attention_head_dim());
@@ -104,7 +104,7 @@ ParameterCounts parameter_counts(const ModelOptions& options) {
       c.total += d * 2 * e + e * o.mamba1.d_conv + e + e * (r + 2 * n) + r * e + e + e * n + e + e * d;
       if (o.mamba1.dt_bc_norm) c.total += r + 2 * n;
     } else if (k.mixer == MixerKind::mamba2) {
-      const int64_t e = o.mamba2_d_inner(), gn = o.mamba2.ngroups * o.mamba2.d_state, h = o.mamba2_nheads();
+      const int64_t e = o.mamba2_d_inner(), gn = o.mamba2.ngroups * o.mamba2.d_state, h = o.mamba2_n_heads();
       const int64_t conv = o.mamba2_conv_dim();
       c.total += d * (2 * e + 2 * gn + h) + conv * o.mamba2.d_conv + conv + 3 * h + e + e * d;
     } else {

@@ -39,15 +39,15 @@ void check_kernels_support(const configs::Recipe& recipe, bool cuda) {
   const configs::Layout layout = configs::resolve_layout(m);
   if (layout.count(configs::Mixer::mamba2) > 0) {
     kernels::SsdShape s;
-    s.nheads = m.mamba2_nheads();
-    s.headdim = m.mamba2.headdim;
-    s.dstate = m.mamba2.d_state;
+    s.n_heads = m.mamba2_n_heads();
+    s.head_dim = m.mamba2.head_dim;
+    s.d_state = m.mamba2.d_state;
     s.ngroups = m.mamba2.ngroups;
     s.chunk_size = m.mamba2.chunk_size;
     check(recipe, kernels::ssd_support(s, cuda),
-          {{"headdim", "model.mamba2.headdim"}, {"dstate", "model.mamba2.d_state"},
+          {{"head_dim", "model.mamba2.head_dim"}, {"d_state", "model.mamba2.d_state"},
            {"ngroups", "model.mamba2.ngroups"}, {"chunk_size", "model.mamba2.chunk_size"}},
-          {{"headdim", s.headdim}, {"dstate", s.dstate}, {"ngroups", s.ngroups}, {"chunk_size", s.chunk_size}}, cuda);
+          {{"head_dim", s.head_dim}, {"d_state", s.d_state}, {"ngroups", s.ngroups}, {"chunk_size", s.chunk_size}}, cuda);
     kernels::Conv1dShape c;
     c.width = m.mamba2.d_conv;
     check(recipe, kernels::conv1d_support(c, cuda), {{"width", "model.mamba2.d_conv"}}, {{"width", c.width}}, cuda);
@@ -55,21 +55,21 @@ void check_kernels_support(const configs::Recipe& recipe, bool cuda) {
   if (layout.count(configs::Mixer::mamba1) > 0) {
     kernels::ScanShape s;
     s.dim = m.mamba1_d_inner();
-    s.dstate = m.mamba1.d_state;
-    check(recipe, kernels::selective_scan_support(s, cuda), {{"dstate", "model.mamba1.d_state"}},
-          {{"dstate", s.dstate}}, cuda);
+    s.d_state = m.mamba1.d_state;
+    check(recipe, kernels::selective_scan_support(s, cuda), {{"d_state", "model.mamba1.d_state"}},
+          {{"d_state", s.d_state}}, cuda);
     kernels::Conv1dShape c;
     c.width = m.mamba1.d_conv;
     check(recipe, kernels::conv1d_support(c, cuda), {{"width", "model.mamba1.d_conv"}}, {{"width", c.width}}, cuda);
   }
   if (layout.count(configs::Mixer::attention) > 0) {
     kernels::AttentionShape s;
-    s.heads = m.attention.n_heads;
-    s.kv_heads = m.attention_n_kv_heads();
+    s.n_heads = m.attention.n_heads;
+    s.n_kv_heads = m.attention_n_kv_heads();
     s.head_dim = m.attention_head_dim();
     check(recipe, kernels::attention_support(s, cuda),
-          {{"head_dim", "model.attention.head_dim"}, {"kv_heads", "model.attention.n_kv_heads"}},
-          {{"head_dim", s.head_dim}, {"kv_heads", s.kv_heads}}, cuda);
+          {{"head_dim", "model.attention.head_dim"}, {"n_kv_heads", "model.attention.n_kv_heads"}},
+          {{"head_dim", s.head_dim}, {"n_kv_heads", s.n_kv_heads}}, cuda);
   }
   if (layout.count(configs::Ffn::moe) > 0) {
     kernels::MoeExpertShape s;

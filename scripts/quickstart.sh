@@ -47,8 +47,10 @@ prepare_corpus() {
   build/ssmtrain data prepare --tokenizer "${corpus}.model" --input linux-doc --out "${corpus}"
 }
 
+# Each quickstart trains its demo run afresh: a second run replaces runs/tiny-mamba2's run files
+# and checkpoints (run.overwrite) rather than stopping at "already holds a run".
 train() {
-  build/ssmtrain train "${recipe}" --resume none "$@" | tee build/quickstart-train.log
+  build/ssmtrain train "${recipe}" --resume none --set run.overwrite=true "$@" | tee build/quickstart-train.log
 }
 
 phase install-deps scripts/install-deps.sh

@@ -17,10 +17,10 @@ double attention_scale(const AttentionShape& s) {
 }
 
 void check_attention_shape(const AttentionShape& s) {
-  if (s.batch < 0 || s.seqlen < 0 || s.heads < 1 || s.kv_heads < 1 || s.head_dim < 1 ||
-      s.heads % s.kv_heads != 0 || !std::isfinite(s.scale))
-    throw KernelError("attention: bad shape (b " + std::to_string(s.batch) + ", l " + std::to_string(s.seqlen) +
-                      ", h " + std::to_string(s.heads) + ", h_kv " + std::to_string(s.kv_heads) + ", dh " +
+  if (s.batch < 0 || s.seq_len < 0 || s.n_heads < 1 || s.n_kv_heads < 1 || s.head_dim < 1 ||
+      s.n_heads % s.n_kv_heads != 0 || !std::isfinite(s.scale))
+    throw KernelError("attention: bad shape (b " + std::to_string(s.batch) + ", l " + std::to_string(s.seq_len) +
+                      ", h " + std::to_string(s.n_heads) + ", h_kv " + std::to_string(s.n_kv_heads) + ", dh " +
                       std::to_string(s.head_dim) + ", scale " + std::to_string(s.scale) +
                       "); sizes must be positive and h_kv must divide h");
 }
@@ -31,10 +31,10 @@ namespace {
 // Element offsets in the (b, l, heads, dh) layouts.
 struct Index {
   const AttentionShape& s;
-  int64_t q(int64_t b, int64_t t, int64_t hh) const { return ((b * s.seqlen + t) * s.heads + hh) * s.head_dim; }
-  int64_t kv(int64_t b, int64_t t, int64_t g) const { return ((b * s.seqlen + t) * s.kv_heads + g) * s.head_dim; }
-  int64_t lse(int64_t b, int64_t hh, int64_t t) const { return (b * s.heads + hh) * s.seqlen + t; }
-  int64_t group_of(int64_t hh) const { return hh / (s.heads / s.kv_heads); }
+  int64_t q(int64_t b, int64_t t, int64_t hh) const { return ((b * s.seq_len + t) * s.n_heads + hh) * s.head_dim; }
+  int64_t kv(int64_t b, int64_t t, int64_t g) const { return ((b * s.seq_len + t) * s.n_kv_heads + g) * s.head_dim; }
+  int64_t lse(int64_t b, int64_t hh, int64_t t) const { return (b * s.n_heads + hh) * s.seq_len + t; }
+  int64_t group_of(int64_t hh) const { return hh / (s.n_heads / s.n_kv_heads); }
 };
 
 // True when query i may attend to key j (j <= i is the caller's loop bound).
@@ -56,7 +56,7 @@ T score_row(const AttentionShape& s, const Index& ix, const T* q, const T* k, co
   const int64_t g = ix.group_of(hh);
   T mx = -std::numeric_limits<T>::infinity();
   for (int64_t j = 0; j <= i; ++j) {
-    scores[j] = visible(doc_index, b, s.seqlen, i, j)
+    scores[j] = visible(doc_index, b, s.seq_len, i, j)
                     ? scale * dot(q + ix.q(b, i, hh), k + ix.kv(b, j, g), s.head_dim)
                     : -std::numeric_limits<T>::infinity();
     mx = std::max(mx, scores[j]);
@@ -77,10 +77,10 @@ void attention_forward(const AttentionShape& s, const T* q, const T* k, const T*
   const int64_t dh = s.head_dim;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t hh = 0; hh < s.heads; ++hh) {
-      std::vector<T> scores(s.seqlen);  // (l)
+    for (int64_t hh = 0; hh < s.n_heads; ++hh) {
+      std::vector<T> scores(s.seq_len);  // (l)
       const int64_t g = ix.group_of(hh);
-      for (int64_t i = 0; i < s.seqlen; ++i) {
+      for (int64_t i = 0; i < s.seq_len; ++i) {
         const T row_lse = score_row(s, ix, q, k, doc_index, b, hh, i, scale, scores);
         T* o = out + ix.q(b, i, hh);  // (dh)
         std::fill(o, o + dh, T(0));
@@ -101,16 +101,16 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
   check_attention_shape(s);
   const Index ix{s};
   const T scale = static_cast<T>(attention_scale(s));
-  const int64_t dh = s.head_dim, group = s.heads / s.kv_heads;
+  const int64_t dh = s.head_dim, group = s.n_heads / s.n_kv_heads;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t g = 0; g < s.kv_heads; ++g) {
-      for (int64_t j = 0; j < s.seqlen; ++j) {
+    for (int64_t g = 0; g < s.n_kv_heads; ++g) {
+      for (int64_t j = 0; j < s.seq_len; ++j) {
         std::fill(dk + ix.kv(b, j, g), dk + ix.kv(b, j, g) + dh, T(0));
         std::fill(dv + ix.kv(b, j, g), dv + ix.kv(b, j, g) + dh, T(0));
       }
       for (int64_t hh = g * group; hh < (g + 1) * group; ++hh)
-        for (int64_t i = 0; i < s.seqlen; ++i) {
+        for (int64_t i = 0; i < s.seq_len; ++i) {
           const T* qi = q + ix.q(b, i, hh);      // (dh)
           const T* doi = dout + ix.q(b, i, hh);  // (dh)
           T* dqi = dq + ix.q(b, i, hh);          // (dh)
@@ -118,7 +118,7 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
           const T delta = dot(doi, out + ix.q(b, i, hh), dh);  // sum_j p_ij dp_ij
           const T row_lse = lse[ix.lse(b, hh, i)];
           for (int64_t j = 0; j <= i; ++j) {
-            if (!visible(doc_index, b, s.seqlen, i, j)) continue;
+            if (!visible(doc_index, b, s.seq_len, i, j)) continue;
             const T* kj = k + ix.kv(b, j, g);
             const T* vj = v + ix.kv(b, j, g);
             const T p = std::exp(scale * dot(qi, kj, dh) - row_lse);
@@ -140,19 +140,19 @@ template <typename T>
 void attention_decode(const AttentionShape& s, const T* q, const T* k_cache, const T* v_cache,
                       const int32_t* lengths, T* out) {
   check_attention_shape(s);
-  const Index ix{s};  // seqlen is the cache capacity L
+  const Index ix{s};  // seq_len is the cache capacity L
   const T scale = static_cast<T>(attention_scale(s));
   const int64_t dh = s.head_dim;
   for (int64_t b = 0; b < s.batch; ++b)
-    if (lengths[b] < 1 || lengths[b] > s.seqlen)
+    if (lengths[b] < 1 || lengths[b] > s.seq_len)
       throw KernelError("attention_decode: length " + std::to_string(lengths[b]) + " of sequence " +
-                        std::to_string(b) + " is outside 1.." + std::to_string(s.seqlen));
+                        std::to_string(b) + " is outside 1.." + std::to_string(s.seq_len));
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t hh = 0; hh < s.heads; ++hh) {
+    for (int64_t hh = 0; hh < s.n_heads; ++hh) {
       const int64_t len = lengths[b];
       const int64_t g = ix.group_of(hh);
-      const T* qb = q + (b * s.heads + hh) * dh;  // (dh)
+      const T* qb = q + (b * s.n_heads + hh) * dh;  // (dh)
       std::vector<T> scores(len);
       T mx = -std::numeric_limits<T>::infinity();
       for (int64_t j = 0; j < len; ++j) {
@@ -161,7 +161,7 @@ void attention_decode(const AttentionShape& s, const T* q, const T* k_cache, con
       }
       T sum = 0;
       for (int64_t j = 0; j < len; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
-      T* o = out + (b * s.heads + hh) * dh;  // (dh)
+      T* o = out + (b * s.n_heads + hh) * dh;  // (dh)
       std::fill(o, o + dh, T(0));
       for (int64_t j = 0; j < len; ++j) {
         const T* vj = v_cache + ix.kv(b, j, g);

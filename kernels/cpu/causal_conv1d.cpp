@@ -13,9 +13,9 @@ namespace ssmtrain::kernels::cpu {
 namespace {
 
 void check_shape(const Conv1dShape& s, const char* op) {
-  if (s.batch < 0 || s.dim < 0 || s.seqlen < 0 || s.width < 2 || s.width > 4)
+  if (s.batch < 0 || s.dim < 0 || s.seq_len < 0 || s.width < 2 || s.width > 4)
     throw KernelError(std::string(op) + ": bad shape (b " + std::to_string(s.batch) + ", d " +
-                      std::to_string(s.dim) + ", l " + std::to_string(s.seqlen) + ", w " +
+                      std::to_string(s.dim) + ", l " + std::to_string(s.seq_len) + ", w " +
                       std::to_string(s.width) + "); the width must be 2, 3 or 4");
 }
 
@@ -33,7 +33,7 @@ bool reaches(const int32_t* doc_index, int64_t b, int64_t l, int64_t s, int64_t 
 template <typename T>
 T input_at(const Conv1dShape& s, const Conv1dArgs<T, T>& a, int64_t b, int64_t c, int64_t pos) {
   const int64_t row = b * s.dim + c;
-  if (pos >= 0) return a.x[row * s.seqlen + pos];
+  if (pos >= 0) return a.x[row * s.seq_len + pos];
   if (!a.initial_state) return T(0);
   return a.initial_state[row * (s.width - 1) + (s.width - 1) + pos];
 }
@@ -45,7 +45,7 @@ T pre_activation(const Conv1dShape& s, const Conv1dArgs<T, T>& a, int64_t b, int
   T acc = a.bias ? a.bias[c] : T(0);
   for (int64_t k = 0; k < w; ++k) {
     const int64_t pos = t - (w - 1) + k;
-    if (reaches(a.doc_index, b, s.seqlen, pos, t)) acc += a.weight[c * w + k] * input_at(s, a, b, c, pos);
+    if (reaches(a.doc_index, b, s.seq_len, pos, t)) acc += a.weight[c * w + k] * input_at(s, a, b, c, pos);
   }
   return acc;
 }
@@ -55,7 +55,7 @@ T pre_activation(const Conv1dShape& s, const Conv1dArgs<T, T>& a, int64_t b, int
 template <typename T>
 void causal_conv1d_forward(const Conv1dShape& s, const Conv1dArgs<T, T>& a, T* out, T* final_state) {
   check_shape(s, "causal_conv1d_forward");
-  const int64_t l = s.seqlen, w = s.width;
+  const int64_t l = s.seq_len, w = s.width;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < s.batch; ++b) {
     for (int64_t c = 0; c < s.dim; ++c) {
@@ -79,7 +79,7 @@ void causal_conv1d_forward(const Conv1dShape& s, const Conv1dArgs<T, T>& a, T* o
 template <typename T>
 void causal_conv1d_backward(const Conv1dShape& s, const Conv1dArgs<T, T>& a, const Conv1dGrads<T, T>& g) {
   check_shape(s, "causal_conv1d_backward");
-  const int64_t l = s.seqlen, w = s.width;
+  const int64_t l = s.seq_len, w = s.width;
   if (a.bias && !g.dbias) throw KernelError("causal_conv1d_backward: dbias is required when bias is given");
   if (a.initial_state && !g.dinitial_state)
     throw KernelError("causal_conv1d_backward: dinitial_state is required when initial_state is given");

@@ -13,11 +13,11 @@ namespace ssmtrain::kernels::cpu {
 namespace {
 
 void check_shape(const ScanShape& s, const char* op) {
-  if (s.batch < 0 || s.dim < 0 || s.seqlen < 0 || s.dstate < 1 || s.ngroups < 1 ||
+  if (s.batch < 0 || s.dim < 0 || s.seq_len < 0 || s.d_state < 1 || s.ngroups < 1 ||
       s.dim % s.ngroups != 0)
     throw KernelError(std::string(op) + ": bad shape (b " + std::to_string(s.batch) + ", d " +
-                      std::to_string(s.dim) + ", l " + std::to_string(s.seqlen) + ", n " +
-                      std::to_string(s.dstate) + ", g " + std::to_string(s.ngroups) + ")");
+                      std::to_string(s.dim) + ", l " + std::to_string(s.seq_len) + ", n " +
+                      std::to_string(s.d_state) + ", g " + std::to_string(s.ngroups) + ")");
 }
 
 // True when token t starts a new document (the state restarts from zero).
@@ -30,7 +30,7 @@ bool resets_at(const int32_t* doc_index, int64_t b, int64_t l, int64_t t) {
 template <typename T>
 void selective_scan_forward(const ScanShape& s, const ScanArgs<T, T>& a, T* out, T* final_state) {
   check_shape(s, "selective_scan_forward");
-  const int64_t d_total = s.dim, l = s.seqlen, n = s.dstate, g_total = s.ngroups;
+  const int64_t d_total = s.dim, l = s.seq_len, n = s.d_state, g_total = s.ngroups;
   const int64_t per_group = d_total / g_total;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < s.batch; ++b) {
@@ -68,7 +68,7 @@ void selective_scan_forward(const ScanShape& s, const ScanArgs<T, T>& a, T* out,
 template <typename T>
 void selective_scan_backward(const ScanShape& s, const ScanArgs<T, T>& a, const ScanGrads<T, T>& gr) {
   check_shape(s, "selective_scan_backward");
-  const int64_t d_total = s.dim, l = s.seqlen, n = s.dstate, g_total = s.ngroups;
+  const int64_t d_total = s.dim, l = s.seq_len, n = s.d_state, g_total = s.ngroups;
   const int64_t per_group = d_total / g_total;
   std::fill(gr.dA, gr.dA + d_total * n, T(0));
   if (gr.dD) std::fill(gr.dD, gr.dD + d_total, T(0));
@@ -164,7 +164,7 @@ void selective_scan_backward(const ScanShape& s, const ScanArgs<T, T>& a, const 
 template <typename T>
 void selective_scan_step(const ScanShape& s, const ScanArgs<T, T>& a, T* state, T* out) {
   check_shape(s, "selective_scan_step");
-  const int64_t d_total = s.dim, n = s.dstate, g_total = s.ngroups;
+  const int64_t d_total = s.dim, n = s.d_state, g_total = s.ngroups;
   const int64_t per_group = d_total / g_total;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < s.batch; ++b) {

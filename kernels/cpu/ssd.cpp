@@ -14,11 +14,11 @@ namespace ssmtrain::kernels::cpu {
 namespace {
 
 void check_shape(const SsdShape& s, const char* op) {
-  if (s.batch < 0 || s.seqlen < 0 || s.nheads < 1 || s.headdim < 1 || s.dstate < 1 || s.ngroups < 1 ||
-      s.nheads % s.ngroups != 0 || s.chunk_size < 1 || !(s.dt_min <= s.dt_max))
+  if (s.batch < 0 || s.seq_len < 0 || s.n_heads < 1 || s.head_dim < 1 || s.d_state < 1 || s.ngroups < 1 ||
+      s.n_heads % s.ngroups != 0 || s.chunk_size < 1 || !(s.dt_min <= s.dt_max))
     throw KernelError(std::string(op) + ": bad shape (b " + std::to_string(s.batch) + ", l " +
-                      std::to_string(s.seqlen) + ", h " + std::to_string(s.nheads) + ", p " +
-                      std::to_string(s.headdim) + ", n " + std::to_string(s.dstate) + ", g " +
+                      std::to_string(s.seq_len) + ", h " + std::to_string(s.n_heads) + ", p " +
+                      std::to_string(s.head_dim) + ", n " + std::to_string(s.d_state) + ", g " +
                       std::to_string(s.ngroups) + ", chunk " + std::to_string(s.chunk_size) + ", dt range [" +
                       std::to_string(s.dt_min) + ", " + std::to_string(s.dt_max) + "]); g must divide h");
 }
@@ -26,11 +26,11 @@ void check_shape(const SsdShape& s, const char* op) {
 // Element offsets of one token's rows in the (b, l, ...) layouts.
 struct Index {
   const SsdShape& s;
-  int64_t x(int64_t b, int64_t t, int64_t hh) const { return ((b * s.seqlen + t) * s.nheads + hh) * s.headdim; }
-  int64_t dt(int64_t b, int64_t t, int64_t hh) const { return (b * s.seqlen + t) * s.nheads + hh; }
-  int64_t bc(int64_t b, int64_t t, int64_t gg) const { return ((b * s.seqlen + t) * s.ngroups + gg) * s.dstate; }
-  int64_t state(int64_t b, int64_t hh) const { return (b * s.nheads + hh) * s.headdim * s.dstate; }
-  int64_t group_of(int64_t hh) const { return hh / (s.nheads / s.ngroups); }
+  int64_t x(int64_t b, int64_t t, int64_t hh) const { return ((b * s.seq_len + t) * s.n_heads + hh) * s.head_dim; }
+  int64_t dt(int64_t b, int64_t t, int64_t hh) const { return (b * s.seq_len + t) * s.n_heads + hh; }
+  int64_t bc(int64_t b, int64_t t, int64_t gg) const { return ((b * s.seq_len + t) * s.ngroups + gg) * s.d_state; }
+  int64_t state(int64_t b, int64_t hh) const { return (b * s.n_heads + hh) * s.head_dim * s.d_state; }
+  int64_t group_of(int64_t hh) const { return hh / (s.n_heads / s.ngroups); }
 };
 
 // True when token t starts a new document (the state restarts from zero).
@@ -59,7 +59,7 @@ Dt<T> process_dt(const SsdShape& s, T raw) {
 template <typename T>
 T D_at(const SsdShape& s, const T* D, int64_t hh, int64_t pi) {
   if (!D) return T(0);
-  return s.D_has_headdim ? D[hh * s.headdim + pi] : D[hh];
+  return s.D_has_head_dim ? D[hh * s.head_dim + pi] : D[hh];
 }
 
 // The output epilogue: y = y_ssm + D x, times silu(z) when z is given.
@@ -74,7 +74,7 @@ T finish_output(T y_ssm, T D, T x, const T* z) {
 template <typename T>
 void token_update(const SsdShape& s, const SsdArgs<T, T>& a, int64_t hh, T dt, const T* x, const T* B,
                   const T* C, const T* z, T* S, T* y) {
-  const int64_t p = s.headdim, n = s.dstate;
+  const int64_t p = s.head_dim, n = s.d_state;
   const T decay = std::exp(dt * a.A[hh]);
   for (int64_t pi = 0; pi < p; ++pi) {
     T* Sp = S + pi * n;  // (n)
@@ -89,7 +89,7 @@ void token_update(const SsdShape& s, const SsdArgs<T, T>& a, int64_t hh, T dt, c
 
 template <typename T>
 void load_initial(const SsdShape& s, const SsdArgs<T, T>& a, int64_t b, int64_t hh, T* S) {
-  const int64_t pn = s.headdim * s.dstate;
+  const int64_t pn = s.head_dim * s.d_state;
   const int64_t at = Index{s}.state(b, hh);
   for (int64_t i = 0; i < pn; ++i) S[i] = a.initial_states ? a.initial_states[at + i] : T(0);
 }
@@ -100,16 +100,16 @@ template <typename T>
 void ssd_forward_sequential(const SsdShape& s, const SsdArgs<T, T>& a, T* out, T* final_states) {
   check_shape(s, "ssd_forward_sequential");
   const Index ix{s};
-  const int64_t pn = s.headdim * s.dstate;
+  const int64_t pn = s.head_dim * s.d_state;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < s.batch; ++b) {
-    for (int64_t hh = 0; hh < s.nheads; ++hh) {
+    for (int64_t hh = 0; hh < s.n_heads; ++hh) {
       const int64_t gg = ix.group_of(hh);
       const T bias = a.dt_bias ? a.dt_bias[hh] : T(0);
       std::vector<T> S(pn);  // (p, n)
       load_initial(s, a, b, hh, S.data());
-      for (int64_t t = 0; t < s.seqlen; ++t) {
-        if (resets_at(a.doc_index, b, s.seqlen, t)) std::fill(S.begin(), S.end(), T(0));
+      for (int64_t t = 0; t < s.seq_len; ++t) {
+        if (resets_at(a.doc_index, b, s.seq_len, t)) std::fill(S.begin(), S.end(), T(0));
         const T dt = process_dt(s, a.dt[ix.dt(b, t, hh)] + bias).value;
         token_update(s, a, hh, dt, a.x + ix.x(b, t, hh), a.B + ix.bc(b, t, gg), a.C + ix.bc(b, t, gg),
                      a.z ? a.z + ix.x(b, t, hh) : nullptr, S.data(), out + ix.x(b, t, hh));
@@ -123,11 +123,11 @@ template <typename T>
 void ssd_forward_chunked(const SsdShape& s, const SsdArgs<T, T>& a, T* out, T* final_states) {
   check_shape(s, "ssd_forward_chunked");
   const Index ix{s};
-  const int64_t l = s.seqlen, p = s.headdim, n = s.dstate, pn = p * n, Q = s.chunk_size;
+  const int64_t l = s.seq_len, p = s.head_dim, n = s.d_state, pn = p * n, Q = s.chunk_size;
   const int64_t nchunks = (l + Q - 1) / Q;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < s.batch; ++b) {
-    for (int64_t hh = 0; hh < s.nheads; ++hh) {
+    for (int64_t hh = 0; hh < s.n_heads; ++hh) {
       const int64_t gg = ix.group_of(hh);
       const T A = a.A[hh], bias = a.dt_bias ? a.dt_bias[hh] : T(0);
       // Per token: dt, the log-decay summed from its chunk's start through itself, the first
@@ -224,9 +224,9 @@ template <typename T>
 void ssd_backward(const SsdShape& s, const SsdArgs<T, T>& a, const SsdGrads<T, T>& gr) {
   check_shape(s, "ssd_backward");
   const Index ix{s};
-  const int64_t l = s.seqlen, h = s.nheads, p = s.headdim, n = s.dstate, pn = p * n;
+  const int64_t l = s.seq_len, h = s.n_heads, p = s.head_dim, n = s.d_state, pn = p * n;
   const int64_t heads_per_group = h / s.ngroups;
-  const int64_t d_size = s.D_has_headdim ? h * p : h;  // elements of D
+  const int64_t d_size = s.D_has_head_dim ? h * p : h;  // elements of D
   std::fill(gr.dB, gr.dB + s.batch * l * s.ngroups * n, T(0));
   std::fill(gr.dC, gr.dC + s.batch * l * s.ngroups * n, T(0));
   // dA, dD and ddt_bias sum over the batch: per-batch partials, added in batch order.
@@ -277,7 +277,7 @@ void ssd_backward(const SsdShape& s, const SsdArgs<T, T>& a, const SsdGrads<T, T
               gr.dz[xo + pi] = dy * y_pre * silu_grad(z);
               dy *= silu(z);
             }
-            if (a.D) dD_part[b * d_size + (s.D_has_headdim ? hh * p + pi : hh)] += dy * xt[pi];
+            if (a.D) dD_part[b * d_size + (s.D_has_head_dim ? hh * p + pi : hh)] += dy * xt[pi];
             gr.dx[xo + pi] = dy * Dv;
             for (int64_t k = 0; k < n; ++k) {
               gr.dC[bo + k] += dy * St[pi * n + k];
@@ -325,7 +325,7 @@ void ssd_backward(const SsdShape& s, const SsdArgs<T, T>& a, const SsdGrads<T, T
 template <typename T>
 void ssd_step(const SsdShape& s, const SsdArgs<T, T>& a, T* states, T* out) {
   check_shape(s, "ssd_step");
-  const int64_t h = s.nheads, p = s.headdim, g = s.ngroups, n = s.dstate;
+  const int64_t h = s.n_heads, p = s.head_dim, g = s.ngroups, n = s.d_state;
   const Index ix{s};
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < s.batch; ++b) {

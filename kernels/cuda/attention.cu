@@ -333,7 +333,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(Dims d, const
 }
 
 Dims dims_of(const AttentionShape& s) {
-  return {s.batch, s.seqlen, s.heads, s.kv_heads, s.head_dim, static_cast<float>(attention_scale(s))};
+  return {s.batch, s.seq_len, s.n_heads, s.n_kv_heads, s.head_dim, static_cast<float>(attention_scale(s))};
 }
 
 // Calls fn(std::integral_constant<int, EPT>) for the smallest EPT with dh <= 8 * EPT.
@@ -352,7 +352,7 @@ void check_fallback(const AttentionShape& s, const char* op) {
 }
 
 dim3 row_grid(const AttentionShape& s, int64_t heads) {
-  return dim3(static_cast<unsigned>(ceil_div(s.seqlen, kRows)), static_cast<unsigned>(heads),
+  return dim3(static_cast<unsigned>(ceil_div(s.seq_len, kRows)), static_cast<unsigned>(heads),
               static_cast<unsigned>(s.batch));
 }
 
@@ -367,7 +367,7 @@ void fallback_forward(const AttentionShape& s, DType dtype, const void* q, const
   dispatch_f32_bf16(dtype, "attention_forward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     dispatch_ept(s.head_dim, [&](auto ept) {
-      fallback_forward_kernel<T, decltype(ept)::value><<<row_grid(s, s.heads), kThreads, 0, stream>>>(
+      fallback_forward_kernel<T, decltype(ept)::value><<<row_grid(s, s.n_heads), kThreads, 0, stream>>>(
           d, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), doc, static_cast<T*>(out),
           lse);
       SSM_CUDA_CHECK_LAUNCH();
@@ -381,10 +381,10 @@ void fallback_backward(const AttentionShape& s, DType dtype, const void* q, cons
   check_fallback(s, "attention_backward");
   const Dims d = dims_of(s);
   float* delta = nullptr;  // (b, h, l)
-  SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&delta), s.batch * s.heads * s.seqlen * sizeof(float), stream));
+  SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&delta), s.batch * s.n_heads * s.seq_len * sizeof(float), stream));
   dispatch_f32_bf16(dtype, "attention_backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const int64_t rows = s.batch * s.seqlen * s.heads;
+    const int64_t rows = s.batch * s.seq_len * s.n_heads;
     delta_kernel<T><<<grid_for(rows * 32, 256), 256, 0, stream>>>(d, static_cast<const T*>(out),
                                                                    static_cast<const T*>(dout), delta);
     SSM_CUDA_CHECK_LAUNCH();
@@ -394,11 +394,11 @@ void fallback_backward(const AttentionShape& s, DType dtype, const void* q, cons
     }
     dispatch_ept(s.head_dim, [&](auto ept) {
       constexpr int E = decltype(ept)::value;
-      fallback_dkdv_kernel<T, E><<<row_grid(s, s.kv_heads), kThreads, 0, stream>>>(
+      fallback_dkdv_kernel<T, E><<<row_grid(s, s.n_kv_heads), kThreads, 0, stream>>>(
           d, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), doc, lse, delta,
           static_cast<const T*>(dout), static_cast<T*>(dk), static_cast<T*>(dv));
       SSM_CUDA_CHECK_LAUNCH();
-      fallback_dq_kernel<T, E><<<row_grid(s, s.heads), kThreads, 0, stream>>>(
+      fallback_dq_kernel<T, E><<<row_grid(s, s.n_heads), kThreads, 0, stream>>>(
           d, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), doc, lse, delta,
           static_cast<const T*>(dout), static_cast<T*>(dq));
       SSM_CUDA_CHECK_LAUNCH();
@@ -425,7 +425,7 @@ namespace cuda {
 
 bool attention_cudnn_supported(const AttentionShape& s, DType dtype, bool has_doc_index) {
   check_attention_shape(s);
-  return !has_doc_index && s.batch > 0 && s.seqlen > 0 && cuda_detail::cudnn_attention_supported(s, dtype);
+  return !has_doc_index && s.batch > 0 && s.seq_len > 0 && cuda_detail::cudnn_attention_supported(s, dtype);
 }
 
 std::string attention_cudnn_engines(const AttentionShape& s, DType dtype) {
@@ -437,7 +437,7 @@ void attention_forward(const AttentionShape& s, DType dtype, const void* q, cons
                        const int32_t* doc_index, void* out, float* lse, cudaStream_t stream,
                        AttentionBackend backend) {
   check_attention_shape(s);
-  if (s.batch == 0 || s.seqlen == 0) return;
+  if (s.batch == 0 || s.seq_len == 0) return;
   if (cuda_detail::use_cudnn(s, dtype, doc_index, backend, "attention_forward"))
     cuda_detail::cudnn_attention_forward(s, dtype, q, k, v, out, lse, stream);
   else
@@ -448,7 +448,7 @@ void attention_backward(const AttentionShape& s, DType dtype, const void* q, con
                         const int32_t* doc_index, const void* out, const float* lse, const void* dout, void* dq,
                         void* dk, void* dv, cudaStream_t stream, AttentionBackend backend) {
   check_attention_shape(s);
-  if (s.batch == 0 || s.seqlen == 0) return;
+  if (s.batch == 0 || s.seq_len == 0) return;
   if (cuda_detail::use_cudnn(s, dtype, doc_index, backend, "attention_backward"))
     cuda_detail::cudnn_attention_backward(s, dtype, q, k, v, out, lse, dout, dq, dk, dv, stream);
   else
@@ -463,7 +463,7 @@ void attention_decode(const AttentionShape& s, DType dtype, const void* q, const
   const cuda_detail::Dims d = cuda_detail::dims_of(s);
   cuda_detail::dispatch_f32_bf16(dtype, "attention_decode", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    cuda_detail::decode_kernel<T><<<dim3(static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch)),
+    cuda_detail::decode_kernel<T><<<dim3(static_cast<unsigned>(s.n_heads), static_cast<unsigned>(s.batch)),
                                     cuda_detail::kDecodeWarps * 32, 0, stream>>>(
         d, static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache), lengths,
         static_cast<T*>(out));

@@ -213,7 +213,7 @@ struct Layouts {
   Dims row_strides() const { return {h * l, l, 1, 1}; }
 };
 
-Layouts layouts(const AttentionShape& s) { return {s.batch, s.seqlen, s.heads, s.kv_heads, s.head_dim}; }
+Layouts layouts(const AttentionShape& s) { return {s.batch, s.seq_len, s.n_heads, s.n_kv_heads, s.head_dim}; }
 
 void build_forward(Graph& g, const AttentionShape& sh, cudnnDataType_t io) {
   const Layouts L = layouts(sh);
@@ -548,20 +548,20 @@ cudnnHandle_t handle_for(State& st, int device) {
 }
 
 std::string shape_text(const AttentionShape& s) {
-  return "b " + std::to_string(s.batch) + ", l " + std::to_string(s.seqlen) + ", h " + std::to_string(s.heads) +
-         ", h_kv " + std::to_string(s.kv_heads) + ", dh " + std::to_string(s.head_dim);
+  return "b " + std::to_string(s.batch) + ", l " + std::to_string(s.seq_len) + ", h " + std::to_string(s.n_heads) +
+         ", h_kv " + std::to_string(s.n_kv_heads) + ", dh " + std::to_string(s.head_dim);
 }
 
 // The plans of one graph for this shape, built on first use. Caller holds the mutex.
 GraphPlans& plans_for(State& st, const AttentionShape& s, DType dtype, GraphKind kind) {
   const int device = current_device();
-  const Key key{device, s.batch, s.seqlen, s.heads, s.kv_heads, s.head_dim, static_cast<int>(dtype),
+  const Key key{device, s.batch, s.seq_len, s.n_heads, s.n_kv_heads, s.head_dim, static_cast<int>(dtype),
                 static_cast<int>(kind)};
   auto it = st.plans.find(key);
   if (it != st.plans.end()) return it->second;
   GraphPlans p;
   const std::string label = std::string(kind_name(kind)) + " " + shape_text(s);
-  if (dtype != DType::bf16 || (s.head_dim != 64 && s.head_dim != 128) || s.batch < 1 || s.seqlen < 1) {
+  if (dtype != DType::bf16 || (s.head_dim != 64 && s.head_dim != 128) || s.batch < 1 || s.seq_len < 1) {
     p.why = "cuDNN attention covers bf16 with head dim 64 or 128";
   } else if (cudnnGetVersion() < 90000) {
     p.why = "cuDNN attention needs cuDNN 9, found " + std::to_string(cudnnGetVersion());
@@ -791,7 +791,7 @@ void cudnn_attention_backward(const AttentionShape& s, DType dtype, const void* 
   if (!p.supported) unsupported(s, kind, p);
   const cudnnHandle_t handle = handle_for(st, current_device());
   float scale = static_cast<float>(attention_scale(s)), neg_inf = mask_value(), one = 1.0f;
-  const int64_t rows = s.batch * s.heads * s.seqlen;
+  const int64_t rows = s.batch * s.n_heads * s.seq_len;
   const Operands ops{{kQ, kK, kV, kO, kDO, kStats, kDQ, kDK, kDV, kScale, kNegInf, kOne},
                      {const_cast<void*>(q), const_cast<void*>(k), const_cast<void*>(v), const_cast<void*>(out),
                       const_cast<void*>(dout), const_cast<float*>(lse), dq, dk, dv, &scale, &neg_inf, &one},

@@ -622,11 +622,11 @@ __global__ void __launch_bounds__(kThreads, 1) flash_dkdv_kernel(FlashParams p) 
 
 FlashParams params_of(const AttentionShape& s) {
   FlashParams p{};
-  p.l = static_cast<int>(s.seqlen);
-  p.h = static_cast<int>(s.heads);
-  p.hk = static_cast<int>(s.kv_heads);
+  p.l = static_cast<int>(s.seq_len);
+  p.h = static_cast<int>(s.n_heads);
+  p.hk = static_cast<int>(s.n_kv_heads);
   p.group = p.h / p.hk;
-  p.n_chunks = static_cast<int>(ceil_div(s.seqlen, kDocChunk));
+  p.n_chunks = static_cast<int>(ceil_div(s.seq_len, kDocChunk));
   p.scale = static_cast<float>(attention_scale(s));
   p.scale_log2 = p.scale * kLog2e;
   return p;
@@ -639,7 +639,7 @@ class DocChunks {
     if (doc == nullptr) return;
     const int64_t n = s.batch * n_chunks;
     SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&chunks_), n * sizeof(int2), stream));
-    doc_chunk_kernel<<<grid_for(n, 256), 256, 0, stream>>>(doc, s.batch, static_cast<int>(s.seqlen), n_chunks, chunks_);
+    doc_chunk_kernel<<<grid_for(n, 256), 256, 0, stream>>>(doc, s.batch, static_cast<int>(s.seq_len), n_chunks, chunks_);
     SSM_CUDA_CHECK_LAUNCH();
   }
   ~DocChunks() {
@@ -672,7 +672,7 @@ void launch(Kernel kernel, dim3 grid, size_t smem, const FlashParams& p, cudaStr
 
 bool flash_attention_applies(const AttentionShape& s, DType dtype, std::initializer_list<const void*> tensors) {
   if (dtype != DType::bf16 || (s.head_dim != 64 && s.head_dim != 128)) return false;
-  if (s.seqlen > (int64_t{1} << 30) || s.heads > 65535 || s.batch > 65535) return false;
+  if (s.seq_len > (int64_t{1} << 30) || s.n_heads > 65535 || s.batch > 65535) return false;
   for (const void* t : tensors)
     if (reinterpret_cast<uintptr_t>(t) % 16 != 0) return false;
   // The largest block's shared memory must fit this GPU (up to 137.5 KiB at dh 128; GPUs with
@@ -702,7 +702,7 @@ void flash_attention_forward(const AttentionShape& s, const void* q, const void*
   dispatch_head_dim(s.head_dim, [&](auto dh) {
     constexpr int DH = decltype(dh)::value;
     using B = QueryBlock<DH>;
-    const dim3 grid(static_cast<unsigned>(ceil_div(s.seqlen, B::kBlockM)), static_cast<unsigned>(s.heads),
+    const dim3 grid(static_cast<unsigned>(ceil_div(s.seq_len, B::kBlockM)), static_cast<unsigned>(s.n_heads),
                     static_cast<unsigned>(s.batch));
     launch(flash_forward_kernel<DH>, grid, B::kForwardSmem, p, stream);
   });
@@ -729,11 +729,11 @@ void flash_attention_backward(const AttentionShape& s, const void* q, const void
     using K = KeyBlock<DH>;
     using Q = QueryBlock<DH>;
     launch(flash_dkdv_kernel<DH>,
-           dim3(static_cast<unsigned>(ceil_div(s.seqlen, K::kBlockN)), static_cast<unsigned>(s.kv_heads),
+           dim3(static_cast<unsigned>(ceil_div(s.seq_len, K::kBlockN)), static_cast<unsigned>(s.n_kv_heads),
                 static_cast<unsigned>(s.batch)),
            K::kSmem, p, stream);
     launch(flash_dq_kernel<DH>,
-           dim3(static_cast<unsigned>(ceil_div(s.seqlen, Q::kBlockM)), static_cast<unsigned>(s.heads),
+           dim3(static_cast<unsigned>(ceil_div(s.seq_len, Q::kBlockM)), static_cast<unsigned>(s.n_heads),
                 static_cast<unsigned>(s.batch)),
            Q::kDqSmem, p, stream);
   });

@@ -35,7 +35,7 @@ template <typename T> constexpr int kItemsOf = 32 / sizeof(T);
 constexpr unsigned kFullMask = 0xffffffffu;
 
 struct Dims {
-  int64_t batch, dim, seqlen;
+  int64_t batch, dim, seq_len;
   int64_t tiles;  // blocks per (batch, channel) row
   bool silu;
   bool aligned;  // rows start on 16-byte boundaries and l % K == 0: vector loads are safe
@@ -43,8 +43,8 @@ struct Dims {
 
 // Threads per block: enough 32-lane warps to cover a row, at most kMaxThreads. A function of
 // l and K only, so the order of the dweight sums never depends on the device.
-int threads_for(int64_t seqlen, int items) {
-  const int64_t chunks = (seqlen + items - 1) / items;
+int threads_for(int64_t seq_len, int items) {
+  const int64_t chunks = (seq_len + items - 1) / items;
   const int64_t warps = (chunks + 31) / 32;
   return static_cast<int>(warps >= kMaxThreads / 32 ? kMaxThreads : (warps < 1 ? 32 : warps * 32));
 }
@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(kMaxThreads, kDocs ? 6 : 8)
   constexpr int K = kItemsOf<T>;
   constexpr int H = W - 1;  // halo
   const Position<K> p;
-  const int64_t l = s.seqlen;
+  const int64_t l = s.seq_len;
   float before[H] = {};  // inputs at t = -H .. -1
   if (p.t0 == 0 && a.initial_state)
 #pragma unroll
@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(kMaxThreads, kDocs ? 6 : 8)
 template <typename T, int W>
 __global__ void conv_final_state_kernel(Dims s, Conv1dArgs<T, float> a, T* final_state) {
   constexpr int H = W - 1;
-  const int64_t l = s.seqlen, total = s.batch * s.dim * H;
+  const int64_t l = s.seq_len, total = s.batch * s.dim * H;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = idx / H, i = idx % H, b = row / s.dim;
@@ -227,7 +227,7 @@ __global__ void __launch_bounds__(kMaxThreads, kDocs ? 6 : 8)
   constexpr int H = W - 1;
   constexpr int kOuts = K + H;  // outputs whose windows touch this thread's inputs
   const Position<K> p;
-  const int64_t l = s.seqlen;
+  const int64_t l = s.seq_len;
   float before[H] = {};
   if (p.t0 == 0 && a.initial_state)
 #pragma unroll
@@ -352,9 +352,9 @@ __global__ void conv_step_kernel(Dims s, Conv1dArgs<T, float> a, const T* x, T* 
 }
 
 void check_shape(const Conv1dShape& shape, const char* op) {
-  if (shape.batch < 0 || shape.dim < 0 || shape.seqlen < 0 || shape.width < 2 || shape.width > 4)
+  if (shape.batch < 0 || shape.dim < 0 || shape.seq_len < 0 || shape.width < 2 || shape.width > 4)
     throw KernelError(std::string("cuda::") + op + ": unsupported shape (b " + std::to_string(shape.batch) +
-                      ", d " + std::to_string(shape.dim) + ", l " + std::to_string(shape.seqlen) + ", w " +
+                      ", d " + std::to_string(shape.dim) + ", l " + std::to_string(shape.seq_len) + ", w " +
                       std::to_string(shape.width) + "); the width must be 2, 3 or 4");
 }
 
@@ -362,15 +362,15 @@ void check_shape(const Conv1dShape& shape, const char* op) {
 // boundary (rows then start on one too).
 Dims make_dims(const Conv1dShape& shape, int items, std::initializer_list<const void*> pointers, const char* op) {
   check_shape(shape, op);
-  Dims s{shape.batch, shape.dim, shape.seqlen, 1, shape.silu, shape.seqlen % items == 0};
+  Dims s{shape.batch, shape.dim, shape.seq_len, 1, shape.silu, shape.seq_len % items == 0};
   for (const void* ptr : pointers)
     if (ptr && reinterpret_cast<uintptr_t>(ptr) % 16 != 0) s.aligned = false;
-  const int64_t chunks = (shape.seqlen + items - 1) / items;
-  const int threads = threads_for(shape.seqlen, items);
+  const int64_t chunks = (shape.seq_len + items - 1) / items;
+  const int threads = threads_for(shape.seq_len, items);
   s.tiles = (chunks + threads - 1) / threads;
   if (s.tiles > 65535 || s.batch > 65535 || s.dim > 0x7fffffff)
     throw KernelError(std::string("cuda::") + op + ": shape too large for the grid (b " + std::to_string(s.batch) +
-                      ", d " + std::to_string(s.dim) + ", l " + std::to_string(s.seqlen) +
+                      ", d " + std::to_string(s.dim) + ", l " + std::to_string(s.seq_len) +
                       "); needs b <= 65535 and l <= 65535 * " + std::to_string(kMaxThreads * items));
   return s;
 }
@@ -418,9 +418,9 @@ void causal_conv1d_forward(const Conv1dShape& shape, DType dtype, const Conv1dAr
     const Dims s = make_dims(shape, K, {a.x, out, a.doc_index}, "causal_conv1d_forward");
     dispatch_width(shape.width, [&](auto width) {
       constexpr int W = decltype(width)::value;
-      if (s.seqlen > 0) {
+      if (s.seq_len > 0) {
         dispatch_docs(a.doc_index != nullptr, [&](auto docs) {
-          conv_forward_kernel<T, W, decltype(docs)::value><<<grid_of(s), threads_for(s.seqlen, K), 0, stream>>>(
+          conv_forward_kernel<T, W, decltype(docs)::value><<<grid_of(s), threads_for(s.seq_len, K), 0, stream>>>(
               s, typed<T>(a), static_cast<T*>(out));
           SSM_CUDA_CHECK_LAUNCH();
         });
@@ -440,7 +440,7 @@ void causal_conv1d_backward(const Conv1dShape& shape, DType dtype, const Conv1dA
   if ((a.bias && !g.dbias) || (a.initial_state && !g.dinitial_state))
     throw KernelError("cuda::causal_conv1d_backward: a gradient buffer is missing for an optional input");
   const int64_t rows = shape.batch * shape.dim, w = shape.width;
-  if (rows == 0 || shape.seqlen == 0) {
+  if (rows == 0 || shape.seq_len == 0) {
     SSM_CUDA_CHECK(cudaMemsetAsync(g.dweight, 0, shape.dim * w * sizeof(float), stream));
     if (g.dbias) SSM_CUDA_CHECK(cudaMemsetAsync(g.dbias, 0, shape.dim * sizeof(float), stream));
     if (g.dinitial_state && rows > 0)
@@ -459,7 +459,7 @@ void causal_conv1d_backward(const Conv1dShape& shape, DType dtype, const Conv1dA
     dispatch_width(w, [&](auto width) {
       constexpr int W = decltype(width)::value;
       dispatch_docs(a.doc_index != nullptr, [&](auto docs) {
-        conv_backward_kernel<T, W, decltype(docs)::value><<<grid_of(s), threads_for(s.seqlen, K), 0, stream>>>(
+        conv_backward_kernel<T, W, decltype(docs)::value><<<grid_of(s), threads_for(s.seq_len, K), 0, stream>>>(
             s, typed<T>(a), typed<T>(g), partials);
         SSM_CUDA_CHECK_LAUNCH();
       });

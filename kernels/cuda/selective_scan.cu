@@ -38,7 +38,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 // Tokens per thread per chunk: the backward keeps n x chunk partials of dB and dC in shared
 // memory, so the chunk shrinks as the state grows (64 KiB at every n).
-int items_for(int64_t dstate) { return dstate <= 16 ? 4 : dstate <= 32 ? 2 : 1; }
+int items_for(int64_t d_state) { return d_state <= 16 ? 4 : d_state <= 32 ? 2 : 1; }
 
 // x -> a x + b. compose(first, second) applies first, then second.
 struct Affine {
@@ -122,7 +122,7 @@ using cuda_detail::sigmoid;
 using cuda_detail::softplus;
 
 struct Dims {
-  int64_t batch, dim, seqlen, dstate, ngroups, per_group, nchunks;
+  int64_t batch, dim, seq_len, d_state, ngroups, per_group, nchunks;
   int64_t chunk_len;  // tokens between the states the forward saves for the backward
   bool softplus;
   bool aligned;  // every row starts on a K-element boundary: vector loads are safe
@@ -136,10 +136,10 @@ struct ChannelChunk {
 
   __device__ void load(const ScanArgs<T, float>& a, const Dims& s, int64_t b, int64_t d, int64_t t0,
                        bool aligned) {
-    const int64_t row = (b * s.dim + d) * s.seqlen;
+    const int64_t row = (b * s.dim + d) * s.seq_len;
     float delta[K];
-    load_items<K>(a.u + row, t0, s.seqlen, aligned, u);
-    load_items<K>(a.delta + row, t0, s.seqlen, aligned, delta);
+    load_items<K>(a.u + row, t0, s.seq_len, aligned, u);
+    load_items<K>(a.delta + row, t0, s.seq_len, aligned, delta);
     const float bias = a.delta_bias ? a.delta_bias[d] : 0.0f;
 #pragma unroll
     for (int i = 0; i < K; ++i) {
@@ -148,10 +148,10 @@ struct ChannelChunk {
       if (s.softplus) v = softplus<Math::fast_exp>(v);
       // Past the end, dt = 0 makes the step the identity (a = 1, b = 0), so padding neither
       // decays the state nor its gradient, and adds nothing to dA.
-      dt[i] = t < s.seqlen ? v : 0.0f;
+      dt[i] = t < s.seq_len ? v : 0.0f;
       dtu[i] = dt[i] * u[i];
-      reset[i] = a.doc_index && t > 0 && t < s.seqlen &&
-                 a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
+      reset[i] = a.doc_index && t > 0 && t < s.seq_len &&
+                 a.doc_index[b * s.seq_len + t] != a.doc_index[b * s.seq_len + t - 1];
     }
   }
 };
@@ -168,21 +168,21 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(Dims s, ScanArgs
   extern __shared__ float carried[];  // (n): the state entering the current chunk
   const int64_t d = blockIdx.x, b = blockIdx.y;
   const int64_t g = d / s.per_group;
-  const int64_t row = (b * s.dim + d) * s.seqlen;
-  const T* Bg = a.B + (b * s.ngroups + g) * s.dstate * s.seqlen;
-  const T* Cg = a.C + (b * s.ngroups + g) * s.dstate * s.seqlen;
+  const int64_t row = (b * s.dim + d) * s.seq_len;
+  const T* Bg = a.B + (b * s.ngroups + g) * s.d_state * s.seq_len;
+  const T* Cg = a.C + (b * s.ngroups + g) * s.d_state * s.seq_len;
   const bool aligned = s.aligned;
   constexpr int kChunk = kThreads * K;
 
-  for (int64_t k = threadIdx.x; k < s.dstate; k += kThreads)
-    carried[k] = a.initial_state ? a.initial_state[(b * s.dim + d) * s.dstate + k] : 0.0f;
+  for (int64_t k = threadIdx.x; k < s.d_state; k += kThreads)
+    carried[k] = a.initial_state ? a.initial_state[(b * s.dim + d) * s.d_state + k] : 0.0f;
   __syncthreads();
 
   for (int64_t c = 0; c < s.nchunks; ++c) {
     const int64_t t0 = c * kChunk + threadIdx.x * K;
     if (chunk_states)
-      for (int64_t k = threadIdx.x; k < s.dstate; k += kThreads)
-        chunk_states[((b * s.dim + d) * s.nchunks + c) * s.dstate + k] = carried[k];
+      for (int64_t k = threadIdx.x; k < s.d_state; k += kThreads)
+        chunk_states[((b * s.dim + d) * s.nchunks + c) * s.d_state + k] = carried[k];
     ChannelChunk<K, T> ch;
     ch.load(a, s, b, d, t0, aligned);
     float y[K];
@@ -190,11 +190,11 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(Dims s, ScanArgs
 #pragma unroll
     for (int i = 0; i < K; ++i) y[i] = Dd * ch.u[i];
 
-    for (int64_t n = 0; n < s.dstate; ++n) {
-      const float A2 = a.A[d * s.dstate + n] * kLog2e;
+    for (int64_t n = 0; n < s.d_state; ++n) {
+      const float A2 = a.A[d * s.d_state + n] * kLog2e;
       float Bv[K], Cv[K], av[K];
-      load_items<K>(Bg + n * s.seqlen, t0, s.seqlen, aligned, Bv);
-      load_items<K>(Cg + n * s.seqlen, t0, s.seqlen, aligned, Cv);
+      load_items<K>(Bg + n * s.seq_len, t0, s.seq_len, aligned, Bv);
+      load_items<K>(Cg + n * s.seq_len, t0, s.seq_len, aligned, Cv);
       Affine mine{1.0f, 0.0f};
 #pragma unroll
       for (int i = 0; i < K; ++i) {
@@ -216,16 +216,16 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(Dims s, ScanArgs
     }
     if (a.z) {
       float z[K];
-      load_items<K>(a.z + row, t0, s.seqlen, aligned, z);
+      load_items<K>(a.z + row, t0, s.seq_len, aligned, z);
 #pragma unroll
       for (int i = 0; i < K; ++i) y[i] *= z[i] * sigmoid<Math::fast_exp>(z[i]);
     }
-    store_items<K>(out + row, t0, s.seqlen, aligned, y);
+    store_items<K>(out + row, t0, s.seq_len, aligned, y);
     __syncthreads();  // carried[] complete before the next chunk reads it
   }
   if (final_state)
-    for (int64_t k = threadIdx.x; k < s.dstate; k += kThreads)
-      final_state[(b * s.dim + d) * s.dstate + k] = carried[k];
+    for (int64_t k = threadIdx.x; k < s.d_state; k += kThreads)
+      final_state[(b * s.dim + d) * s.d_state + k] = carried[k];
 }
 
 // ---------------------------------------------------------------------------------------
@@ -274,8 +274,8 @@ template <typename T>
 __device__ __forceinline__ void load_bc_rows(const Dims& s, const T* Bg, const T* Cg, int64_t t0, int64_t end, int lane,
                                              BcTile& tile) {
   const int state = lane / 2, half = lane % 2;
-  load_items<16>(Bg + state * s.seqlen, t0 + half * 16, end, s.aligned, tile.B);
-  load_items<16>(Cg + state * s.seqlen, t0 + half * 16, end, s.aligned, tile.C);
+  load_items<16>(Bg + state * s.seq_len, t0 + half * 16, end, s.aligned, tile.B);
+  load_items<16>(Cg + state * s.seq_len, t0 + half * 16, end, s.aligned, tile.C);
 }
 
 // Whether the tile's token t0 + lane starts a document.
@@ -283,7 +283,7 @@ template <typename T>
 __device__ __forceinline__ bool starts_document(const Dims& s, const ScanArgs<T, float>& a, int64_t b, int64_t t0,
                                                 int64_t end, int lane) {
   const int64_t t = t0 + lane;
-  return a.doc_index && t > 0 && t < end && a.doc_index[b * s.seqlen + t] != a.doc_index[b * s.seqlen + t - 1];
+  return a.doc_index && t > 0 && t < end && a.doc_index[b * s.seq_len + t] != a.doc_index[b * s.seq_len + t - 1];
 }
 
 // Writes a fetched tile transposed to (token, state), so a lane reads its states as one vector.
@@ -377,7 +377,7 @@ __device__ __forceinline__ void copy_tile_async(const Dims& s, const ScanArgs<T,
     const int row = c / kChunks, k = c % kChunks;
     const int64_t t = t0 + k * E;
     const bool valid = t < end;
-    const int64_t at = row0 + row * s.seqlen + (valid ? t : 0);
+    const int64_t at = row0 + row * s.seq_len + (valid ? t : 0);
     mma::cp_async_16_unordered(&r.u[row][k * E], a.u + at, valid);
     mma::cp_async_16_unordered(&r.delta[row][k * E], a.delta + at, valid);
     if (with_z) mma::cp_async_16_unordered(&r.z[row][k * E], a.z + at, valid);
@@ -387,7 +387,7 @@ __device__ __forceinline__ void copy_tile_async(const Dims& s, const ScanArgs<T,
     const int state = c / kChunks, k = c % kChunks;
     const int64_t t = t0 + k * E;
     const bool valid = t < end;
-    const int64_t at = state * s.seqlen + (valid ? t : 0);
+    const int64_t at = state * s.seq_len + (valid ? t : 0);
     mma::cp_async_16_unordered(&r.B[state][k * E], Bg + at, valid);
     mma::cp_async_16_unordered(&r.C[state][k * E], Cg + at, valid);
   }
@@ -420,21 +420,21 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
   if (d0 >= s.dim) return;  // whole warps only: d is a multiple of kWarpChannels on this path
   const int64_t d = d0 + ch;
   const int64_t g = d0 / s.per_group;
-  const T* Bg = a.B + (b * s.ngroups + g) * s.dstate * s.seqlen;
-  const T* Cg = a.C + (b * s.ngroups + g) * s.dstate * s.seqlen;
-  const int64_t begin = seg * seg_len, end = std::min<int64_t>(s.seqlen, begin + seg_len);
+  const T* Bg = a.B + (b * s.ngroups + g) * s.d_state * s.seq_len;
+  const T* Cg = a.C + (b * s.ngroups + g) * s.d_state * s.seq_len;
+  const int64_t begin = seg * seg_len, end = std::min<int64_t>(s.seq_len, begin + seg_len);
   const float bias = a.delta_bias ? a.delta_bias[d] : 0.0f;
   const float Dd = a.D ? a.D[d] : 0.0f;
-  const int64_t row0 = (b * s.dim + d0) * s.seqlen;  // the warp's first channel
-  const int64_t row = row0 + ch * s.seqlen;          // this lane's channel
+  const int64_t row0 = (b * s.dim + d0) * s.seq_len;  // the warp's first channel
+  const int64_t row = row0 + ch * s.seq_len;          // this lane's channel
   const int state0 = q * kLaneStates;
   const bool with_z = kOutput && a.z;
 
   float A2[kLaneStates], x[kLaneStates];
 #pragma unroll
   for (int j = 0; j < kLaneStates; ++j) {
-    A2[j] = a.A[d * s.dstate + state0 + j] * kLog2e;
-    x[j] = kOutput && entering ? entering[((b * s.dim + d) * nsegs + seg) * s.dstate + state0 + j] : 0.0f;
+    A2[j] = a.A[d * s.d_state + state0 + j] * kLog2e;
+    x[j] = kOutput && entering ? entering[((b * s.dim + d) * nsegs + seg) * s.d_state + state0 + j] : 0.0f;
   }
   float dt_sum = 0.0f;
   bool any_reset = false;
@@ -447,7 +447,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
       const int64_t chunk = t0 / s.chunk_len;
 #pragma unroll
       for (int j = 0; j < kLaneStates; ++j)
-        save_states[((b * s.dim + d) * s.nchunks + chunk) * s.dstate + state0 + j] = x[j];
+        save_states[((b * s.dim + d) * s.nchunks + chunk) * s.d_state + state0 + j] = x[j];
     }
     const bool has_next = t0 + kTile < end;
     // Lane (c, q) reads tokens q * 8 .. q * 8 + 7 of channel c (and writes their outputs).
@@ -528,12 +528,12 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
   }
   if (final_state) {
 #pragma unroll
-    for (int j = 0; j < kLaneStates; ++j) final_state[(b * s.dim + d) * s.dstate + state0 + j] = x[j];
+    for (int j = 0; j < kLaneStates; ++j) final_state[(b * s.dim + d) * s.d_state + state0 + j] = x[j];
   }
   if constexpr (!kOutput) {
 #pragma unroll
     for (int j = 0; j < kLaneStates; ++j) {
-      const int64_t at = ((b * s.dim + d) * nsegs + seg) * s.dstate + state0 + j;
+      const int64_t at = ((b * s.dim + d) * nsegs + seg) * s.d_state + state0 + j;
       scratch.local_state[at] = x[j];
       scratch.decay[at] = any_reset ? 0.0f : exp2_ftz(dt_sum * A2[j]);
     }
@@ -544,11 +544,11 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
 __global__ void pass_states_kernel(Dims s, int64_t nsegs, const float* initial_state, SegmentScratch scratch,
                                    float* entering, float* final_state) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= s.batch * s.dim * s.dstate) return;
-  const int64_t bd = i / s.dstate, k = i % s.dstate;
+  if (i >= s.batch * s.dim * s.d_state) return;
+  const int64_t bd = i / s.d_state, k = i % s.d_state;
   float h = initial_state ? initial_state[i] : 0.0f;
   for (int64_t seg = 0; seg < nsegs; ++seg) {
-    const int64_t at = (bd * nsegs + seg) * s.dstate + k;
+    const int64_t at = (bd * nsegs + seg) * s.d_state + k;
     entering[at] = h;
     h = fmaf(scratch.decay[at], h, scratch.local_state[at]);
   }
@@ -603,9 +603,9 @@ __global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Di
   const int64_t d0 = int64_t(blockIdx.x) * 32 + w * 8;  // the warp's first channel
   const int64_t d = d0 + ch, b = blockIdx.z;
   const int64_t g = d0 / s.per_group;
-  const T* Bg = a.B + (b * s.ngroups + g) * 16 * s.seqlen;
-  const T* Cg = a.C + (b * s.ngroups + g) * 16 * s.seqlen;
-  const int64_t row = (b * s.dim + d0 + ch) * s.seqlen;
+  const T* Bg = a.B + (b * s.ngroups + g) * 16 * s.seq_len;
+  const T* Cg = a.C + (b * s.ngroups + g) * 16 * s.seq_len;
+  const int64_t row = (b * s.dim + d0 + ch) * s.seq_len;
   const float bias = a.delta_bias ? a.delta_bias[d] : 0.0f;
   const float Dd = a.D ? a.D[d] : 0.0f;
 
@@ -621,7 +621,7 @@ __global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Di
 
   for (int64_t tile = s.nchunks - 1; tile >= 0; --tile) {
     const int64_t t0 = tile * kTile;
-    const int64_t end = s.seqlen;
+    const int64_t end = s.seq_len;
     // Stage the tile (as the forward does), with dy = dout * silu(z). What the tile's outputs
     // need of dout, delta and z stays in registers: the softplus slope and dL/dz per unit of
     // the gate's input.
@@ -748,13 +748,13 @@ __global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Di
     for (int idx = threadIdx.x; idx < kTile * 32; idx += 32 * kSegWarps) {
       const int i = idx / 32, L = idx % 32;
       const int64_t t = t0 + i;
-      if (t >= s.seqlen) continue;
+      if (t >= s.seq_len) continue;
       float sum = 0.0f;
 #pragma unroll
       for (int ww = 0; ww < kSegWarps; ++ww) sum += sh.dbc[ww][i][L];
       const int bc = (L >> 4) & 1, state = (L & 3) * 4 + ((L >> 3) & 1) * 2 + ((L >> 2) & 1);
       float* partial = bc ? scratch.dC_partial : scratch.dB_partial;
-      partial[((b * blocks_per_batch + blockIdx.x) * 16 + state) * s.seqlen + t] = sum;
+      partial[((b * blocks_per_batch + blockIdx.x) * 16 + state) * s.seq_len + t] = sum;
     }
     __syncthreads();
     // The tile's per-token outputs: lane (c, q) writes tokens q*8 .. q*8+7 of channel c.
@@ -807,45 +807,45 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, 
   extern __shared__ float smem[];
   // Layout: dB (n, chunk), dC (n, chunk), carry (2, R, n), dA (warps, R, n), dD / dbias (warps, R, 2).
   float* dB_sh = smem;
-  float* dC_sh = dB_sh + s.dstate * kChunk;
-  float* carry = dC_sh + s.dstate * kChunk;
-  float* dA_sh = carry + 2 * R * s.dstate;
-  float* dDb_sh = dA_sh + kWarps * R * s.dstate;
+  float* dC_sh = dB_sh + s.d_state * kChunk;
+  float* carry = dC_sh + s.d_state * kChunk;
+  float* dA_sh = carry + 2 * R * s.d_state;
+  float* dDb_sh = dA_sh + kWarps * R * s.d_state;
   float* A_sh = dDb_sh + kWarps * R * 2;  // (R, n)
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t block_d = blockIdx.x, b = blockIdx.y;
   const int64_t d_first = block_d * R;
   const int64_t g = d_first / s.per_group;
-  const T* Bg = a.B + (b * s.ngroups + g) * s.dstate * s.seqlen;
-  const T* Cg = a.C + (b * s.ngroups + g) * s.dstate * s.seqlen;
+  const T* Bg = a.B + (b * s.ngroups + g) * s.d_state * s.seq_len;
+  const T* Cg = a.C + (b * s.ngroups + g) * s.d_state * s.seq_len;
   const bool aligned = s.aligned;
 
   const int first_parity = static_cast<int>((s.nchunks - 1) & 1);
-  for (int64_t i = threadIdx.x; i < R * s.dstate; i += kThreads) {
-    const int64_t r = i / s.dstate, k = i % s.dstate;
-    carry[first_parity * R * s.dstate + i] = gr.dfinal_state ? gr.dfinal_state[(b * s.dim + d_first + r) * s.dstate + k] : 0.0f;
+  for (int64_t i = threadIdx.x; i < R * s.d_state; i += kThreads) {
+    const int64_t r = i / s.d_state, k = i % s.d_state;
+    carry[first_parity * R * s.d_state + i] = gr.dfinal_state ? gr.dfinal_state[(b * s.dim + d_first + r) * s.d_state + k] : 0.0f;
   }
-  for (int64_t i = threadIdx.x; i < kWarps * R * (s.dstate + 2); i += kThreads) dA_sh[i] = 0.0f;
-  for (int64_t i = threadIdx.x; i < R * s.dstate; i += kThreads) A_sh[i] = a.A[d_first * s.dstate + i];
-  for (int64_t i = threadIdx.x; i < 2 * s.dstate * kChunk; i += kThreads) dB_sh[i] = 0.0f;
+  for (int64_t i = threadIdx.x; i < kWarps * R * (s.d_state + 2); i += kThreads) dA_sh[i] = 0.0f;
+  for (int64_t i = threadIdx.x; i < R * s.d_state; i += kThreads) A_sh[i] = a.A[d_first * s.d_state + i];
+  for (int64_t i = threadIdx.x; i < 2 * s.d_state * kChunk; i += kThreads) dB_sh[i] = 0.0f;
   __syncthreads();
 
   int parity = 0;
   for (int64_t c = s.nchunks - 1; c >= 0; --c) {
     const int64_t t0 = c * kChunk + threadIdx.x * K;
     const int local0 = threadIdx.x * K;
-    const float* carry_in = carry + (c & 1) * R * s.dstate;  // p entering the chunk from the right
-    float* carry_out = carry + ((c & 1) ^ 1) * R * s.dstate;
+    const float* carry_in = carry + (c & 1) * R * s.d_state;  // p entering the chunk from the right
+    float* carry_out = carry + ((c & 1) ^ 1) * R * s.d_state;
     for (int r = 0; r < R; ++r) {
       const int64_t d = d_first + r;
-      const int64_t row = (b * s.dim + d) * s.seqlen;
+      const int64_t row = (b * s.dim + d) * s.seq_len;
       ChannelChunk<K, T> ch;
       ch.load(a, s, b, d, t0, aligned);
       float dout[K], z[K], dy[K], ddt[K], du[K], ypre[K];
-      load_items<K>(gr.dout + row, t0, s.seqlen, aligned, dout);
+      load_items<K>(gr.dout + row, t0, s.seq_len, aligned, dout);
       const float Dd = a.D ? a.D[d] : 0.0f;
-      if (a.z) load_items<K>(a.z + row, t0, s.seqlen, aligned, z);
+      if (a.z) load_items<K>(a.z + row, t0, s.seq_len, aligned, z);
 #pragma unroll
       for (int i = 0; i < K; ++i) {
         dy[i] = a.z ? dout[i] * z[i] * sigmoid<Math::fast_exp>(z[i]) : dout[i];  // gradient of y before gating
@@ -854,24 +854,24 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, 
         ypre[i] = Dd * ch.u[i];
       }
       float Bnext[K], Cnext[K];
-      load_items<K>(Bg, t0, s.seqlen, aligned, Bnext);
-      load_items<K>(Cg, t0, s.seqlen, aligned, Cnext);
-      const float* x_starts = chunk_states + ((b * s.dim + d) * s.nchunks + c) * s.dstate;
+      load_items<K>(Bg, t0, s.seq_len, aligned, Bnext);
+      load_items<K>(Cg, t0, s.seq_len, aligned, Cnext);
+      const float* x_starts = chunk_states + ((b * s.dim + d) * s.nchunks + c) * s.d_state;
       float x_start_next = x_starts[0];
-      for (int64_t n = 0; n < s.dstate; ++n) {
-        const float A = A_sh[r * s.dstate + n];
+      for (int64_t n = 0; n < s.d_state; ++n) {
+        const float A = A_sh[r * s.d_state + n];
         const float A2 = A * kLog2e;
         const float x_start = x_start_next;
-        if (n + 1 < s.dstate) x_start_next = x_starts[n + 1];
+        if (n + 1 < s.d_state) x_start_next = x_starts[n + 1];
         float Bv[K], Cv[K], av[K], x[K];
 #pragma unroll
         for (int i = 0; i < K; ++i) {
           Bv[i] = Bnext[i];
           Cv[i] = Cnext[i];
         }
-        if (n + 1 < s.dstate) {  // the next state's B and C are in flight while this one runs
-          load_items<K>(Bg + (n + 1) * s.seqlen, t0, s.seqlen, aligned, Bnext);
-          load_items<K>(Cg + (n + 1) * s.seqlen, t0, s.seqlen, aligned, Cnext);
+        if (n + 1 < s.d_state) {  // the next state's B and C are in flight while this one runs
+          load_items<K>(Bg + (n + 1) * s.seq_len, t0, s.seq_len, aligned, Bnext);
+          load_items<K>(Cg + (n + 1) * s.seq_len, t0, s.seq_len, aligned, Cnext);
         }
         // The forward maps (a_t, b_t) and the reverse maps (a_t, a_t c_t), c_t = dy_t C_t,
         // of p_t = a_t (c_t + p_{t+1}) (p: the state gradient carried to t - 1).
@@ -893,7 +893,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, 
           xp = fmaf(av[i], xp, Bv[i] * ch.dtu[i]);
           x[i] = xp;
         }
-        const float p_end = carry_in[r * s.dstate + n];  // p after the chunk's last token
+        const float p_end = carry_in[r * s.d_state + n];  // p after the chunk's last token
         float p = fmaf(suffix.a, p_end, suffix.b);        // p after my last token
         float dA_sum = 0.0f;
 #pragma unroll
@@ -911,12 +911,12 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, 
           p = av[i] * grad_x;
         }
         dA_sum = cuda_detail::warp_allreduce(dA_sum, cuda_detail::SumOp{});
-        if (lane == 0) dA_sh[(warp * R + r) * s.dstate + n] += dA_sum;
-        if (threadIdx.x == 0) carry_out[r * s.dstate + n] = fmaf(rtotal.a, p_end, rtotal.b);
+        if (lane == 0) dA_sh[(warp * R + r) * s.d_state + n] += dA_sum;
+        if (threadIdx.x == 0) carry_out[r * s.d_state + n] = fmaf(rtotal.a, p_end, rtotal.b);
       }
       float dz[K], ddelta[K], dD_sum = 0.0f, dbias_sum = 0.0f;
       float delta_raw[K];
-      load_items<K>(a.delta + row, t0, s.seqlen, aligned, delta_raw);
+      load_items<K>(a.delta + row, t0, s.seq_len, aligned, delta_raw);
       const float bias = a.delta_bias ? a.delta_bias[d] : 0.0f;
 #pragma unroll
       for (int i = 0; i < K; ++i) {
@@ -925,14 +925,14 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, 
           dz[i] = dout[i] * ypre[i] * sz * (1.0f + z[i] * (1.0f - sz));
         }
         ddelta[i] = s.softplus ? ddt[i] * sigmoid<Math::fast_exp>(delta_raw[i] + bias) : ddt[i];
-        if (t0 + i < s.seqlen) {
+        if (t0 + i < s.seq_len) {
           dD_sum = fmaf(dy[i], ch.u[i], dD_sum);
           dbias_sum += ddelta[i];
         }
       }
-      store_items<K>(gr.du + row, t0, s.seqlen, aligned, du);
-      store_items<K>(gr.ddelta + row, t0, s.seqlen, aligned, ddelta);
-      if (a.z) store_items<K>(gr.dz + row, t0, s.seqlen, aligned, dz);
+      store_items<K>(gr.du + row, t0, s.seq_len, aligned, du);
+      store_items<K>(gr.ddelta + row, t0, s.seq_len, aligned, ddelta);
+      if (a.z) store_items<K>(gr.dz + row, t0, s.seq_len, aligned, dz);
       dD_sum = cuda_detail::warp_allreduce(dD_sum, cuda_detail::SumOp{});
       dbias_sum = cuda_detail::warp_allreduce(dbias_sum, cuda_detail::SumOp{});
       if (lane == 0) {
@@ -942,12 +942,12 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, 
     }
     // This chunk's dB / dC partials for the block's channels, then clear for the next chunk.
     __syncthreads();
-    const int64_t partial_row = (b * (s.dim / R) + block_d) * s.dstate;
-    for (int64_t i = threadIdx.x; i < s.dstate * kChunk; i += kThreads) {
+    const int64_t partial_row = (b * (s.dim / R) + block_d) * s.d_state;
+    for (int64_t i = threadIdx.x; i < s.d_state * kChunk; i += kThreads) {
       const int64_t n = i / kChunk, t = c * kChunk + i % kChunk;
-      if (t < s.seqlen) {
-        scratch.dB_partial[(partial_row + n) * s.seqlen + t] = dB_sh[i];
-        scratch.dC_partial[(partial_row + n) * s.seqlen + t] = dC_sh[i];
+      if (t < s.seq_len) {
+        scratch.dB_partial[(partial_row + n) * s.seq_len + t] = dB_sh[i];
+        scratch.dC_partial[(partial_row + n) * s.seq_len + t] = dC_sh[i];
       }
       dB_sh[i] = 0.0f;
       dC_sh[i] = 0.0f;
@@ -955,13 +955,13 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Dims s, int R, 
     __syncthreads();
   }
   // Per-channel sums over the sequence, warps added in order.
-  for (int64_t i = threadIdx.x; i < R * s.dstate; i += kThreads) {
-    const int64_t r = i / s.dstate, k = i % s.dstate, d = d_first + r;
+  for (int64_t i = threadIdx.x; i < R * s.d_state; i += kThreads) {
+    const int64_t r = i / s.d_state, k = i % s.d_state, d = d_first + r;
     float sum = 0.0f;
-    for (int w = 0; w < kWarps; ++w) sum += dA_sh[(w * R + r) * s.dstate + k];
-    scratch.dA_partial[(b * s.dim + d) * s.dstate + k] = sum;
+    for (int w = 0; w < kWarps; ++w) sum += dA_sh[(w * R + r) * s.d_state + k];
+    scratch.dA_partial[(b * s.dim + d) * s.d_state + k] = sum;
     // After chunk 0 the carry sits in parity 1: the gradient of the initial state.
-    if (gr.dinitial_state) gr.dinitial_state[(b * s.dim + d) * s.dstate + k] = carry[R * s.dstate + i];
+    if (gr.dinitial_state) gr.dinitial_state[(b * s.dim + d) * s.d_state + k] = carry[R * s.d_state + i];
   }
   for (int64_t r = threadIdx.x; r < R; r += kThreads) {
     float dD = 0.0f, dbias = 0.0f;
@@ -985,11 +985,11 @@ __global__ void scan_step_kernel(Dims s, ScanArgs<T, float> a, float* state, T* 
   if (s.softplus) dt = softplus<Math::fast_exp>(dt);
   const float u = to_f32(a.u[i]);
   float y = 0.0f;
-  for (int64_t k = 0; k < s.dstate; ++k) {
-    float& x = state[i * s.dstate + k];
-    const float Bk = to_f32(a.B[(b * s.ngroups + g) * s.dstate + k]);
-    const float Ck = to_f32(a.C[(b * s.ngroups + g) * s.dstate + k]);
-    x = fmaf(exp2f(dt * a.A[d * s.dstate + k] * kLog2e), x, dt * Bk * u);
+  for (int64_t k = 0; k < s.d_state; ++k) {
+    float& x = state[i * s.d_state + k];
+    const float Bk = to_f32(a.B[(b * s.ngroups + g) * s.d_state + k]);
+    const float Ck = to_f32(a.C[(b * s.ngroups + g) * s.d_state + k]);
+    x = fmaf(exp2f(dt * a.A[d * s.d_state + k] * kLog2e), x, dt * Bk * u);
     y = fmaf(Ck, x, y);
   }
   if (a.D) y = fmaf(a.D[d], u, y);
@@ -1016,24 +1016,24 @@ int sm_count() {
 // enough to fill the GPU): a sequential forward over the whole sequence that saves the
 // state every kTile tokens, and the sequential backward.
 bool one_pass(const Dims& s) {
-  return s.dstate == 16 && s.dim % 32 == 0 && s.per_group % 32 == 0 && s.batch * (s.dim / 8) >= 8 * sm_count();
+  return s.d_state == 16 && s.dim % 32 == 0 && s.per_group % 32 == 0 && s.batch * (s.dim / 8) >= 8 * sm_count();
 }
 
 Dims make_dims(const ScanShape& s) {
-  if (s.batch < 0 || s.dim < 1 || s.seqlen < 0 || s.dstate < 1 || s.dstate > 64 || s.ngroups < 1 ||
+  if (s.batch < 0 || s.dim < 1 || s.seq_len < 0 || s.d_state < 1 || s.d_state > 64 || s.ngroups < 1 ||
       s.dim % s.ngroups != 0)
     throw KernelError("cuda::selective_scan: unsupported shape (d " + std::to_string(s.dim) + ", n " +
-                      std::to_string(s.dstate) + ", g " + std::to_string(s.ngroups) +
+                      std::to_string(s.d_state) + ", g " + std::to_string(s.ngroups) +
                       "); needs 1 <= n <= 64 and g dividing d");
-  Dims d{s.batch, s.dim, s.seqlen, s.dstate, s.ngroups, s.dim / s.ngroups, 0, 0, s.delta_softplus, false};
-  d.chunk_len = one_pass(d) ? kTile : kThreads * items_for(s.dstate);
-  d.nchunks = (s.seqlen + d.chunk_len - 1) / d.chunk_len;
+  Dims d{s.batch, s.dim, s.seq_len, s.d_state, s.ngroups, s.dim / s.ngroups, 0, 0, s.delta_softplus, false};
+  d.chunk_len = one_pass(d) ? kTile : kThreads * items_for(s.d_state);
+  d.nchunks = (s.seq_len + d.chunk_len - 1) / d.chunk_len;
   return d;
 }
 
 // Vector loads of K elements need every (b, d) row and every pointer on a 16-byte boundary.
 bool rows_aligned(const Dims& s, int64_t K, int64_t elem, std::initializer_list<const void*> pointers) {
-  if ((s.seqlen * elem) % 16 != 0 || (K * elem) % 16 != 0 && (K * elem) % 8 != 0) return false;
+  if ((s.seq_len * elem) % 16 != 0 || (K * elem) % 16 != 0 && (K * elem) % 8 != 0) return false;
   for (const void* p : pointers)
     if (p && reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
   return true;
@@ -1052,8 +1052,8 @@ template <typename T> ScanGrads<T, float> typed(const ScanGrads<void, float>& g)
 }
 
 // Calls fn(std::integral_constant<int, K>) for the items-per-thread of this state size.
-template <typename Fn> void dispatch_items(int64_t dstate, Fn&& fn) {
-  switch (items_for(dstate)) {
+template <typename Fn> void dispatch_items(int64_t d_state, Fn&& fn) {
+  switch (items_for(d_state)) {
     case 4: fn(std::integral_constant<int, 4>{}); return;
     case 2: fn(std::integral_constant<int, 2>{}); return;
     default: fn(std::integral_constant<int, 1>{}); return;
@@ -1102,13 +1102,13 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
                     static_cast<unsigned>(s.batch));
     cuda_detail::dispatch_f32_bf16(dtype, "selective_scan_forward", [&](auto tag) {
       using T = typename decltype(tag)::type;
-      launch_segments<true, T>(s, grid, s.seqlen, typed<T>(a), SegmentScratch{}, a.initial_state, static_cast<T*>(out),
+      launch_segments<true, T>(s, grid, s.seq_len, typed<T>(a), SegmentScratch{}, a.initial_state, static_cast<T*>(out),
                                chunk_states, final_state, stream);
     });
     return;
   }
   const int64_t nsegs = s.nchunks;
-  const int64_t states = s.batch * s.dim * nsegs * s.dstate;
+  const int64_t states = s.batch * s.dim * nsegs * s.d_state;
   float* pool = nullptr;
   SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&pool), sizeof(float) * states * (chunk_states ? 2 : 3), stream));
   SegmentScratch scratch{pool, pool + states};
@@ -1119,7 +1119,7 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
     using T = typename decltype(tag)::type;
     const ScanArgs<T, float> args = typed<T>(a);
     launch_segments<false, T>(s, grid, seg_len, args, scratch, nullptr, nullptr, nullptr, nullptr, stream);
-    pass_states_kernel<<<cuda_detail::grid_for(s.batch * s.dim * s.dstate, 128), 128, 0, stream>>>(
+    pass_states_kernel<<<cuda_detail::grid_for(s.batch * s.dim * s.d_state, 128), 128, 0, stream>>>(
         s, nsegs, a.initial_state, scratch, entering, final_state);
     SSM_CUDA_CHECK_LAUNCH();
     launch_segments<true, T>(s, grid, seg_len, args, scratch, entering, static_cast<T*>(out), nullptr, nullptr, stream);
@@ -1136,24 +1136,24 @@ int64_t selective_scan_num_chunks(const ScanShape& s) { return make_dims(s).nchu
 void selective_scan_forward(const ScanShape& shape, DType dtype, const ScanArgs<void, float>& a, void* out,
                             float* final_state, float* chunk_states, cudaStream_t stream) {
   Dims s = make_dims(shape);
-  s.aligned = rows_aligned(s, items_for(s.dstate), dtype == DType::bf16 ? 2 : 4, {a.u, a.delta, a.B, a.C, a.z, out});
-  if (s.batch == 0 || s.seqlen == 0) {
+  s.aligned = rows_aligned(s, items_for(s.d_state), dtype == DType::bf16 ? 2 : 4, {a.u, a.delta, a.B, a.C, a.z, out});
+  if (s.batch == 0 || s.seq_len == 0) {
     if (final_state && s.batch > 0)
       SSM_CUDA_CHECK(a.initial_state ? cudaMemcpyAsync(final_state, a.initial_state,
-                                                       s.batch * s.dim * s.dstate * 4, cudaMemcpyDeviceToDevice, stream)
-                                     : cudaMemsetAsync(final_state, 0, s.batch * s.dim * s.dstate * 4, stream));
+                                                       s.batch * s.dim * s.d_state * 4, cudaMemcpyDeviceToDevice, stream)
+                                     : cudaMemsetAsync(final_state, 0, s.batch * s.dim * s.d_state * 4, stream));
     return;
   }
-  if (s.dstate == 16 && s.dim % 8 == 0 && s.per_group % 8 == 0) {
+  if (s.d_state == 16 && s.dim % 8 == 0 && s.per_group % 8 == 0) {
     segmented_forward(s, dtype, a, out, final_state, chunk_states, stream);
     return;
   }
   cuda_detail::dispatch_f32_bf16(dtype, "selective_scan_forward", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    dispatch_items(s.dstate, [&](auto items) {
+    dispatch_items(s.d_state, [&](auto items) {
       constexpr int K = decltype(items)::value;
       const dim3 grid(static_cast<unsigned>(s.dim), static_cast<unsigned>(s.batch));
-      scan_forward_kernel<K, T><<<grid, kThreads, s.dstate * sizeof(float), stream>>>(
+      scan_forward_kernel<K, T><<<grid, kThreads, s.d_state * sizeof(float), stream>>>(
           s, typed<T>(a), static_cast<T*>(out), final_state, chunk_states);
       SSM_CUDA_CHECK_LAUNCH();
     });
@@ -1163,23 +1163,23 @@ void selective_scan_forward(const ScanShape& shape, DType dtype, const ScanArgs<
 void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs<void, float>& a,
                              const ScanGrads<void, float>& g, const float* chunk_states, cudaStream_t stream) {
   Dims s = make_dims(shape);
-  s.aligned = rows_aligned(s, items_for(s.dstate), dtype == DType::bf16 ? 2 : 4,
+  s.aligned = rows_aligned(s, items_for(s.d_state), dtype == DType::bf16 ? 2 : 4,
                            {a.u, a.delta, a.B, a.C, a.z, g.dout, g.du, g.ddelta, g.dz});
   if (!chunk_states) throw KernelError("cuda::selective_scan_backward: chunk_states from the forward are required");
   if ((a.D && !g.dD) || (a.z && !g.dz) || (a.delta_bias && !g.ddelta_bias) || (a.initial_state && !g.dinitial_state))
     throw KernelError("cuda::selective_scan_backward: a gradient buffer is missing for an optional input");
   const int64_t elem = dtype == DType::bf16 ? 2 : 4;
-  if (s.batch == 0 || s.seqlen == 0) {
-    SSM_CUDA_CHECK(cudaMemsetAsync(g.dA, 0, s.dim * s.dstate * 4, stream));
+  if (s.batch == 0 || s.seq_len == 0) {
+    SSM_CUDA_CHECK(cudaMemsetAsync(g.dA, 0, s.dim * s.d_state * 4, stream));
     if (g.dD) SSM_CUDA_CHECK(cudaMemsetAsync(g.dD, 0, s.dim * 4, stream));
     if (g.ddelta_bias) SSM_CUDA_CHECK(cudaMemsetAsync(g.ddelta_bias, 0, s.dim * 4, stream));
     if (s.batch > 0) {
-      SSM_CUDA_CHECK(cudaMemsetAsync(g.dB, 0, s.batch * s.ngroups * s.dstate * s.seqlen * elem, stream));
-      SSM_CUDA_CHECK(cudaMemsetAsync(g.dC, 0, s.batch * s.ngroups * s.dstate * s.seqlen * elem, stream));
+      SSM_CUDA_CHECK(cudaMemsetAsync(g.dB, 0, s.batch * s.ngroups * s.d_state * s.seq_len * elem, stream));
+      SSM_CUDA_CHECK(cudaMemsetAsync(g.dC, 0, s.batch * s.ngroups * s.d_state * s.seq_len * elem, stream));
       if (g.dinitial_state)
-        SSM_CUDA_CHECK(g.dfinal_state ? cudaMemcpyAsync(g.dinitial_state, g.dfinal_state, s.batch * s.dim * s.dstate * 4,
+        SSM_CUDA_CHECK(g.dfinal_state ? cudaMemcpyAsync(g.dinitial_state, g.dfinal_state, s.batch * s.dim * s.d_state * 4,
                                                         cudaMemcpyDeviceToDevice, stream)
-                                      : cudaMemsetAsync(g.dinitial_state, 0, s.batch * s.dim * s.dstate * 4, stream));
+                                      : cudaMemsetAsync(g.dinitial_state, 0, s.batch * s.dim * s.d_state * 4, stream));
     }
     return;
   }
@@ -1187,15 +1187,15 @@ void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs
   if (sequential) s.aligned = rows_aligned(s, 8, elem, {a.u, a.delta, a.B, a.C, a.z, g.dout, g.du, g.ddelta, g.dz});
   const int R = sequential ? 32 : channels_per_block(s.per_group);
   const int64_t blocks_per_batch = s.dim / R;
-  const int64_t partial_elems = s.batch * blocks_per_batch * s.dstate * s.seqlen;
+  const int64_t partial_elems = s.batch * blocks_per_batch * s.d_state * s.seq_len;
   BackwardScratch scratch{};
   char* pool = nullptr;
-  const size_t pool_bytes = sizeof(float) * (2 * partial_elems + s.batch * s.dim * (s.dstate + 2));
+  const size_t pool_bytes = sizeof(float) * (2 * partial_elems + s.batch * s.dim * (s.d_state + 2));
   SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&pool), pool_bytes, stream));
   scratch.dB_partial = reinterpret_cast<float*>(pool);
   scratch.dC_partial = scratch.dB_partial + partial_elems;
   scratch.dA_partial = scratch.dC_partial + partial_elems;
-  scratch.dD_partial = scratch.dA_partial + s.batch * s.dim * s.dstate;
+  scratch.dD_partial = scratch.dA_partial + s.batch * s.dim * s.d_state;
   scratch.dbias_partial = scratch.dD_partial + s.batch * s.dim;
 
   cuda_detail::dispatch_f32_bf16(dtype, "selective_scan_backward", [&](auto tag) {
@@ -1208,12 +1208,12 @@ void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs
       kernel<<<grid, 32 * kSegWarps, smem, stream>>>(s, typed<T>(a), typed<T>(g), chunk_states, scratch);
       SSM_CUDA_CHECK_LAUNCH();
     }
-    dispatch_items(s.dstate, [&](auto items) {
+    dispatch_items(s.d_state, [&](auto items) {
       constexpr int K = decltype(items)::value;
       constexpr int kChunk = kThreads * K;
       if (!sequential) {
         const size_t smem =
-            sizeof(float) * (2 * s.dstate * kChunk + 3 * R * s.dstate + kWarps * R * (s.dstate + 2));
+            sizeof(float) * (2 * s.d_state * kChunk + 3 * R * s.d_state + kWarps * R * (s.d_state + 2));
         auto kernel = scan_backward_kernel<K, T>;
         SSM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
         const dim3 grid(static_cast<unsigned>(blocks_per_batch), static_cast<unsigned>(s.batch));
@@ -1222,7 +1222,7 @@ void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs
       }
       // dB, dC: sum the block partials of each group in block order.
       const int64_t blocks_per_group = s.per_group / R;
-      const int64_t bc_inner = s.dstate * s.seqlen;
+      const int64_t bc_inner = s.d_state * s.seq_len;
       cuda_detail::sum_partials_by_thread(scratch.dB_partial, s.batch * s.ngroups, blocks_per_group, bc_inner,
                                           static_cast<T*>(g.dB), stream);
       cuda_detail::sum_partials_by_thread(scratch.dC_partial, s.batch * s.ngroups, blocks_per_group, bc_inner,
@@ -1233,7 +1233,7 @@ void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs
   auto sum_batch = [&](const float* partial, int64_t inner, float* out) {
     cuda_detail::sum_partials_by_thread(partial, 1, s.batch, inner, out, stream);
   };
-  sum_batch(scratch.dA_partial, s.dim * s.dstate, g.dA);
+  sum_batch(scratch.dA_partial, s.dim * s.d_state, g.dA);
   if (g.dD) sum_batch(scratch.dD_partial, s.dim, g.dD);
   if (g.ddelta_bias) sum_batch(scratch.dbias_partial, s.dim, g.ddelta_bias);
   SSM_CUDA_CHECK(cudaFreeAsync(pool, stream));

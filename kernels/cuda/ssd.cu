@@ -183,30 +183,30 @@ __global__ void __launch_bounds__(kStepWarps * 32) ssd_step_kernel(Dims d, SsdAr
 }
 
 Dims make_dims(const SsdShape& s, const char* op) {
-  const bool p_ok = s.headdim == 32 || s.headdim == 64 || s.headdim == 128;
-  const bool n_ok = s.dstate == 16 || s.dstate == 32 || s.dstate == 64 || s.dstate == 128 || s.dstate == 256;
-  if (s.batch < 0 || s.seqlen < 0 || s.nheads < 1 || s.ngroups < 1 || s.nheads % s.ngroups != 0 || !p_ok || !n_ok ||
+  const bool p_ok = s.head_dim == 32 || s.head_dim == 64 || s.head_dim == 128;
+  const bool n_ok = s.d_state == 16 || s.d_state == 32 || s.d_state == 64 || s.d_state == 128 || s.d_state == 256;
+  if (s.batch < 0 || s.seq_len < 0 || s.n_heads < 1 || s.ngroups < 1 || s.n_heads % s.ngroups != 0 || !p_ok || !n_ok ||
       s.chunk_size < 64 || s.chunk_size > kMaxChunk || !(s.dt_min <= s.dt_max))
-    throw KernelError(std::string("cuda::") + op + ": unsupported shape (h " + std::to_string(s.nheads) + ", p " +
-                      std::to_string(s.headdim) + ", n " + std::to_string(s.dstate) + ", g " +
+    throw KernelError(std::string("cuda::") + op + ": unsupported shape (h " + std::to_string(s.n_heads) + ", p " +
+                      std::to_string(s.head_dim) + ", n " + std::to_string(s.d_state) + ", g " +
                       std::to_string(s.ngroups) + ", chunk " + std::to_string(s.chunk_size) +
                       "); needs p in {32, 64, 128}, n in {16, 32, 64, 128, 256}, g dividing h, chunk in 64..256 and "
                       "dt_min <= dt_max");
   Dims d{};
   d.b = s.batch;
-  d.l = s.seqlen;
-  d.h = s.nheads;
-  d.p = s.headdim;
-  d.n = s.dstate;
+  d.l = s.seq_len;
+  d.h = s.n_heads;
+  d.p = s.head_dim;
+  d.n = s.d_state;
   d.g = s.ngroups;
-  d.hpg = s.nheads / s.ngroups;
+  d.hpg = s.n_heads / s.ngroups;
   d.Q = s.chunk_size;
-  d.nc = (s.seqlen + d.Q - 1) / d.Q;
+  d.nc = (s.seq_len + d.Q - 1) / d.Q;
   d.ntt = (d.Q + kTile - 1) / kTile;
   d.cbld = d.ntt * kTile + 1;
   d.softplus = s.dt_softplus;
   d.limit = s.has_dt_limit();
-  d.D_hp = s.D_has_headdim;
+  d.D_hp = s.D_has_head_dim;
   d.dt_min = static_cast<float>(s.dt_min);
   d.dt_max = static_cast<float>(std::min(s.dt_max, 3.0e38));
   return d;

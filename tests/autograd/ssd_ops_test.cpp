@@ -23,22 +23,22 @@ Tensor documents() {
 }
 
 // x, dt, A, B, C, D, z, dt_bias, initial_states.
-V all_inputs(bool D_has_headdim) {
+V all_inputs(bool D_has_head_dim) {
   return {random_f64({b, l, h, p}, 1),  random_f64({b, l, h}, 2, 0.5, -0.5), random_f64({h}, 3, 0.3, -0.8),
           random_f64({b, l, g, n}, 4),  random_f64({b, l, g, n}, 5),
-          D_has_headdim ? random_f64({h, p}, 6) : random_f64({h}, 6),
+          D_has_head_dim ? random_f64({h, p}, 6) : random_f64({h}, 6),
           random_f64({b, l, h, p}, 7),  random_f64({h}, 8, 0.1),                random_f64({b, h, p, n}, 9)};
 }
 
 TEST(SsdGrad, AllInputsWithFinalStates) {
-  for (bool D_has_headdim : {false, true})
+  for (bool D_has_head_dim : {false, true})
     for (bool with_doc : {false, true}) {
       EXPECT_TRUE(gradcheck([&](const V& x) {
         SsdInputs in{x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8], with_doc ? documents() : Tensor()};
         SsdOutputs out = ssd(in, true);
         // Both outputs feed the loss: out and the final states.
         return concat({reshape(out.out, {-1}), reshape(mul(out.final_states, 0.7), {-1})}, 0);
-      }, all_inputs(D_has_headdim))) << "D (h, p) " << D_has_headdim << " doc " << with_doc;
+      }, all_inputs(D_has_head_dim))) << "D (h, p) " << D_has_head_dim << " doc " << with_doc;
     }
 }
 

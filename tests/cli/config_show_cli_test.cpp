@@ -1,5 +1,5 @@
 // `ssmtrain config show` prints the derived sizes of a recipe (configs::ModelConfig's d_inner,
-// dt_rank, nheads, head_dim, n_kv_heads, d_ff; the tokens and sequences of a step), and they
+// dt_rank, n_heads, head_dim, n_kv_heads, d_ff; the tokens and sequences of a step), and they
 // are the sizes of the model the recipe builds: each printed number is checked against the
 // shapes of the built model's parameters, and the printed parameter count against the model's.
 #include <gtest/gtest.h>
@@ -130,10 +130,10 @@ TEST_F(ConfigShow, Mamba1HybridSizesAreTheBuiltModelsShapes) {
 }
 
 TEST_F(ConfigShow, Mamba2HybridSizesAreTheBuiltModelsShapes) {
-  const Shown s = show("hybrid-mamba2.yaml", {"model.mamba2.headdim=16", "model.mamba2.ngroups=2",
+  const Shown s = show("hybrid-mamba2.yaml", {"model.mamba2.head_dim=16", "model.mamba2.ngroups=2",
                                               "model.attention.n_kv_heads=auto"});
   const int64_t d = 128;
-  const std::vector<int64_t> m2 = numbers(s.text, "# mamba2: \\d+ layers?, d_inner (\\d+), nheads (\\d+) of headdim (\\d+)\n");
+  const std::vector<int64_t> m2 = numbers(s.text, "# mamba2: \\d+ layers?, d_inner (\\d+), n_heads (\\d+) of head_dim (\\d+)\n");
   ASSERT_EQ(m2.size(), 3u);
   EXPECT_EQ(m2[1] * m2[2], m2[0]);
   const std::string mamba = first_layer(s.text, 'M');

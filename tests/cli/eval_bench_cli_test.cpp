@@ -51,7 +51,7 @@ TEST(EvalBenchCli, DecodeBenchOfARecipesModelWritesOneRowPerShape) {
 
   const testing::CliResult mamba = run_binary(
       dir.str(), {"generate", "--bench", "--recipe", kRecipes + "tiny/mamba2.yaml", "--set", "model.d_model=32",
-                  "--set", "model.n_layers=2", "--set", "model.vocab_size=512", "--set", "model.mamba2.headdim=16",
+                  "--set", "model.n_layers=2", "--set", "model.vocab_size=512", "--set", "model.mamba2.head_dim=16",
                   "--set", "model.mamba2.chunk_size=16", "--set", "model.mamba2.d_state=16", "--batches", "1,2",
                   "--contexts", "8,20", "--max-new-tokens", "5"});
   ASSERT_EQ(mamba.status, 0) << mamba.err;

@@ -50,7 +50,7 @@ class EvalCli : public ::testing::Test {
     for (const std::string& o : testing::tiny_overrides(
              "hybrid-mamba2", fs::path(dir_->str()) / "runs", "tiny",
              {"training.max_steps=4", "checkpoint.every=0", "model.n_layers=3", "model.layout.mixer_pattern=MAM",
-              "model.mamba2.headdim=16", "model.mamba2.chunk_size=16", "model.mamba2.d_state=16"})) {
+              "model.mamba2.head_dim=16", "model.mamba2.chunk_size=16", "model.mamba2.d_state=16"})) {
       args.push_back("--set");
       args.push_back(o);
     }

@@ -25,7 +25,7 @@ std::vector<std::string> train_args(const fs::path& runs, const std::vector<std:
   for (const std::string& o : testing::tiny_overrides(
            "hybrid-mamba2", runs, "every",
            {"training.max_steps=5", "checkpoint.every=0", "model.n_layers=3", "model.layout.mixer_pattern=MAM",
-            "model.mamba2.headdim=16", "model.mamba2.chunk_size=16", "model.mamba2.d_state=16",
+            "model.mamba2.head_dim=16", "model.mamba2.chunk_size=16", "model.mamba2.d_state=16",
             "eval.niah.lengths=[96]", "eval.niah.depths=[0.0, 1.0]"})) {
     args.push_back("--set");
     args.push_back(o);

@@ -26,7 +26,7 @@ std::string without_timings(const std::string& text) {
 std::vector<std::string> train_args(const fs::path& runs, const std::string& name) {
   const std::vector<std::string> sets = testing::tiny_overrides(
       "mamba2", runs, name,
-      {"training.micro_batch=2", "training.max_steps=10", "checkpoint.every=0", "model.mamba2.headdim=32",
+      {"training.micro_batch=2", "training.max_steps=10", "checkpoint.every=0", "model.mamba2.head_dim=32",
        "model.mamba2.chunk_size=64", "model.mamba2.d_state=32"});
   std::vector<std::string> args = {"train", std::string(SSMTRAIN_SOURCE_DIR) + "/recipes/tiny/mamba2.yaml"};
   for (const std::string& s : sets) args.insert(args.end(), {"--set", s});

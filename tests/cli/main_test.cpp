@@ -51,7 +51,7 @@ const std::string kRecipe =
     "  family: mamba2\n"                 // 2
     "  d_model: 64\n"                    // 3
     "  n_layers: 2\n"                    // 4
-    "  mamba2: {headdim: 16, d_state: 16}\n"  // 5
+    "  mamba2: {head_dim: 16, d_state: 16}\n"  // 5
     "data:\n"                            // 6
     "  train: corpus/none\n"             // 7
     "training:\n"                        // 8
@@ -89,9 +89,9 @@ TEST_F(Cli, WrongTypeNamesLineKeyAndWhatWasFound) {
 }
 
 TEST_F(Cli, InconsistentDimensionsNameTheKey) {
-  // d_inner = 2 * 64 = 128 is not a multiple of headdim 48.
-  write("r.yaml", edited(kRecipe, "headdim: 16", "headdim: 48"));
-  expect_recipe_error(run({"train", "r.yaml"}), {"r.yaml:5:", "model.mamba2.headdim"});
+  // d_inner = 2 * 64 = 128 is not a multiple of head_dim 48.
+  write("r.yaml", edited(kRecipe, "head_dim: 16", "head_dim: 48"));
+  expect_recipe_error(run({"train", "r.yaml"}), {"r.yaml:5:", "model.mamba2.head_dim"});
 }
 
 TEST_F(Cli, MissingRecipeFileIsNamed) {

@@ -48,7 +48,7 @@ void expect_one_line_error(const Result& r, const std::vector<std::string>& part
   for (const std::string& p : parts) EXPECT_NE(r.err.find(p), std::string::npos) << "missing '" << p << "' in: " << r.err;
 }
 
-// A Mamba-2 recipe the GPU kernels accept (headdim 32, d_state 16, chunk 64, d_conv 4); line 5
+// A Mamba-2 recipe the GPU kernels accept (head_dim 32, d_state 16, chunk 64, d_conv 4); line 5
 // holds the mamba2 keys a test edits. The corpus does not exist: a check that came after data
 // would say so instead.
 std::string mamba2_recipe(const std::string& mamba2_line) {
@@ -76,12 +76,12 @@ TEST_F(Preflight, KernelLimitsAreNamedAtTheirLineForEachDevice) {
     bool cpu_refuses;      // the CPU references refuse it too
   };
   const std::vector<Case> cases = {
-      {"  mamba2: {headdim: 32, d_state: 16, chunk_size: 32}", "model.mamba2.chunk_size", "64..256 on the GPU", false},
-      {"  mamba2: {headdim: 32, d_state: 16, d_conv: 5}", "model.mamba2.d_conv", "2, 3 or 4", true},
-      {"  mamba2: {headdim: 32, d_state: 300}", "model.mamba2.d_state", "16, 32, 64, 128 or 256 on the GPU", false},
-      {"  mamba2: {headdim: 48, d_state: 16}", "model.mamba2.headdim", "divisible by headdim", true},
+      {"  mamba2: {head_dim: 32, d_state: 16, chunk_size: 32}", "model.mamba2.chunk_size", "64..256 on the GPU", false},
+      {"  mamba2: {head_dim: 32, d_state: 16, d_conv: 5}", "model.mamba2.d_conv", "2, 3 or 4", true},
+      {"  mamba2: {head_dim: 32, d_state: 300}", "model.mamba2.d_state", "16, 32, 64, 128 or 256 on the GPU", false},
+      {"  mamba2: {head_dim: 48, d_state: 16}", "model.mamba2.head_dim", "divisible by head_dim", true},
   };
-  write("good.yaml", mamba2_recipe("  mamba2: {headdim: 32, d_state: 16, chunk_size: 64}"));
+  write("good.yaml", mamba2_recipe("  mamba2: {head_dim: 32, d_state: 16, chunk_size: 64}"));
   for (const char* device : {"cpu", "cuda"}) {
     const Result good = run({"config", "show", "good.yaml", "--device", device});
     EXPECT_EQ(good.status, 0) << device << ": " << good.err;
@@ -99,7 +99,7 @@ TEST_F(Preflight, KernelLimitsAreNamedAtTheirLineForEachDevice) {
     }
   }
   // train refuses on this machine's device before the missing corpus is noticed.
-  write("r.yaml", mamba2_recipe("  mamba2: {headdim: 32, d_state: 16, d_conv: 5}"));
+  write("r.yaml", mamba2_recipe("  mamba2: {head_dim: 32, d_state: 16, d_conv: 5}"));
   expect_one_line_error(run({"train", "r.yaml"}), {"r.yaml:5:", "model.mamba2.d_conv", "it must be 2, 3 or 4"});
 }
 
@@ -126,7 +126,7 @@ TEST_F(Preflight, AttentionHeadsAndMamba1StateAreCheckedToo) {
 
 TEST_F(Preflight, RatioThatPlacesNoAttentionLayerNamesTheDepthItNeeds) {
   write("r.yaml", "model:\n  family: hybrid\n  ssm: mamba2\n  d_model: 64\n  n_layers: 4\n"
-                  "  layout: {attention_ratio: \"1:7\"}\n  attention: {n_heads: 4}\n  mamba2: {headdim: 32}\n"
+                  "  layout: {attention_ratio: \"1:7\"}\n  attention: {n_heads: 4}\n  mamba2: {head_dim: 32}\n"
                   "data:\n  train: corpus/none\ntraining: {max_steps: 20}\nschedule: {warmup_steps: 2}\n");
   expect_one_line_error(run({"config", "show", "r.yaml"}),
                         {"r.yaml:6:", "\"1:7\" places its first attention layer at layer 4", "n_layers >= 5",
@@ -145,7 +145,7 @@ TEST_F(Preflight, UnknownCommandsListTheCommands) {
 }
 
 TEST_F(Preflight, OversizedModelsAreRefusedInMillisecondsWithoutAllocating) {
-  write("good.yaml", mamba2_recipe("  mamba2: {headdim: 32, d_state: 16}"));
+  write("good.yaml", mamba2_recipe("  mamba2: {head_dim: 32, d_state: 16}"));
   // 5.86B parameters: shown from the shapes in well under a second (building it took minutes).
   const Result shown = run({"config", "show", "good.yaml", "--set", "model.d_model=20000"});
   EXPECT_EQ(shown.status, 0) << shown.err;
@@ -167,7 +167,7 @@ fs::path copy_corpus(const fs::path& to) {
 
 std::string corpus_recipe(const fs::path& corpus, const std::string& extra = "") {
   return "model:\n  family: mamba2\n  d_model: 32\n  n_layers: 1\n  vocab_size: 512\n"
-         "  mamba2: {headdim: 16, d_state: 16, chunk_size: 16}\n"
+         "  mamba2: {head_dim: 16, d_state: 16, chunk_size: 16}\n"
          "data:\n  train: " + corpus.string() + "\n" + extra +
          "training: {seq_len: 32, global_batch_tokens: 256, micro_batch: 4, max_steps: 1, precision: fp32}\n"
          "schedule: {warmup_steps: 0}\n"

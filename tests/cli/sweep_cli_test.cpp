@@ -30,7 +30,7 @@ std::vector<std::string> tiny_sweep_args(const std::vector<std::string>& head) {
   std::vector<std::string> args = head;
   for (const std::string& o :
        {"data.train=" + testing::prepared_corpus(), std::string("model.d_model=32"), std::string("model.vocab_size=512"),
-        std::string("model.mamba2.headdim=16"), std::string("model.mamba2.chunk_size=16"),
+        std::string("model.mamba2.head_dim=16"), std::string("model.mamba2.chunk_size=16"),
         std::string("model.mamba2.d_state=16"), std::string("training.seq_len=32"),
         std::string("training.global_batch_tokens=128"), std::string("training.micro_batch=4"),
         std::string("training.max_steps=3"), std::string("training.eval_every=0"),

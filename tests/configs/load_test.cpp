@@ -30,7 +30,7 @@ const std::string kHybrid =
     "  ssm: mamba2\n"            // 3
     "  d_model: 128\n"           // 4
     "  n_layers: 4\n"            // 5
-    "  mamba2: {headdim: 32}\n"  // 6
+    "  mamba2: {head_dim: 32}\n"  // 6
     "  attention:\n"             // 7
     "    n_heads: 4\n"           // 8
     "    n_kv_heads: 2\n"        // 9
@@ -64,7 +64,7 @@ TEST(Load, MinimalRecipeGetsDefaultsAndResolvedAutoValues) {
   EXPECT_EQ(config.run.name, "recipe");  // the source's stem
   EXPECT_EQ(config.run.output_dir, "runs");
   EXPECT_EQ(config.model.d_model, 128);
-  EXPECT_EQ(config.model.mamba2.headdim, 64);
+  EXPECT_EQ(config.model.mamba2.head_dim, 64);
   EXPECT_EQ(config.model.ssm, Ssm::mamba2);   // auto: the family
   EXPECT_EQ(config.model.mamba1.dt_rank, 8);  // auto: ceil(128 / 16)
   EXPECT_EQ(config.model.attention.n_kv_heads, 12);
@@ -93,8 +93,8 @@ TEST(Load, UnknownKeySuggestsTheNearestKeyOfItsSection) {
 TEST(Load, UnknownKeySuggestsAKeyOfAnotherSection) {
   EXPECT_EQ(load_error(kRecipe + "  lr: 3e-4\n"),
             "recipe.yaml:10:3: training.lr: unknown key; did you mean optim.lr?");
-  EXPECT_EQ(load_error(edited(kRecipe, "  n_layers: 2\n", "  n_layers: 2\n  headdim: 32\n")),
-            "recipe.yaml:5:3: model.headdim: unknown key; did you mean model.mamba2.headdim?");
+  EXPECT_EQ(load_error(edited(kRecipe, "  n_layers: 2\n", "  n_layers: 2\n  head_dim: 32\n")),
+            "recipe.yaml:5:3: model.head_dim: unknown key; did you mean model.mamba2.head_dim?");
 }
 
 TEST(Load, UnknownKeyWithNothingNearListsTheSection) {
@@ -168,22 +168,22 @@ TEST(Load, MissingFileSaysItCannotBeOpened) {
 // ---- inconsistent dimensions: the error points at a key the recipe wrote ----
 
 TEST(Load, Mamba2InnerWidthMustSplitIntoHeads) {
-  // headdim is left at its default, so the line is d_model's.
+  // head_dim is left at its default, so the line is d_model's.
   EXPECT_EQ(load_error(edited(kRecipe, "d_model: 128", "d_model: 100")),
             "recipe.yaml:3:3: model.d_model: expected d_inner = expand * d_model divisible by "
-            "headdim, found 2 * 100 = 200 and headdim 64");
-  // Written, headdim is the key to blame.
+            "head_dim, found 2 * 100 = 200 and head_dim 64");
+  // Written, head_dim is the key to blame.
   EXPECT_EQ(
-      load_error(edited(kRecipe, "  n_layers: 2\n", "  n_layers: 2\n  mamba2:\n    headdim: 48\n")),
-      "recipe.yaml:6:5: model.mamba2.headdim: expected d_inner = expand * d_model divisible "
-      "by headdim, found 2 * 128 = 256 and headdim 48");
+      load_error(edited(kRecipe, "  n_layers: 2\n", "  n_layers: 2\n  mamba2:\n    head_dim: 48\n")),
+      "recipe.yaml:6:5: model.mamba2.head_dim: expected d_inner = expand * d_model divisible "
+      "by head_dim, found 2 * 128 = 256 and head_dim 48");
 }
 
 TEST(Load, Mamba2GroupsMustDivideHeads) {
   EXPECT_EQ(
       load_error(edited(kRecipe, "  n_layers: 2\n", "  n_layers: 2\n  mamba2:\n    ngroups: 3\n")),
-      "recipe.yaml:6:5: model.mamba2.ngroups: expected a divisor of nheads = d_inner / "
-      "headdim = 4, found 3");
+      "recipe.yaml:6:5: model.mamba2.ngroups: expected a divisor of n_heads = d_inner / "
+      "head_dim = 4, found 3");
 }
 
 TEST(Load, AttentionHeadsMustDivide) {
@@ -249,22 +249,22 @@ TEST(Load, ValidateWithoutAFileNamesTheKey) {
     ADD_FAILURE() << "d_model 100 validated";
   } catch (const ConfigError& error) {
     EXPECT_STREQ(error.what(),
-                 "model.mamba2.headdim: expected d_inner = expand * d_model "
-                 "divisible by headdim, found 2 * 100 = 200 and headdim 64");
+                 "model.mamba2.head_dim: expected d_inner = expand * d_model "
+                 "divisible by head_dim, found 2 * 100 = 200 and head_dim 64");
   }
 }
 
 TEST(Load, ValidateChecksEachValueAgainstItsKey) {
   Config config;
   config.training.max_steps = 200;
-  config.model.mamba2.headdim = 0;
+  config.model.mamba2.head_dim = 0;
   try {
     validate(config);
-    ADD_FAILURE() << "headdim 0 validated";
+    ADD_FAILURE() << "head_dim 0 validated";
   } catch (const ConfigError& error) {
-    EXPECT_STREQ(error.what(), "model.mamba2.headdim: expected an integer >= 1, found 0");
+    EXPECT_STREQ(error.what(), "model.mamba2.head_dim: expected an integer >= 1, found 0");
   }
-  config.model.mamba2.headdim = 64;
+  config.model.mamba2.head_dim = 64;
   config.run.name.clear();
   EXPECT_THROW(validate(config), ConfigError);
 }
@@ -291,14 +291,14 @@ TEST(Set, OverridesAnyKeyByYamlScalarRules) {
       parse_config(kRecipe, "recipe.yaml",
                    {"optim.lr=3e-4", "model.d_model=256", "eval.niah.lengths=[1, 2]",
                     "training.precision=fp32", "model.tie_embeddings=off", "run.name=my run",
-                    "model.mamba2.headdim=32", "optim.betas=[0.8, 0.9]"});
+                    "model.mamba2.head_dim=32", "optim.betas=[0.8, 0.9]"});
   EXPECT_EQ(config.optim.lr, 3e-4);
   EXPECT_EQ(config.model.d_model, 256);
   EXPECT_EQ(config.eval.niah.lengths, (std::vector<int64_t>{1, 2}));
   EXPECT_EQ(config.training.precision, Precision::fp32);
   EXPECT_FALSE(config.model.tie_embeddings);
   EXPECT_EQ(config.run.name, "my run");
-  EXPECT_EQ(config.model.mamba2.headdim, 32);  // a section the recipe did not have
+  EXPECT_EQ(config.model.mamba2.head_dim, 32);  // a section the recipe did not have
   EXPECT_EQ(config.optim.betas, (std::array<double, 2>{0.8, 0.9}));
 }
 
@@ -329,9 +329,9 @@ TEST(Set, BadValueIsReportedAtSet) {
 }
 
 TEST(Set, InconsistencyCausedByAnOverrideIsReportedAtSet) {
-  EXPECT_EQ(load_error(kRecipe, {"model.mamba2.headdim=48"}),
-            "--set: model.mamba2.headdim: expected d_inner = expand * d_model divisible by "
-            "headdim, found 2 * 128 = 256 and headdim 48");
+  EXPECT_EQ(load_error(kRecipe, {"model.mamba2.head_dim=48"}),
+            "--set: model.mamba2.head_dim: expected d_inner = expand * d_model divisible by "
+            "head_dim, found 2 * 128 = 256 and head_dim 48");
 }
 
 // ---- sweeps ----
@@ -364,9 +364,9 @@ TEST(Sweep, BadVariantFailsWhenTheRecipeLoads) {
   EXPECT_EQ(load_error(edited(kSweep, "{model.d_model: 256}", "{model.d_modle: 256}")),
             "recipe.yaml:11:6: model.d_modle: unknown key; did you mean d_model? (in sweep "
             "variant 1 of 2)");
-  EXPECT_EQ(load_error(edited(kSweep, "{model.d_model: 256}", "{model.mamba2.headdim: 48}")),
-            "recipe.yaml:11:6: model.mamba2.headdim: expected d_inner = expand * d_model divisible "
-            "by headdim, found 2 * 128 = 256 and headdim 48 (in sweep variant 1 of 2)");
+  EXPECT_EQ(load_error(edited(kSweep, "{model.d_model: 256}", "{model.mamba2.head_dim: 48}")),
+            "recipe.yaml:11:6: model.mamba2.head_dim: expected d_inner = expand * d_model divisible "
+            "by head_dim, found 2 * 128 = 256 and head_dim 48 (in sweep variant 1 of 2)");
   EXPECT_EQ(load_error(kRecipe + "sweep: [1, 2]\n"),
             "recipe.yaml:10:1: sweep: expected a list of override maps ({key.path: value, ...}), "
             "found a list");

@@ -80,9 +80,9 @@ TEST(Recipes, Mamba2_130mIsStateSpacesMamba2_130m) {
   EXPECT_EQ(config.model.family, Family::mamba2);
   EXPECT_EQ(config.model.d_model, 768);
   EXPECT_EQ(config.model.n_layers, 24);
-  EXPECT_EQ(config.model.mamba2.headdim, 64);
+  EXPECT_EQ(config.model.mamba2.head_dim, 64);
   EXPECT_EQ(config.model.mamba2.d_state, 128);
-  EXPECT_EQ(config.model.mamba2_nheads(), 24);
+  EXPECT_EQ(config.model.mamba2_n_heads(), 24);
   const Layout layout = resolve_layout(config.model);
   EXPECT_EQ(layout.count(Mixer::mamba2), 24);
 }

@@ -26,7 +26,7 @@ TEST(Schema, EveryKeyIsUniqueDocumentedAndAfterItsSection) {
     }
     if (!key.is_section) EXPECT_FALSE(key.expected.empty()) << key.path;
   }
-  EXPECT_EQ(find_schema_key("model.mamba2.headdim")->default_value, "64");
+  EXPECT_EQ(find_schema_key("model.mamba2.head_dim")->default_value, "64");
   EXPECT_EQ(find_schema_key("model.mamba1.dt_rank")->default_value, "auto");
   EXPECT_EQ(find_schema_key("model.family")->expected, "one of mamba1, mamba2, hybrid");
   EXPECT_EQ(find_schema_key("model.nope"), nullptr);

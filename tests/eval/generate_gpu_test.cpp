@@ -22,7 +22,7 @@ ModelOptions base(MixerKind mixer, FfnKind ffn) {
   o.layers = std::vector<LayerKind>(3, LayerKind{mixer, ffn});
   o.config.mamba1.d_state = 16;
   o.config.mamba2.d_state = 32;
-  o.config.mamba2.headdim = 32;
+  o.config.mamba2.head_dim = 32;
   o.config.mamba2.chunk_size = 64;
   o.config.attention.n_heads = 4;
   o.config.attention.n_kv_heads = 2;

@@ -27,7 +27,7 @@ ModelOptions hybrid() {
   o.layers = {{MixerKind::mamba2, FfnKind::moe}, {MixerKind::attention, FfnKind::mlp}, {MixerKind::mamba1, FfnKind::none}};
   o.config.mamba1.d_state = 4;
   o.config.mamba2.d_state = 8;
-  o.config.mamba2.headdim = 8;
+  o.config.mamba2.head_dim = 8;
   o.config.mamba2.chunk_size = 8;
   o.config.attention.n_heads = 4;
   o.config.attention.n_kv_heads = 2;

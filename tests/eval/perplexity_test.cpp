@@ -23,7 +23,7 @@ ModelOptions small() {
   o.config.n_layers = 2;
   o.layers = {{MixerKind::mamba2, FfnKind::none}, {MixerKind::attention, FfnKind::mlp}};
   o.config.mamba2.d_state = 8;
-  o.config.mamba2.headdim = 8;
+  o.config.mamba2.head_dim = 8;
   o.config.mamba2.chunk_size = 8;
   o.config.attention.n_heads = 2;
   o.config.mlp.d_ff = 24;

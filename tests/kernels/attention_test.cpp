@@ -24,7 +24,7 @@ struct Naive {
 // The formula, one (b, head) at a time, with every score and probability materialised.
 Naive naive(const AttentionShape& s, const std::vector<double>& q, const std::vector<double>& k,
             const std::vector<double>& v, const std::vector<int32_t>& doc, const std::vector<double>& dout) {
-  const int64_t b = s.batch, l = s.seqlen, h = s.heads, hk = s.kv_heads, dh = s.head_dim, grp = h / hk;
+  const int64_t b = s.batch, l = s.seq_len, h = s.n_heads, hk = s.n_kv_heads, dh = s.head_dim, grp = h / hk;
   const double scale = s.scale != 0 ? s.scale : 1.0 / std::sqrt(double(dh));
   Naive r;
   r.out.assign(q.size(), 0);

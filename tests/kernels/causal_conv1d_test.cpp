@@ -44,7 +44,7 @@ void add_documents(Problem& p) {
   for (int64_t b = 0; b < p.s.batch; ++b) {
     int32_t doc = 0;
     int64_t next = 2 + b;
-    for (int64_t t = 0; t < p.s.seqlen; ++t) {
+    for (int64_t t = 0; t < p.s.seq_len; ++t) {
       if (t == next) {
         ++doc;
         next += 1 + (t * 7 + b) % 5;
@@ -64,7 +64,7 @@ Conv1dArgs<double, double> args(const Problem& p) {
 // an input counts only when it lies in t's document (inputs before t = 0 belong to token 0's).
 std::vector<double> naive_forward(const Problem& p) {
   const auto& s = p.s;
-  const int64_t w = s.width, l = s.seqlen;
+  const int64_t w = s.width, l = s.seq_len;
   std::vector<double> out(s.batch * s.dim * l);
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t c = 0; c < s.dim; ++c) {
@@ -122,7 +122,7 @@ TEST(CausalConv1dCpu, FinalStateContinuesTheSequence) {
         cpu::causal_conv1d_forward<double>(whole.s, args(whole), out.data(), end_state.data());
         auto part = [&](int64_t from, int64_t len, const std::vector<double>& init, std::vector<double>* final_state) {
           Problem p = whole;
-          p.s.seqlen = len;
+          p.s.seq_len = len;
           p.x.clear();
           p.doc.clear();
           for (int64_t row = 0; row < 6; ++row)
@@ -160,7 +160,7 @@ TEST(CausalConv1dCpu, StepByStepEqualsParallelPass) {
     cpu::causal_conv1d_forward<double>(p.s, args(p), out.data(), final_state.data());
     std::vector<double> state = p.init;
     Conv1dShape step = p.s;
-    step.seqlen = 1;
+    step.seq_len = 1;
     for (int64_t t = 0; t < 11; ++t) {
       std::vector<double> x, o(10);
       for (int64_t i = 0; i < 10; ++i) x.push_back(p.x[i * 11 + t]);  // (b, d)

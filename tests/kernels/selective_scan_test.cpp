@@ -53,30 +53,30 @@ ScanArgs<double, double> args(const Problem& p) {
 std::vector<double> closed_form(const Problem& p) {
   const auto& s = p.s;
   const int64_t per_group = s.dim / s.ngroups;
-  std::vector<double> out(s.batch * s.dim * s.seqlen);
+  std::vector<double> out(s.batch * s.dim * s.seq_len);
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t d = 0; d < s.dim; ++d) {
-      const int64_t g = d / per_group, row = (b * s.dim + d) * s.seqlen;
+      const int64_t g = d / per_group, row = (b * s.dim + d) * s.seq_len;
       auto dt = [&](int64_t t) {
         const double raw = p.delta[row + t] + (p.bias.empty() ? 0.0 : p.bias[d]);
         return raw > 20 ? raw : std::log1p(std::exp(raw));
       };
-      auto Bv = [&](int64_t k, int64_t t) { return p.B[((b * s.ngroups + g) * s.dstate + k) * s.seqlen + t]; };
-      auto Cv = [&](int64_t k, int64_t t) { return p.C[((b * s.ngroups + g) * s.dstate + k) * s.seqlen + t]; };
-      for (int64_t t = 0; t < s.seqlen; ++t) {
+      auto Bv = [&](int64_t k, int64_t t) { return p.B[((b * s.ngroups + g) * s.d_state + k) * s.seq_len + t]; };
+      auto Cv = [&](int64_t k, int64_t t) { return p.C[((b * s.ngroups + g) * s.d_state + k) * s.seq_len + t]; };
+      for (int64_t t = 0; t < s.seq_len; ++t) {
         int64_t first = 0;  // first token of t's document
         if (!p.doc.empty())
-          while (p.doc[b * s.seqlen + first] != p.doc[b * s.seqlen + t]) ++first;
+          while (p.doc[b * s.seq_len + first] != p.doc[b * s.seq_len + t]) ++first;
         double y = 0;
-        for (int64_t k = 0; k < s.dstate; ++k) {
-          const double a = p.A[d * s.dstate + k];
+        for (int64_t k = 0; k < s.d_state; ++k) {
+          const double a = p.A[d * s.d_state + k];
           double sum_dt = 0;  // sum of dt over (s, t]
           double acc = 0;
           for (int64_t j = t; j >= first; --j) {
             acc += std::exp(a * sum_dt) * dt(j) * Bv(k, j) * p.u[row + j];
             sum_dt += dt(j);
           }
-          if (!p.init.empty() && first == 0) acc += std::exp(a * sum_dt) * p.init[(b * s.dim + d) * s.dstate + k];
+          if (!p.init.empty() && first == 0) acc += std::exp(a * sum_dt) * p.init[(b * s.dim + d) * s.d_state + k];
           y += Cv(k, t) * acc;
         }
         if (!p.D.empty()) y += p.D[d] * p.u[row + t];
@@ -128,7 +128,7 @@ TEST(SelectiveScanCpu, FinalStateContinuesTheScan) {
   cpu::selective_scan_forward<double>(whole.s, args(whole), out.data(), state.data());
   auto part = [&](int64_t from, int64_t len, const std::vector<double>& init, std::vector<double>* final_state) {
     Problem p = whole;
-    p.s.seqlen = len;
+    p.s.seq_len = len;
     auto slice = [&](const std::vector<double>& v, int64_t rows) {
       std::vector<double> r;
       for (int64_t i = 0; i < rows; ++i)
@@ -163,7 +163,7 @@ TEST(SelectiveScanCpu, StepByStepEqualsParallelScan) {
     cpu::selective_scan_forward<double>(p.s, args(p), out.data(), final_state.data());
     std::vector<double> state = p.init;
     ScanShape step = p.s;
-    step.seqlen = 1;
+    step.seq_len = 1;
     for (int64_t t = 0; t < 12; ++t) {
       std::vector<double> u, delta, z, B, C, o(12);
       for (int64_t i = 0; i < 12; ++i) {  // (b, d)

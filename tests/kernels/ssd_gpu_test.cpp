@@ -213,13 +213,13 @@ TEST(SsdGpuMisc, StepTokenByTokenEqualsParallel) {
     Tensor states = t[8].clone();  // (b, h, p, n) f32
     kernels::SsdShape shape;
     shape.batch = c.b;
-    shape.seqlen = 1;
-    shape.nheads = c.h;
-    shape.headdim = c.p;
-    shape.dstate = c.n;
+    shape.seq_len = 1;
+    shape.n_heads = c.h;
+    shape.head_dim = c.p;
+    shape.d_state = c.n;
     shape.ngroups = c.g;
     shape.chunk_size = 64;
-    shape.D_has_headdim = c.D_headdim;
+    shape.D_has_head_dim = c.D_headdim;
     shape.dt_softplus = true;
     std::vector<float> stepped(c.b * c.l * c.h * c.p);
     for (int64_t tok = 0; tok < c.l; ++tok) {
@@ -243,10 +243,10 @@ TEST(SsdGpuMisc, UnsupportedShapeNamesTheLimits) {
   SSM_REQUIRE_GPU();
   kernels::SsdShape s;
   s.batch = 1;
-  s.seqlen = 8;
-  s.nheads = 2;
-  s.headdim = 48;
-  s.dstate = 16;
+  s.seq_len = 8;
+  s.n_heads = 2;
+  s.head_dim = 48;
+  s.d_state = 16;
   s.chunk_size = 64;
   try {
     kernels::cuda::ssd_num_chunks(s);

@@ -20,7 +20,7 @@ struct Options {
   bool initial_states = false;
   bool doc = false;
   bool D = false;
-  bool D_has_headdim = false;
+  bool D_has_head_dim = false;
   bool z = false;
   bool dt_bias = false;
   bool dt_limit = false;
@@ -54,14 +54,14 @@ std::vector<int32_t> documents(int64_t b, int64_t l) {
 Problem make(int64_t b, int64_t l, int64_t h, int64_t p, int64_t n, int64_t g, uint64_t seed, const Options& o) {
   Problem pr;
   pr.s.batch = b;
-  pr.s.seqlen = l;
-  pr.s.nheads = h;
-  pr.s.headdim = p;
-  pr.s.dstate = n;
+  pr.s.seq_len = l;
+  pr.s.n_heads = h;
+  pr.s.head_dim = p;
+  pr.s.d_state = n;
   pr.s.ngroups = g;
   pr.s.chunk_size = 64;
   pr.s.dt_softplus = true;
-  pr.s.D_has_headdim = o.D_has_headdim;
+  pr.s.D_has_head_dim = o.D_has_head_dim;
   if (o.dt_limit) {
     pr.s.dt_min = 0.2;  // softplus(N(-1, 0.5)) spreads over about 0.15 .. 0.6
     pr.s.dt_max = 0.45;
@@ -72,7 +72,7 @@ Problem make(int64_t b, int64_t l, int64_t h, int64_t p, int64_t n, int64_t g, u
   for (double& a : pr.A) a = -std::exp(a);  // A = -exp(A_log)
   pr.B = random_values<double>(b * l * g * n, seed + 3);
   pr.C = random_values<double>(b * l * g * n, seed + 4);
-  if (o.D) pr.D = random_values<double>(o.D_has_headdim ? h * p : h, seed + 5);
+  if (o.D) pr.D = random_values<double>(o.D_has_head_dim ? h * p : h, seed + 5);
   if (o.z) pr.z = random_values<double>(b * l * h * p, seed + 6);
   if (o.dt_bias) pr.dt_bias = random_values<double>(h, seed + 7, 0.1);
   if (o.initial_states) pr.init = random_values<double>(b * h * p * n, seed + 8);
@@ -94,8 +94,8 @@ struct Result {
 template <typename Fn>
 Result run(const Problem& pr, Fn forward) {
   const auto& s = pr.s;
-  Result r{std::vector<double>(s.batch * s.seqlen * s.nheads * s.headdim),
-           std::vector<double>(s.batch * s.nheads * s.headdim * s.dstate)};
+  Result r{std::vector<double>(s.batch * s.seq_len * s.n_heads * s.head_dim),
+           std::vector<double>(s.batch * s.n_heads * s.head_dim * s.d_state)};
   forward(s, args(pr), r.out.data(), r.final_states.data());
   return r;
 }
@@ -105,7 +105,7 @@ Result run(const Problem& pr, Fn forward) {
 // state likewise. O(l^2 (p + n)) per head.
 Result closed_form(const Problem& pr) {
   const auto& s = pr.s;
-  const int64_t b_n = s.batch, l = s.seqlen, h = s.nheads, p = s.headdim, n = s.dstate, g = s.ngroups;
+  const int64_t b_n = s.batch, l = s.seq_len, h = s.n_heads, p = s.head_dim, n = s.d_state, g = s.ngroups;
   Result r{std::vector<double>(b_n * l * h * p), std::vector<double>(b_n * h * p * n)};
   for (int64_t b = 0; b < b_n; ++b)
     for (int64_t hh = 0; hh < h; ++hh) {
@@ -151,7 +151,7 @@ Result closed_form(const Problem& pr) {
           }
           if (!pr.init.empty() && first == 0)
             for (int64_t k = 0; k < n; ++k) y += Cv(t, k) * std::exp(pr.A[hh] * sum_dt) * init(pi, k);
-          if (!pr.D.empty()) y += (s.D_has_headdim ? pr.D[hh * p + pi] : pr.D[hh]) * x(t, pi);
+          if (!pr.D.empty()) y += (s.D_has_head_dim ? pr.D[hh * p + pi] : pr.D[hh]) * x(t, pi);
           if (!pr.z.empty()) {
             const double zv = pr.z[((b * l + t) * h + hh) * p + pi];
             y *= zv / (1 + std::exp(-zv));
@@ -181,10 +181,10 @@ Result closed_form(const Problem& pr) {
 
 std::string describe(const Problem& pr, const Options& o) {
   const auto& s = pr.s;
-  return "l " + std::to_string(s.seqlen) + " p " + std::to_string(s.headdim) + " n " + std::to_string(s.dstate) +
+  return "l " + std::to_string(s.seq_len) + " p " + std::to_string(s.head_dim) + " n " + std::to_string(s.d_state) +
          " g " + std::to_string(s.ngroups) + " chunk " + std::to_string(s.chunk_size) + " init " +
          std::to_string(o.initial_states) + " doc " + std::to_string(o.doc) + " D " + std::to_string(o.D) +
-         (o.D_has_headdim ? "(h,p)" : "(h)") + " z " + std::to_string(o.z) + " bias " + std::to_string(o.dt_bias) +
+         (o.D_has_head_dim ? "(h,p)" : "(h)") + " z " + std::to_string(o.z) + " bias " + std::to_string(o.dt_bias) +
          " clamp " + std::to_string(o.dt_limit);
 }
 
@@ -254,7 +254,7 @@ TEST(SsdCpu, DocumentsEqualSeparateRuns) {
   for (auto [from, len] : {std::pair<int64_t, int64_t>{0, 11}, {11, 1}, {12, 18}}) {
     Problem part = packed;
     part.doc.clear();
-    part.s.seqlen = len;
+    part.s.seq_len = len;
     part.x = slice(packed.x, 2 * 3, from, len);
     part.z = slice(packed.z, 2 * 3, from, len);
     part.dt = slice(packed.dt, 2, from, len);
@@ -269,14 +269,14 @@ TEST(SsdCpu, StepByStepEqualsParallel) {
   for (int64_t g : {1, 2})
     for (bool d_headdim : {false, true}) {
       Options o = options_from_bits(1 + 4 + 16 + 32 + 64);  // init, D, z, dt_bias, clamp
-      o.D_has_headdim = d_headdim;
+      o.D_has_head_dim = d_headdim;
       const int64_t b = 2, l = 12, h = 4, p = 5, n = 3;
       const Problem pr = make(b, l, h, p, n, g, 21 + g, o);
       SCOPED_TRACE(describe(pr, o));
       const Result par = run(pr, cpu::ssd_forward_chunked<double>);
       std::vector<double> states = pr.init;  // (b, h, p, n)
       SsdShape step = pr.s;
-      step.seqlen = 1;
+      step.seq_len = 1;
       for (int64_t t = 0; t < l; ++t) {
         std::vector<double> x, z, dt, B, C, out(b * h * p);
         for (int64_t bi = 0; bi < b; ++bi) {

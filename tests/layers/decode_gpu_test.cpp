@@ -30,7 +30,7 @@ ModelOptions base() {
   o.config.d_model = 64;
   o.config.n_layers = 2;
   o.config.mamba2.d_state = 32;
-  o.config.mamba2.headdim = 32;  // 4 heads
+  o.config.mamba2.head_dim = 32;  // 4 heads
   o.config.mamba2.chunk_size = 64;
   o.config.attention.n_heads = 4;  // head dim 16
   o.config.attention.n_kv_heads = 2;

@@ -31,7 +31,7 @@ ModelOptions base() {
   o.config.mamba1.d_state = 4;
   o.config.mamba1.dt_rank = 3;
   o.config.mamba2.d_state = 8;
-  o.config.mamba2.headdim = 8;  // 4 heads
+  o.config.mamba2.head_dim = 8;  // 4 heads
   o.config.mamba2.chunk_size = 8;
   o.config.attention.n_heads = 4;
   o.config.attention.n_kv_heads = 2;

@@ -35,7 +35,7 @@ ModelOptions tiny_hybrid() {
   o.config.mamba1.dt_bc_norm = true;
   o.config.mamba2.d_state = 4;
   o.config.mamba2.d_conv = 3;
-  o.config.mamba2.headdim = 4;
+  o.config.mamba2.head_dim = 4;
   o.config.attention.n_heads = 4;
   o.config.attention.n_kv_heads = 2;
   o.config.attention.rope = true;
@@ -93,7 +93,7 @@ TEST(HybridModel, ParameterCountsFromShapesEqualTheBuiltModel) {
   plain.config.family = configs::Family::mamba1;
   cases.push_back(plain);
   plain.config.family = configs::Family::mamba2;
-  plain.config.mamba2.headdim = 8;
+  plain.config.mamba2.head_dim = 8;
   cases.push_back(plain);
   for (const ModelOptions& o : cases) {
     LanguageModel model(o, 3);

@@ -23,7 +23,7 @@ ModelOptions small(Family family) {
   if (family == Family::mamba2) {
     o.config.family = configs::Family::mamba2;
     o.config.mamba2.d_state = 32;
-    o.config.mamba2.headdim = 32;  // 4 heads
+    o.config.mamba2.head_dim = 32;  // 4 heads
     o.config.mamba2.chunk_size = 64;
   }
   if (family == Family::hybrid) {
@@ -34,7 +34,7 @@ ModelOptions small(Family family) {
                 {MixerKind::attention, FfnKind::none}};
     o.config.mamba1.dt_bc_norm = true;
     o.config.mamba2.d_state = 32;
-    o.config.mamba2.headdim = 32;
+    o.config.mamba2.head_dim = 32;
     o.config.mamba2.chunk_size = 64;
     o.config.attention.n_heads = 4;  // head dim 16
     o.config.attention.n_kv_heads = 2;

@@ -74,7 +74,7 @@ ModelOptions tiny_mamba2() {
   o.config.mamba2.d_state = 4;
   o.config.mamba2.d_conv = 3;
   o.config.mamba2.expand = 2;
-  o.config.mamba2.headdim = 4;  // 4 heads
+  o.config.mamba2.head_dim = 4;  // 4 heads
   o.config.mamba2.ngroups = 2;
   return o;
 }
@@ -88,7 +88,7 @@ TEST(Mamba2Model, FiniteDifferenceGradientsOfEveryParameter) {
 
 TEST(Mamba2Model, InconsistentDimensionsAreClearErrors) {
   ModelOptions o = tiny_mamba2();
-  o.config.mamba2.headdim = 5;  // d_inner 16 is not a multiple of 5
+  o.config.mamba2.head_dim = 5;  // d_inner 16 is not a multiple of 5
   EXPECT_THROW(LanguageModel(o, 1), std::invalid_argument);
   o = tiny_mamba2();
   o.config.mamba2.ngroups = 3;  // 4 heads

@@ -49,7 +49,7 @@ inline std::vector<std::string> tiny_overrides(const std::string& recipe, const 
                                 "eval.perplexity_tokens=512", "logging.every=5", "training.precision=fp32"};
   if (recipe == "mamba1" || recipe == "mamba2") o.push_back("model.n_layers=2");
   if (recipe == "mamba2") {
-    o.push_back("model.mamba2.headdim=16");
+    o.push_back("model.mamba2.head_dim=16");
     o.push_back("model.mamba2.chunk_size=16");
     o.push_back("model.mamba2.d_state=16");
   }
