@@ -12,7 +12,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <initializer_list>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cuda/activations.cuh"
@@ -368,8 +370,8 @@ struct RawTile {
 // with aligned rows a chunk lies wholly before or wholly past the end).
 template <typename T>
 __device__ __forceinline__ void copy_tile_async(const Dims& s, const ScanArgs<T, float>& a, int64_t row0, const T* Bg,
-                                                const T* Cg, int64_t t0, int64_t end, bool with_z, int lane,
-                                                RawTile<T>& r) {
+                                                const T* Cg, int64_t t0, int64_t end, bool with_z, bool with_c,
+                                                int lane, RawTile<T>& r) {
   constexpr int E = 16 / sizeof(T);     // elements per chunk
   constexpr int kChunks = kTile / E;    // chunks per row
 #pragma unroll
@@ -389,7 +391,7 @@ __device__ __forceinline__ void copy_tile_async(const Dims& s, const ScanArgs<T,
     const bool valid = t < end;
     const int64_t at = state * s.seqlen + (valid ? t : 0);
     mma::cp_async_16_unordered(&r.B[state][k * E], Bg + at, valid);
-    mma::cp_async_16_unordered(&r.C[state][k * E], Cg + at, valid);
+    if (with_c) mma::cp_async_16_unordered(&r.C[state][k * E], Cg + at, valid);
   }
   mma::cp_async_commit();
 }
@@ -440,7 +442,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
   bool any_reset = false;
 
   bool next_reset = starts_document(s, a, b, begin, end, lane);
-  if constexpr (kAsync) copy_tile_async(s, a, row0, Bg, Cg, begin, end, with_z, lane, raw[0]);
+  if constexpr (kAsync) copy_tile_async(s, a, row0, Bg, Cg, begin, end, with_z, kOutput, lane, raw[0]);
 
   for (int64_t t0 = begin, tile = 0; t0 < end; t0 += kTile, ++tile) {
     if (save_states && t0 % s.chunk_len == 0) {
@@ -455,7 +457,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
     BcTile bc;
     bc.reset = next_reset;
     if constexpr (kAsync) {
-      if (has_next) copy_tile_async(s, a, row0, Bg, Cg, t0 + kTile, end, with_z, lane, raw[(tile + 1) % 2]);
+      if (has_next) copy_tile_async(s, a, row0, Bg, Cg, t0 + kTile, end, with_z, kOutput, lane, raw[(tile + 1) % 2]);
       if (has_next)
         mma::cp_async_wait<1>();  // this tile's copies are done, the next tile's may not be
       else
@@ -1138,6 +1140,21 @@ bool fills_gpu(const Dims& s) { return s.batch * (s.dim / kWarpChannels) >= 8 * 
 constexpr int64_t kSegmentWarpsPerSm = 32;  // warps of all segments together, per multiprocessor
 constexpr int64_t kMinSegmentTiles = 4;
 
+// kSegmentWarpsPerSm, or SSMTRAIN_SCAN_SEGMENT_WARPS (a positive integer) for tuning runs of
+// the benchmark; read once per process. Results depend on it only through the segmentation.
+int64_t segment_warps_per_sm() {
+  static const int64_t value = [] {
+    const char* v = std::getenv("SSMTRAIN_SCAN_SEGMENT_WARPS");
+    if (!v || !*v) return kSegmentWarpsPerSm;
+    char* end = nullptr;
+    const long parsed = std::strtol(v, &end, 10);
+    if (*end != '\0' || parsed < 1 || parsed > 4096)
+      throw KernelError(std::string("SSMTRAIN_SCAN_SEGMENT_WARPS: expected an integer in 1..4096, got '") + v + "'");
+    return static_cast<int64_t>(parsed);
+  }();
+  return value;
+}
+
 // Segment length of the sequential path in tokens (whole tiles): the whole sequence when the
 // channels fill the GPU, else short enough that b * d / 8 * segments reach
 // kSegmentWarpsPerSm warps per multiprocessor (about 2.7 waves of the backward's 3 blocks per
@@ -1147,7 +1164,7 @@ int64_t sequential_segment_len(const Dims& s) {
   const int64_t tiles = (s.seqlen + kTile - 1) / kTile;
   if (fills_gpu(s) || tiles <= kMinSegmentTiles) return std::max<int64_t>(tiles, 1) * kTile;
   const int64_t warps = s.batch * (s.dim / kWarpChannels);
-  const int64_t want = (kSegmentWarpsPerSm * sm_count() + warps - 1) / warps;
+  const int64_t want = (segment_warps_per_sm() * sm_count() + warps - 1) / warps;
   const int64_t per_seg = std::max<int64_t>((tiles + want - 1) / want, kMinSegmentTiles);
   return per_seg * kTile;
 }
