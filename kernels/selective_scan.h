@@ -71,7 +71,7 @@ namespace cuda {
 // dtype (f32 or bf16) is the type of u, delta, z, B, C, out and their gradients; A, D,
 // delta_bias and the states are f32. The forward can save the state at the start of every
 // chunk of the sequence, chunk_states (b, d, selective_scan_num_chunks(s), n), which the
-// backward needs; the chunk length depends on the shape and the GPU (32 tokens on the
+// backward needs; the chunk length depends on the shape alone (32 tokens on the
 // sequential path, n = 16 in groups of 32 channels, else 128 x tokens per thread).
 // n <= 64. The backward recomputes states chunk by chunk, never holding (b, d, l, n), and
 // reduces dA, dB, dC, dD, ddelta_bias in a fixed order (no atomics).
