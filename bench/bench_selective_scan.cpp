@@ -61,5 +61,7 @@ int main(int argc, char** argv) {
                            [](Report& report, Timer& timer) {
                              bench_selective_scan(report, timer, 8, 1536, 2048, 16);
                              bench_selective_scan(report, timer, 2, 1536, 8192, 16);
+                             // Long context at batch 1: the same tokens per call as b=8 l=2048 at 2x.
+                             bench_selective_scan(report, timer, 1, 1536, 32768, 16);
                            });
 }

@@ -71,11 +71,25 @@ namespace cuda {
 // dtype (f32 or bf16) is the type of u, delta, z, B, C, out and their gradients; A, D,
 // delta_bias and the states are f32. The forward can save the state at the start of every
 // chunk of the sequence, chunk_states (b, d, selective_scan_num_chunks(s), n), which the
-// backward needs; the chunk length depends on the shape and the GPU (32 tokens on the
-// one-pass path for n = 16, else 128 x tokens per thread).
+// backward needs; the chunk length depends on the shape alone (32 tokens on the
+// sequential path, n = 16 in groups of 32 channels, else 128 x tokens per thread).
 // n <= 64. The backward recomputes states chunk by chunk, never holding (b, d, l, n), and
 // reduces dA, dB, dC, dD, ddelta_bias in a fixed order (no atomics).
 int64_t selective_scan_num_chunks(const ScanShape& s);
+// How forward and backward run a shape on the current GPU (for tests and benchmarks):
+// block_scan (n != 16 or channels not in groups of 32: per-state block scans over chunks of
+// 128 x tokens per thread), sequential (n = 16: lanes own 4 states of a channel and walk the
+// sequence in tiles of 32 tokens, one pass when b * d / 8 warps fill the GPU), or
+// sequential_segmented (the same over `segments` segments of `segment_len` tokens run in
+// parallel, with passes over the segments for the carried state and state gradient).
+enum class ScanPath { block_scan, sequential, sequential_segmented };
+struct ScanPlan {
+  ScanPath path = ScanPath::block_scan;
+  int64_t segments = 1;
+  int64_t segment_len = 0;  // tokens; the sequence length when there is one segment
+  int64_t chunk_len = 0;    // tokens between the states the forward saves
+};
+ScanPlan selective_scan_plan(const ScanShape& s);
 void selective_scan_forward(const ScanShape& s, DType dtype, const ScanArgs<void, float>& a, void* out,
                             float* final_state, float* chunk_states, cudaStream_t stream);
 void selective_scan_backward(const ScanShape& s, DType dtype, const ScanArgs<void, float>& a,

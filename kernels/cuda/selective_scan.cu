@@ -12,7 +12,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <initializer_list>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cuda/activations.cuh"
@@ -368,8 +370,8 @@ struct RawTile {
 // with aligned rows a chunk lies wholly before or wholly past the end).
 template <typename T>
 __device__ __forceinline__ void copy_tile_async(const Dims& s, const ScanArgs<T, float>& a, int64_t row0, const T* Bg,
-                                                const T* Cg, int64_t t0, int64_t end, bool with_z, int lane,
-                                                RawTile<T>& r) {
+                                                const T* Cg, int64_t t0, int64_t end, bool with_z, bool with_c,
+                                                int lane, RawTile<T>& r) {
   constexpr int E = 16 / sizeof(T);     // elements per chunk
   constexpr int kChunks = kTile / E;    // chunks per row
 #pragma unroll
@@ -389,7 +391,7 @@ __device__ __forceinline__ void copy_tile_async(const Dims& s, const ScanArgs<T,
     const bool valid = t < end;
     const int64_t at = state * s.seq_len + (valid ? t : 0);
     mma::cp_async_16_unordered(&r.B[state][k * E], Bg + at, valid);
-    mma::cp_async_16_unordered(&r.C[state][k * E], Cg + at, valid);
+    if (with_c) mma::cp_async_16_unordered(&r.C[state][k * E], Cg + at, valid);
   }
   mma::cp_async_commit();
 }
@@ -440,7 +442,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
   bool any_reset = false;
 
   bool next_reset = starts_document(s, a, b, begin, end, lane);
-  if constexpr (kAsync) copy_tile_async(s, a, row0, Bg, Cg, begin, end, with_z, lane, raw[0]);
+  if constexpr (kAsync) copy_tile_async(s, a, row0, Bg, Cg, begin, end, with_z, kOutput, lane, raw[0]);
 
   for (int64_t t0 = begin, tile = 0; t0 < end; t0 += kTile, ++tile) {
     if (save_states && t0 % s.chunk_len == 0) {
@@ -455,7 +457,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_segments_kernel(Dims s, i
     BcTile bc;
     bc.reset = next_reset;
     if constexpr (kAsync) {
-      if (has_next) copy_tile_async(s, a, row0, Bg, Cg, t0 + kTile, end, with_z, lane, raw[(tile + 1) % 2]);
+      if (has_next) copy_tile_async(s, a, row0, Bg, Cg, t0 + kTile, end, with_z, kOutput, lane, raw[(tile + 1) % 2]);
       if (has_next)
         mma::cp_async_wait<1>();  // this tile's copies are done, the next tile's may not be
       else
@@ -589,10 +591,16 @@ struct SeqBackwardSmem {
   bool reset[kSegWarps][kTile];
 };
 
+// Segmented (gridDim.y > 1 segments of seg_len tokens, whole tiles): each block walks only its
+// segment's tiles, starting from the state gradient `carry` (b, d, segments, n) entering the
+// segment from the right (see scan_backward_local_kernel and pass_carries_kernel); dA, dD and
+// ddelta_bias are left per (batch, segment) and summed in that order by the caller.
 template <typename T>
-__global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Dims s, ScanArgs<T, float> a,
+__global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Dims s, int64_t seg_len,
+                                                                           ScanArgs<T, float> a,
                                                                            ScanGrads<T, float> gr,
                                                                            const float* chunk_states,
+                                                                           const float* carry,
                                                                            BackwardScratch scratch) {
   constexpr int S = 4;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -602,24 +610,30 @@ __global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Di
   const int64_t blocks_per_batch = s.dim / 32;
   const int64_t d0 = int64_t(blockIdx.x) * 32 + w * 8;  // the warp's first channel
   const int64_t d = d0 + ch, b = blockIdx.z;
+  const int64_t seg = blockIdx.y, nsegs = gridDim.y;
   const int64_t g = d0 / s.per_group;
   const T* Bg = a.B + (b * s.ngroups + g) * 16 * s.seq_len;
   const T* Cg = a.C + (b * s.ngroups + g) * 16 * s.seq_len;
   const int64_t row = (b * s.dim + d0 + ch) * s.seq_len;
   const float bias = a.delta_bias ? a.delta_bias[d] : 0.0f;
   const float Dd = a.D ? a.D[d] : 0.0f;
+  const int64_t first_tile = seg * (seg_len / kTile);
+  const int64_t last_tile = std::min<int64_t>(s.nchunks, (seg + 1) * (seg_len / kTile)) - 1;
 
   float A[S], A2[S], p[S], dA[S];
 #pragma unroll
   for (int j = 0; j < S; ++j) {
     A[j] = a.A[d * 16 + q * S + j];
     A2[j] = A[j] * kLog2e;
-    p[j] = gr.dfinal_state ? gr.dfinal_state[(b * s.dim + d) * 16 + q * S + j] : 0.0f;
+    if (carry)
+      p[j] = carry[((b * s.dim + d) * nsegs + seg) * 16 + q * S + j];
+    else
+      p[j] = gr.dfinal_state ? gr.dfinal_state[(b * s.dim + d) * 16 + q * S + j] : 0.0f;
     dA[j] = 0.0f;
   }
   float dD_sum = 0.0f, dbias_sum = 0.0f;
 
-  for (int64_t tile = s.nchunks - 1; tile >= 0; --tile) {
+  for (int64_t tile = last_tile; tile >= first_tile; --tile) {
     const int64_t t0 = tile * kTile;
     const int64_t end = s.seq_len;
     // Stage the tile (as the forward does), with dy = dout * silu(z). What the tile's outputs
@@ -779,10 +793,11 @@ __global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Di
     }
     __syncwarp();  // the next tile overwrites the staging buffers
   }
+  const int64_t bsd = (b * nsegs + seg) * s.dim + d;  // this channel's (batch, segment) partial
 #pragma unroll
   for (int j = 0; j < S; ++j) {
-    scratch.dA_partial[(b * s.dim + d) * 16 + q * S + j] = dA[j];
-    if (gr.dinitial_state) gr.dinitial_state[(b * s.dim + d) * 16 + q * S + j] = p[j];
+    scratch.dA_partial[bsd * 16 + q * S + j] = dA[j];
+    if (gr.dinitial_state && seg == 0) gr.dinitial_state[(b * s.dim + d) * 16 + q * S + j] = p[j];
   }
 #pragma unroll
   for (int mask = 1; mask < 4; mask *= 2) {
@@ -790,8 +805,110 @@ __global__ void __launch_bounds__(32 * kSegWarps, 3) scan_backward_seq_kernel(Di
     dbias_sum += __shfl_xor_sync(0xffffffffu, dbias_sum, mask);
   }
   if (q == 0) {
-    scratch.dD_partial[b * s.dim + d] = dD_sum;
-    scratch.dbias_partial[b * s.dim + d] = dbias_sum;
+    scratch.dD_partial[bsd] = dD_sum;
+    scratch.dbias_partial[bsd] = dbias_sum;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Segmented sequential backward, for shapes whose b * d / 8 warps do not fill the GPU: the
+// sequence is cut into segments of whole tiles and the reverse recurrence
+// p_t = a_t (dy_t C_t + p_{t+1}) is linear in the gradient entering a segment from the right,
+// p_begin = local + decay * p_end, so:
+//   1. scan_backward_local_kernel: every segment in reverse from p_end = 0, giving `local`,
+//      and its decay exp(A sum dt) (0 when a document starts inside it);
+//   2. pass_carries_kernel: the true p_end of every segment, last segment first;
+//   3. scan_backward_seq_kernel per segment from that carry and the forward's saved states.
+// Step 1 stages a warp's tile like the main kernel (dt and dy = dout silu(z) per channel, C
+// transposed) and costs one exponential per (token, state).
+struct LocalBackwardSmem {
+  float dt[kSegWarps][8][kTile + 1], dy[kSegWarps][8][kTile + 1];
+  alignas(16) float C[kSegWarps][kTile][16];
+  bool reset[kSegWarps][kTile];
+};
+
+template <typename T>
+__global__ void __launch_bounds__(32 * kSegWarps) scan_backward_local_kernel(Dims s, int64_t seg_len,
+                                                                            ScanArgs<T, float> a,
+                                                                            ScanGrads<T, float> gr,
+                                                                            SegmentScratch out) {
+  __shared__ LocalBackwardSmem sh;
+  constexpr int S = 4;
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int ch = lane / 4, q = lane % 4;
+  const int64_t d0 = int64_t(blockIdx.x) * 32 + w * 8;
+  const int64_t d = d0 + ch, b = blockIdx.z;
+  const int64_t seg = blockIdx.y, nsegs = gridDim.y;
+  const int64_t g = d0 / s.per_group;
+  const T* Cg = a.C + (b * s.ngroups + g) * 16 * s.seqlen;
+  const int64_t row = (b * s.dim + d) * s.seqlen;
+  const float bias = a.delta_bias ? a.delta_bias[d] : 0.0f;
+  const int64_t first_tile = seg * (seg_len / kTile);
+  const int64_t last_tile = std::min<int64_t>(s.nchunks, (seg + 1) * (seg_len / kTile)) - 1;
+  float A2[S], p[S];
+#pragma unroll
+  for (int j = 0; j < S; ++j) {
+    A2[j] = a.A[d * 16 + q * S + j] * kLog2e;
+    p[j] = 0.0f;
+  }
+  float dt_sum = 0.0f;
+  bool any_reset = false;
+  for (int64_t tile = last_tile; tile >= first_tile; --tile) {
+    const int64_t t0 = tile * kTile, end = s.seqlen;
+    {
+      const int64_t tt = t0 + q * 8;
+      float deltav[8], doutv[8], zv[8];
+      load_items<8>(a.delta + row, tt, end, s.aligned, deltav);
+      load_items<8>(gr.dout + row, tt, end, s.aligned, doutv);
+      if (a.z) load_items<8>(a.z + row, tt, end, s.aligned, zv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        float v = deltav[i] + bias;
+        if (s.softplus) v = softplus<Math::fast>(v);
+        const bool inside = tt + i < end;
+        sh.dt[w][ch][q * 8 + i] = inside ? v : 0.0f;
+        sh.dy[w][ch][q * 8 + i] = a.z ? doutv[i] * zv[i] * sigmoid<Math::fast>(zv[i]) : doutv[i];
+      }
+      float Cv[16];
+      load_items<16>(Cg + (lane / 2) * s.seqlen, t0 + (lane % 2) * 16, end, s.aligned, Cv);
+#pragma unroll
+      for (int i = 0; i < 16; ++i) sh.C[w][(lane % 2) * 16 + i][lane / 2] = Cv[i];
+      sh.reset[w][lane] = starts_document(s, a, b, t0, end, lane);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = kTile - 1; i >= 0; --i) {
+      const float dt = sh.dt[w][ch][i], dy = sh.dy[w][ch][i];
+      const bool reset = sh.reset[w][i];
+      const float4 Cv = *reinterpret_cast<const float4*>(&sh.C[w][i][q * S]);
+      const float Cs[S] = {Cv.x, Cv.y, Cv.z, Cv.w};
+#pragma unroll
+      for (int j = 0; j < S; ++j) p[j] = (reset ? 0.0f : exp2_ftz(dt * A2[j])) * fmaf(dy, Cs[j], p[j]);
+      dt_sum += dt;
+      any_reset |= reset;
+    }
+    __syncwarp();  // the next tile overwrites the staging buffers
+  }
+#pragma unroll
+  for (int j = 0; j < S; ++j) {
+    const int64_t at = ((b * s.dim + d) * nsegs + seg) * 16 + q * S + j;
+    out.local_state[at] = p[j];
+    out.decay[at] = any_reset ? 0.0f : exp2_ftz(dt_sum * A2[j]);
+  }
+}
+
+// One thread per (b, d, state): the state gradient entering each segment from the right, last
+// segment first (the final state's gradient enters the last).
+__global__ void pass_carries_kernel(Dims s, int64_t nsegs, const float* dfinal_state, SegmentScratch local,
+                                    float* carry) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= s.batch * s.dim * s.dstate) return;
+  const int64_t bd = i / s.dstate, k = i % s.dstate;
+  float p = dfinal_state ? dfinal_state[i] : 0.0f;
+  for (int64_t seg = nsegs - 1; seg >= 0; --seg) {
+    const int64_t at = (bd * nsegs + seg) * s.dstate + k;
+    carry[at] = p;
+    p = fmaf(local.decay[at], p, local.local_state[at]);
   }
 }
 
@@ -1012,12 +1129,47 @@ int sm_count() {
   return count;
 }
 
-// The one-pass path (n = 16, whole blocks of 32 channels per group, and b * d / 8 warps
-// enough to fill the GPU): a sequential forward over the whole sequence that saves the
-// state every kTile tokens, and the sequential backward.
-bool one_pass(const Dims& s) {
-  return s.d_state == 16 && s.dim % 32 == 0 && s.per_group % 32 == 0 && s.batch * (s.dim / 8) >= 8 * sm_count();
+// The sequential path (n = 16, whole blocks of 32 channels per group): a sequential forward
+// that saves the state every kTile tokens, and the sequential backward. One pass over the
+// whole sequence when b * d / 8 warps fill the GPU (8 per multiprocessor); else both run over
+// segments (segmented_forward, the segmented backward above).
+bool sequential_path(const Dims& s) { return s.dstate == 16 && s.dim % 32 == 0 && s.per_group % 32 == 0; }
+
+bool fills_gpu(const Dims& s) { return s.batch * (s.dim / kWarpChannels) >= 8 * sm_count(); }
+
+constexpr int64_t kSegmentWarpsPerSm = 32;  // warps of all segments together, per multiprocessor
+constexpr int64_t kMinSegmentTiles = 4;
+
+// kSegmentWarpsPerSm, or SSMTRAIN_SCAN_SEGMENT_WARPS (a positive integer) for tuning runs of
+// the benchmark; read once per process. Results depend on it only through the segmentation.
+int64_t segment_warps_per_sm() {
+  static const int64_t value = [] {
+    const char* v = std::getenv("SSMTRAIN_SCAN_SEGMENT_WARPS");
+    if (!v || !*v) return kSegmentWarpsPerSm;
+    char* end = nullptr;
+    const long parsed = std::strtol(v, &end, 10);
+    if (*end != '\0' || parsed < 1 || parsed > 4096)
+      throw KernelError(std::string("SSMTRAIN_SCAN_SEGMENT_WARPS: expected an integer in 1..4096, got '") + v + "'");
+    return static_cast<int64_t>(parsed);
+  }();
+  return value;
 }
+
+// Segment length of the sequential path in tokens (whole tiles): the whole sequence when the
+// channels fill the GPU, else short enough that b * d / 8 * segments reach
+// kSegmentWarpsPerSm warps per multiprocessor (about 2.7 waves of the backward's 3 blocks per
+// multiprocessor), but at least kMinSegmentTiles tiles. The passes over segments cost one
+// loop step per segment, the local passes the same work at every length.
+int64_t sequential_segment_len(const Dims& s) {
+  const int64_t tiles = (s.seqlen + kTile - 1) / kTile;
+  if (fills_gpu(s) || tiles <= kMinSegmentTiles) return std::max<int64_t>(tiles, 1) * kTile;
+  const int64_t warps = s.batch * (s.dim / kWarpChannels);
+  const int64_t want = (segment_warps_per_sm() * sm_count() + warps - 1) / warps;
+  const int64_t per_seg = std::max<int64_t>((tiles + want - 1) / want, kMinSegmentTiles);
+  return per_seg * kTile;
+}
+
+int64_t segments_of(const Dims& s, int64_t seg_len) { return std::max<int64_t>((s.seqlen + seg_len - 1) / seg_len, 1); }
 
 Dims make_dims(const ScanShape& s) {
   if (s.batch < 0 || s.dim < 1 || s.seq_len < 0 || s.d_state < 1 || s.d_state > 64 || s.ngroups < 1 ||
@@ -1025,9 +1177,9 @@ Dims make_dims(const ScanShape& s) {
     throw KernelError("cuda::selective_scan: unsupported shape (d " + std::to_string(s.dim) + ", n " +
                       std::to_string(s.d_state) + ", g " + std::to_string(s.ngroups) +
                       "); needs 1 <= n <= 64 and g dividing d");
-  Dims d{s.batch, s.dim, s.seq_len, s.d_state, s.ngroups, s.dim / s.ngroups, 0, 0, s.delta_softplus, false};
-  d.chunk_len = one_pass(d) ? kTile : kThreads * items_for(s.d_state);
-  d.nchunks = (s.seq_len + d.chunk_len - 1) / d.chunk_len;
+  Dims d{s.batch, s.dim, s.seqlen, s.dstate, s.ngroups, s.dim / s.ngroups, 0, 0, s.delta_softplus, false};
+  d.chunk_len = sequential_path(d) ? kTile : kThreads * items_for(s.dstate);
+  d.nchunks = (s.seqlen + d.chunk_len - 1) / d.chunk_len;
   return d;
 }
 
@@ -1095,8 +1247,11 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
   // cp.async copies 16-byte chunks of every row: rows and pointers on 16-byte boundaries.
   s.aligned = rows_aligned(s, 16 / (dtype == DType::bf16 ? 2 : 4), dtype == DType::bf16 ? 2 : 4,
                            {a.u, a.delta, a.B, a.C, a.z, out});
-  const int64_t seg_len = s.chunk_len;  // segments are the backward's chunks
-  if (s.batch * (s.dim / kCh) >= 8 * sm_count()) {
+  // On the sequential path the segments are independent of the backward's chunks (kTile
+  // tokens, saved by the output pass); else they are those chunks (their entering states).
+  const bool sequential = sequential_path(s);
+  const int64_t seg_len = sequential ? sequential_segment_len(s) : s.chunk_len;
+  if (fills_gpu(s) || segments_of(s, seg_len) == 1) {
     // Enough channels to fill the GPU in one sequential pass: no segments, no second pass.
     const dim3 grid(static_cast<unsigned>((s.dim + kCh * kSegWarps - 1) / (kCh * kSegWarps)), 1u,
                     static_cast<unsigned>(s.batch));
@@ -1107,12 +1262,14 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
     });
     return;
   }
-  const int64_t nsegs = s.nchunks;
-  const int64_t states = s.batch * s.dim * nsegs * s.d_state;
+  const int64_t nsegs = segments_of(s, seg_len);
+  const int64_t states = s.batch * s.dim * nsegs * s.dstate;
+  const bool enter_in_chunks = chunk_states && !sequential;
+  float* save = sequential ? chunk_states : nullptr;
   float* pool = nullptr;
-  SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&pool), sizeof(float) * states * (chunk_states ? 2 : 3), stream));
+  SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&pool), sizeof(float) * states * (enter_in_chunks ? 2 : 3), stream));
   SegmentScratch scratch{pool, pool + states};
-  float* entering = chunk_states ? chunk_states : pool + 2 * states;
+  float* entering = enter_in_chunks ? chunk_states : pool + 2 * states;
   const dim3 grid(static_cast<unsigned>((s.dim + kCh * kSegWarps - 1) / (kCh * kSegWarps)), static_cast<unsigned>(nsegs),
                   static_cast<unsigned>(s.batch));
   cuda_detail::dispatch_f32_bf16(dtype, "selective_scan_forward", [&](auto tag) {
@@ -1122,7 +1279,7 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
     pass_states_kernel<<<cuda_detail::grid_for(s.batch * s.dim * s.d_state, 128), 128, 0, stream>>>(
         s, nsegs, a.initial_state, scratch, entering, final_state);
     SSM_CUDA_CHECK_LAUNCH();
-    launch_segments<true, T>(s, grid, seg_len, args, scratch, entering, static_cast<T*>(out), nullptr, nullptr, stream);
+    launch_segments<true, T>(s, grid, seg_len, args, scratch, entering, static_cast<T*>(out), save, nullptr, stream);
   });
   SSM_CUDA_CHECK(cudaFreeAsync(pool, stream));
 }
@@ -1132,6 +1289,19 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
 namespace cuda {
 
 int64_t selective_scan_num_chunks(const ScanShape& s) { return make_dims(s).nchunks; }
+
+ScanPlan selective_scan_plan(const ScanShape& shape) {
+  const Dims s = make_dims(shape);
+  ScanPlan plan;
+  plan.chunk_len = s.chunk_len;
+  plan.segment_len = s.seqlen;
+  if (!sequential_path(s) || s.seqlen == 0) return plan;
+  plan.segment_len = sequential_segment_len(s);
+  plan.segments = segments_of(s, plan.segment_len);
+  plan.path = plan.segments > 1 ? ScanPath::sequential_segmented : ScanPath::sequential;
+  if (plan.segments == 1) plan.segment_len = s.seqlen;
+  return plan;
+}
 
 void selective_scan_forward(const ScanShape& shape, DType dtype, const ScanArgs<void, float>& a, void* out,
                             float* final_state, float* chunk_states, cudaStream_t stream) {
@@ -1183,29 +1353,45 @@ void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs
     }
     return;
   }
-  const bool sequential = s.chunk_len == kTile;  // the one-pass path (see one_pass)
+  const bool sequential = sequential_path(s);
   if (sequential) s.aligned = rows_aligned(s, 8, elem, {a.u, a.delta, a.B, a.C, a.z, g.dout, g.du, g.ddelta, g.dz});
+  const int64_t seg_len = sequential ? sequential_segment_len(s) : s.seqlen;
+  const int64_t nsegs = sequential ? segments_of(s, seg_len) : 1;
   const int R = sequential ? 32 : channels_per_block(s.per_group);
   const int64_t blocks_per_batch = s.dim / R;
-  const int64_t partial_elems = s.batch * blocks_per_batch * s.d_state * s.seq_len;
+  const int64_t partial_elems = s.batch * blocks_per_batch * s.dstate * s.seqlen;
+  const int64_t seg_states = nsegs > 1 ? s.batch * s.dim * nsegs * s.dstate : 0;  // local, decay, carry
   BackwardScratch scratch{};
   char* pool = nullptr;
-  const size_t pool_bytes = sizeof(float) * (2 * partial_elems + s.batch * s.dim * (s.d_state + 2));
+  const size_t pool_bytes =
+      sizeof(float) * (2 * partial_elems + s.batch * nsegs * s.dim * (s.dstate + 2) + 3 * seg_states);
   SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&pool), pool_bytes, stream));
   scratch.dB_partial = reinterpret_cast<float*>(pool);
   scratch.dC_partial = scratch.dB_partial + partial_elems;
-  scratch.dA_partial = scratch.dC_partial + partial_elems;
-  scratch.dD_partial = scratch.dA_partial + s.batch * s.dim * s.d_state;
-  scratch.dbias_partial = scratch.dD_partial + s.batch * s.dim;
+  scratch.dA_partial = scratch.dC_partial + partial_elems;  // (b, segments, d, n)
+  scratch.dD_partial = scratch.dA_partial + s.batch * nsegs * s.dim * s.dstate;
+  scratch.dbias_partial = scratch.dD_partial + s.batch * nsegs * s.dim;
+  SegmentScratch local{scratch.dbias_partial + s.batch * nsegs * s.dim, nullptr};
+  local.decay = local.local_state + seg_states;
+  float* carry = nsegs > 1 ? local.decay + seg_states : nullptr;
 
   cuda_detail::dispatch_f32_bf16(dtype, "selective_scan_backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (sequential) {
+      const dim3 grid(static_cast<unsigned>(blocks_per_batch), static_cast<unsigned>(nsegs),
+                      static_cast<unsigned>(s.batch));
+      if (nsegs > 1) {
+        scan_backward_local_kernel<T><<<grid, 32 * kSegWarps, 0, stream>>>(s, seg_len, typed<T>(a), typed<T>(g), local);
+        SSM_CUDA_CHECK_LAUNCH();
+        pass_carries_kernel<<<cuda_detail::grid_for(s.batch * s.dim * s.dstate, 128), 128, 0, stream>>>(
+            s, nsegs, g.dfinal_state, local, carry);
+        SSM_CUDA_CHECK_LAUNCH();
+      }
       const size_t smem = sizeof(SeqBackwardSmem);
       auto kernel = scan_backward_seq_kernel<T>;
       SSM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-      const dim3 grid(static_cast<unsigned>(blocks_per_batch), 1u, static_cast<unsigned>(s.batch));
-      kernel<<<grid, 32 * kSegWarps, smem, stream>>>(s, typed<T>(a), typed<T>(g), chunk_states, scratch);
+      kernel<<<grid, 32 * kSegWarps, smem, stream>>>(s, seg_len, typed<T>(a), typed<T>(g), chunk_states, carry,
+                                                     scratch);
       SSM_CUDA_CHECK_LAUNCH();
     }
     dispatch_items(s.d_state, [&](auto items) {
@@ -1231,7 +1417,7 @@ void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs
   });
   // dA, dD, ddelta_bias: sum over the batch in order.
   auto sum_batch = [&](const float* partial, int64_t inner, float* out) {
-    cuda_detail::sum_partials_by_thread(partial, 1, s.batch, inner, out, stream);
+    cuda_detail::sum_partials_by_thread(partial, 1, s.batch * nsegs, inner, out, stream);
   };
   sum_batch(scratch.dA_partial, s.dim * s.d_state, g.dA);
   if (g.dD) sum_batch(scratch.dD_partial, s.dim, g.dD);

@@ -3,6 +3,7 @@
 // 1..64, groups, every optional input, document boundaries, f32 and bf16; bitwise repeats;
 // and the decode step token by token against the parallel scan.
 #include <algorithm>
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include "autograd/node.h"
@@ -105,9 +106,22 @@ Result run(const Case& c, const Inputs& in, Device device, DType dtype) {
 
 const char* kNames[] = {"out", "final_state", "du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "dinitial"};
 
-void check_case(const Case& c) {
+kernels::ScanShape shape_of(const Case& c) { return {c.b, c.d, c.l, c.n, c.g, true}; }
+
+// Documents that start at the given tokens of every sequence (and at 0).
+Tensor docs_starting_at(const Case& c, std::vector<int64_t> starts) {
+  std::sort(starts.begin(), starts.end());
+  std::vector<int64_t> doc;
+  for (int64_t b = 0; b < c.b; ++b)
+    for (int64_t t = 0; t < c.l; ++t)
+      doc.push_back(b * 1000 + (std::upper_bound(starts.begin(), starts.end(), t) - starts.begin()));
+  return Tensor::from_vector(doc, {c.b, c.l}, DType::i32);
+}
+
+void check_case(const Case& c, const Tensor& doc = {}) {
   SCOPED_TRACE(c.str());
-  const Inputs in = make_inputs(c, 17 + c.l + 31 * c.n);
+  Inputs in = make_inputs(c, 17 + c.l + 31 * c.n);
+  if (doc.defined()) in.doc = doc;
   const Result ref = run(c, in, Device::cpu(), DType::f32);
   const Result got = run(c, in, kGpu, c.dtype);
   ASSERT_EQ(ref.values.size(), got.values.size());
@@ -139,13 +153,43 @@ TEST_P(SelectiveScanGpu, OptionalInputsGroupsAndDocuments) {
   check_case({4, 2176, 328, 16, 1, true, true, GetParam()});
 }
 
+// Few channels and long sequences (b * d / 8 warps short of filling the GPU): forward and
+// backward over segments run in parallel. Documents start inside segments, exactly at
+// segment starts, one token after them and at the last token; the initial state and every
+// optional input are on in most cases.
+TEST_P(SelectiveScanGpu, SegmentedPathMatchesCpu) {
+  struct Long {
+    Case c;
+    bool boundary_docs;
+  };
+  const DType dt = GetParam();
+  for (const Long& x : {Long{{1, 64, 4096, 16, 1, true, false, dt}, true},
+                        Long{{2, 32, 8192, 16, 1, false, false, dt}, true},
+                        Long{{1, 64, 5000, 16, 2, true, true, dt}, false},   // last tile partly past l
+                        Long{{1, 1536, 8192, 16, 1, true, false, dt}, true},  // longer segments
+                        Long{{1, 64, 32768, 16, 1, true, false, dt}, true}}) {
+    const kernels::cuda::ScanPlan plan = kernels::cuda::selective_scan_plan(shape_of(x.c));
+    ASSERT_EQ(plan.path, kernels::cuda::ScanPath::sequential_segmented) << x.c.str();
+    ASSERT_GT(plan.segments, 2) << x.c.str();
+    ASSERT_EQ(plan.segment_len % plan.chunk_len, 0) << x.c.str();
+    Tensor doc;
+    if (x.boundary_docs) {
+      const int64_t L = plan.segment_len;
+      doc = docs_starting_at(x.c, {L / 2 + 3, L, 2 * L + 1, 3 * L - 5, x.c.l - 1});
+    }
+    check_case(x.c, doc);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, SelectiveScanGpu, ::testing::Values(DType::f32, DType::bf16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
 TEST(SelectiveScanGpuMisc, RepeatedRunsAreBitwiseIdentical) {
   SSM_REQUIRE_GPU();
-  // The block-scan path, and the one-pass path (b * d / 8 warps fill the GPU).
-  for (const Case& c : {Case{4, 64, 3000, 16, 1, true, true, DType::bf16},
+  // The block-scan path (channels not in groups of 32), the segmented path (few channels)
+  // and the one-pass path (b * d / 8 warps fill the GPU).
+  for (const Case& c : {Case{4, 48, 3000, 16, 1, true, true, DType::bf16},
+                        Case{1, 64, 9000, 16, 1, true, true, DType::bf16},
                         Case{4, 2176, 700, 16, 1, true, true, DType::bf16}}) {
     const Inputs in = make_inputs(c, 5);
     const Result first = run(c, in, kGpu, c.dtype);
@@ -153,6 +197,34 @@ TEST(SelectiveScanGpuMisc, RepeatedRunsAreBitwiseIdentical) {
     for (size_t i = 0; i < first.values.size(); ++i)
       EXPECT_EQ(first.values[i], second.values[i]) << c.str() << " " << kNames[i];
   }
+}
+
+TEST(SelectiveScanGpuMisc, PlanSegmentsOnlyWhatDoesNotFillTheGpu) {
+  SSM_REQUIRE_GPU();
+  using kernels::cuda::ScanPath;
+  using kernels::cuda::selective_scan_plan;
+  int sms = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+  // Enough channels for one pass: b * d / 8 >= 8 warps per multiprocessor.
+  const int64_t many = 8 * sms * 8;  // d at b = 1
+  const auto one = selective_scan_plan({1, many, 4096, 16, 1, true});
+  EXPECT_EQ(one.path, ScanPath::sequential);
+  EXPECT_EQ(one.segments, 1);
+  EXPECT_EQ(one.chunk_len, 32);
+  // Half of that: segments until the warps of all segments reach 32 per multiprocessor.
+  for (int64_t l : {8192, 32768}) {
+    const auto seg = selective_scan_plan({1, many / 2, l, 16, 1, true});
+    EXPECT_EQ(seg.path, ScanPath::sequential_segmented) << l;
+    EXPECT_GE(seg.segments * (many / 2 / 8), 32 * sms) << l;
+    EXPECT_EQ(seg.segment_len % 32, 0);
+    EXPECT_GE(seg.segment_len * seg.segments, l);
+    EXPECT_LT(seg.segment_len * (seg.segments - 1), l);
+  }
+  // Short sequences stay one pass; other state sizes and groups not of 32 channels use the
+  // block scan.
+  EXPECT_EQ(selective_scan_plan({1, 64, 100, 16, 1, true}).path, ScanPath::sequential);
+  EXPECT_EQ(selective_scan_plan({1, 64, 8192, 32, 1, true}).path, ScanPath::block_scan);
+  EXPECT_EQ(selective_scan_plan({1, 64, 8192, 16, 4, true}).path, ScanPath::block_scan);
 }
 
 TEST(SelectiveScanGpuMisc, StepTokenByTokenEqualsParallelScan) {
