@@ -840,8 +840,8 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_backward_local_kernel(Dim
   const int64_t d = d0 + ch, b = blockIdx.z;
   const int64_t seg = blockIdx.y, nsegs = gridDim.y;
   const int64_t g = d0 / s.per_group;
-  const T* Cg = a.C + (b * s.ngroups + g) * 16 * s.seqlen;
-  const int64_t row = (b * s.dim + d) * s.seqlen;
+  const T* Cg = a.C + (b * s.ngroups + g) * 16 * s.seq_len;
+  const int64_t row = (b * s.dim + d) * s.seq_len;
   const float bias = a.delta_bias ? a.delta_bias[d] : 0.0f;
   const int64_t first_tile = seg * (seg_len / kTile);
   const int64_t last_tile = std::min<int64_t>(s.nchunks, (seg + 1) * (seg_len / kTile)) - 1;
@@ -854,7 +854,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_backward_local_kernel(Dim
   float dt_sum = 0.0f;
   bool any_reset = false;
   for (int64_t tile = last_tile; tile >= first_tile; --tile) {
-    const int64_t t0 = tile * kTile, end = s.seqlen;
+    const int64_t t0 = tile * kTile, end = s.seq_len;
     {
       const int64_t tt = t0 + q * 8;
       float deltav[8], doutv[8], zv[8];
@@ -870,7 +870,7 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_backward_local_kernel(Dim
         sh.dy[w][ch][q * 8 + i] = a.z ? doutv[i] * zv[i] * sigmoid<Math::fast>(zv[i]) : doutv[i];
       }
       float Cv[16];
-      load_items<16>(Cg + (lane / 2) * s.seqlen, t0 + (lane % 2) * 16, end, s.aligned, Cv);
+      load_items<16>(Cg + (lane / 2) * s.seq_len, t0 + (lane % 2) * 16, end, s.aligned, Cv);
 #pragma unroll
       for (int i = 0; i < 16; ++i) sh.C[w][(lane % 2) * 16 + i][lane / 2] = Cv[i];
       sh.reset[w][lane] = starts_document(s, a, b, t0, end, lane);
@@ -902,11 +902,11 @@ __global__ void __launch_bounds__(32 * kSegWarps) scan_backward_local_kernel(Dim
 __global__ void pass_carries_kernel(Dims s, int64_t nsegs, const float* dfinal_state, SegmentScratch local,
                                     float* carry) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= s.batch * s.dim * s.dstate) return;
-  const int64_t bd = i / s.dstate, k = i % s.dstate;
+  if (i >= s.batch * s.dim * s.d_state) return;
+  const int64_t bd = i / s.d_state, k = i % s.d_state;
   float p = dfinal_state ? dfinal_state[i] : 0.0f;
   for (int64_t seg = nsegs - 1; seg >= 0; --seg) {
-    const int64_t at = (bd * nsegs + seg) * s.dstate + k;
+    const int64_t at = (bd * nsegs + seg) * s.d_state + k;
     carry[at] = p;
     p = fmaf(local.decay[at], p, local.local_state[at]);
   }
@@ -1133,7 +1133,7 @@ int sm_count() {
 // that saves the state every kTile tokens, and the sequential backward. One pass over the
 // whole sequence when b * d / 8 warps fill the GPU (8 per multiprocessor); else both run over
 // segments (segmented_forward, the segmented backward above).
-bool sequential_path(const Dims& s) { return s.dstate == 16 && s.dim % 32 == 0 && s.per_group % 32 == 0; }
+bool sequential_path(const Dims& s) { return s.d_state == 16 && s.dim % 32 == 0 && s.per_group % 32 == 0; }
 
 bool fills_gpu(const Dims& s) { return s.batch * (s.dim / kWarpChannels) >= 8 * sm_count(); }
 
@@ -1161,7 +1161,7 @@ int64_t segment_warps_per_sm() {
 // multiprocessor), but at least kMinSegmentTiles tiles. The passes over segments cost one
 // loop step per segment, the local passes the same work at every length.
 int64_t sequential_segment_len(const Dims& s) {
-  const int64_t tiles = (s.seqlen + kTile - 1) / kTile;
+  const int64_t tiles = (s.seq_len + kTile - 1) / kTile;
   if (fills_gpu(s) || tiles <= kMinSegmentTiles) return std::max<int64_t>(tiles, 1) * kTile;
   const int64_t warps = s.batch * (s.dim / kWarpChannels);
   const int64_t want = (segment_warps_per_sm() * sm_count() + warps - 1) / warps;
@@ -1169,7 +1169,7 @@ int64_t sequential_segment_len(const Dims& s) {
   return per_seg * kTile;
 }
 
-int64_t segments_of(const Dims& s, int64_t seg_len) { return std::max<int64_t>((s.seqlen + seg_len - 1) / seg_len, 1); }
+int64_t segments_of(const Dims& s, int64_t seg_len) { return std::max<int64_t>((s.seq_len + seg_len - 1) / seg_len, 1); }
 
 Dims make_dims(const ScanShape& s) {
   if (s.batch < 0 || s.dim < 1 || s.seq_len < 0 || s.d_state < 1 || s.d_state > 64 || s.ngroups < 1 ||
@@ -1177,9 +1177,9 @@ Dims make_dims(const ScanShape& s) {
     throw KernelError("cuda::selective_scan: unsupported shape (d " + std::to_string(s.dim) + ", n " +
                       std::to_string(s.d_state) + ", g " + std::to_string(s.ngroups) +
                       "); needs 1 <= n <= 64 and g dividing d");
-  Dims d{s.batch, s.dim, s.seqlen, s.dstate, s.ngroups, s.dim / s.ngroups, 0, 0, s.delta_softplus, false};
-  d.chunk_len = sequential_path(d) ? kTile : kThreads * items_for(s.dstate);
-  d.nchunks = (s.seqlen + d.chunk_len - 1) / d.chunk_len;
+  Dims d{s.batch, s.dim, s.seq_len, s.d_state, s.ngroups, s.dim / s.ngroups, 0, 0, s.delta_softplus, false};
+  d.chunk_len = sequential_path(d) ? kTile : kThreads * items_for(s.d_state);
+  d.nchunks = (s.seq_len + d.chunk_len - 1) / d.chunk_len;
   return d;
 }
 
@@ -1263,7 +1263,7 @@ void segmented_forward(Dims s, DType dtype, const ScanArgs<void, float>& a, void
     return;
   }
   const int64_t nsegs = segments_of(s, seg_len);
-  const int64_t states = s.batch * s.dim * nsegs * s.dstate;
+  const int64_t states = s.batch * s.dim * nsegs * s.d_state;
   const bool enter_in_chunks = chunk_states && !sequential;
   float* save = sequential ? chunk_states : nullptr;
   float* pool = nullptr;
@@ -1294,12 +1294,12 @@ ScanPlan selective_scan_plan(const ScanShape& shape) {
   const Dims s = make_dims(shape);
   ScanPlan plan;
   plan.chunk_len = s.chunk_len;
-  plan.segment_len = s.seqlen;
-  if (!sequential_path(s) || s.seqlen == 0) return plan;
+  plan.segment_len = s.seq_len;
+  if (!sequential_path(s) || s.seq_len == 0) return plan;
   plan.segment_len = sequential_segment_len(s);
   plan.segments = segments_of(s, plan.segment_len);
   plan.path = plan.segments > 1 ? ScanPath::sequential_segmented : ScanPath::sequential;
-  if (plan.segments == 1) plan.segment_len = s.seqlen;
+  if (plan.segments == 1) plan.segment_len = s.seq_len;
   return plan;
 }
 
@@ -1355,21 +1355,21 @@ void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs
   }
   const bool sequential = sequential_path(s);
   if (sequential) s.aligned = rows_aligned(s, 8, elem, {a.u, a.delta, a.B, a.C, a.z, g.dout, g.du, g.ddelta, g.dz});
-  const int64_t seg_len = sequential ? sequential_segment_len(s) : s.seqlen;
+  const int64_t seg_len = sequential ? sequential_segment_len(s) : s.seq_len;
   const int64_t nsegs = sequential ? segments_of(s, seg_len) : 1;
   const int R = sequential ? 32 : channels_per_block(s.per_group);
   const int64_t blocks_per_batch = s.dim / R;
-  const int64_t partial_elems = s.batch * blocks_per_batch * s.dstate * s.seqlen;
-  const int64_t seg_states = nsegs > 1 ? s.batch * s.dim * nsegs * s.dstate : 0;  // local, decay, carry
+  const int64_t partial_elems = s.batch * blocks_per_batch * s.d_state * s.seq_len;
+  const int64_t seg_states = nsegs > 1 ? s.batch * s.dim * nsegs * s.d_state : 0;  // local, decay, carry
   BackwardScratch scratch{};
   char* pool = nullptr;
   const size_t pool_bytes =
-      sizeof(float) * (2 * partial_elems + s.batch * nsegs * s.dim * (s.dstate + 2) + 3 * seg_states);
+      sizeof(float) * (2 * partial_elems + s.batch * nsegs * s.dim * (s.d_state + 2) + 3 * seg_states);
   SSM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&pool), pool_bytes, stream));
   scratch.dB_partial = reinterpret_cast<float*>(pool);
   scratch.dC_partial = scratch.dB_partial + partial_elems;
   scratch.dA_partial = scratch.dC_partial + partial_elems;  // (b, segments, d, n)
-  scratch.dD_partial = scratch.dA_partial + s.batch * nsegs * s.dim * s.dstate;
+  scratch.dD_partial = scratch.dA_partial + s.batch * nsegs * s.dim * s.d_state;
   scratch.dbias_partial = scratch.dD_partial + s.batch * nsegs * s.dim;
   SegmentScratch local{scratch.dbias_partial + s.batch * nsegs * s.dim, nullptr};
   local.decay = local.local_state + seg_states;
@@ -1383,7 +1383,7 @@ void selective_scan_backward(const ScanShape& shape, DType dtype, const ScanArgs
       if (nsegs > 1) {
         scan_backward_local_kernel<T><<<grid, 32 * kSegWarps, 0, stream>>>(s, seg_len, typed<T>(a), typed<T>(g), local);
         SSM_CUDA_CHECK_LAUNCH();
-        pass_carries_kernel<<<cuda_detail::grid_for(s.batch * s.dim * s.dstate, 128), 128, 0, stream>>>(
+        pass_carries_kernel<<<cuda_detail::grid_for(s.batch * s.dim * s.d_state, 128), 128, 0, stream>>>(
             s, nsegs, g.dfinal_state, local, carry);
         SSM_CUDA_CHECK_LAUNCH();
       }
