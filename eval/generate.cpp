@@ -142,6 +142,7 @@ std::vector<Generated> generate(const LanguageModel& model, const std::vector<st
     longest = std::max(longest, int64_t(prompts[i].size()));
   }
   NoGradGuard no_grad;
+  WeightCastCache casts;  // each weight cast to the compute dtype once; outlives the decode graph
   const Device device = model.device();
   InferenceCache cache = model.new_inference_cache(batch, longest + options.max_new_tokens, options.compute_dtype);
   std::vector<Generated> out(static_cast<size_t>(batch));
