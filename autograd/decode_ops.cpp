@@ -7,6 +7,7 @@
 #include "autograd/dispatch.h"
 #include "kernels/attention.h"
 #include "kernels/causal_conv1d.h"
+#include "kernels/sampling.h"
 #include "kernels/selective_scan.h"
 #include "kernels/ssd.h"
 
@@ -189,6 +190,30 @@ Tensor attention_decode(const Tensor& q_raw, const Tensor& k_cache, const Tensor
                                                        static_cast<const int32_t*>(lens32.data()), out.data(), stream));
   }
   return out;
+}
+
+void sample_tokens(const Tensor& logits_raw, const kernels::SamplingParams& params, int64_t first_sequence,
+                   const Tensor& draw, const Tensor& out) {
+  const char* op = "sample_tokens";
+  const Tensor logits = contig(logits_raw);
+  if (!logits.defined() || logits.dim() != 2) detail::op_error(op, "logits must be (b, vocab), got " + logits.str());
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  expect(op, draw, {1}, "draw", true);
+  expect(op, out, {rows}, "out", true);
+  if (draw.dtype() != DType::i64 || out.dtype() != DType::i64)
+    detail::op_error(op, "draw and out must be i64, got " + draw.str() + " and " + out.str());
+  detail::common_device(op, {&logits, &draw, &out});
+  if (logits.device().is_cpu()) {
+    int64_t* counter = mut<int64_t>(draw);
+    detail::cpu_float_dispatch(op, logits.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      kernels::cpu::sample_tokens<T>(ptr<T>(logits), rows, vocab, params, first_sequence, *counter, mut<int64_t>(out));
+    });
+    ++*counter;
+  } else {
+    SSM_CUDA_BRANCH(logits, kernels::cuda::sample_tokens(logits.dtype(), logits.data(), rows, vocab, params,
+                                                         first_sequence, mut<int64_t>(draw), mut<int64_t>(out), stream));
+  }
 }
 
 }  // namespace ssmtrain

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "autograd/tensor.h"
+#include "kernels/sampling.h"
 
 namespace ssmtrain {
 
@@ -51,5 +52,13 @@ Tensor ssd_step(const SsdStepInputs& in, const Tensor& states);
 // hold its positions 0 .. lengths[i] - 1 (the new key and value included) -> out (b, h, dh), softmax
 // scale 1 / sqrt(dh). Reads only the cached rows, O(lengths[i]) per sequence.
 Tensor attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const std::vector<int64_t>& lengths);
+
+// The next token of each row of logits (b, vocab) (f32 or bf16 on the GPU; f32 or f64 on the
+// CPU) into out (b) i64 on the same device, by the rule of kernels/sampling.h: row i is draw
+// *draw of sequence first_sequence + i. draw is an i64 (1) on that device, advanced by one in
+// place after the rows have read it, so a CUDA graph that replays this call draws anew each
+// time. Only b ids need to reach the host.
+void sample_tokens(const Tensor& logits, const kernels::SamplingParams& params, int64_t first_sequence,
+                   const Tensor& draw, const Tensor& out);
 
 }  // namespace ssmtrain

@@ -1,9 +1,11 @@
 // Generation from a LanguageModel (DESIGN.md section 8): each prompt is prefilled with the
 // parallel kernels, then every sequence of the batch advances one token per step through the
 // recurrent state (Mamba) and the KV cache (attention). Greedy, temperature, top-k and top-p
-// sampling; the draw for token t of sequence i comes from Philox(seed, (i, t)), so the same
-// seed gives the same text whatever the batch holds besides. Stop tokens end a sequence. On a
-// GPU the decode step of a Mamba stack is one CUDA graph launch.
+// sampling by the rule of kernels/sampling.h, run where the logits are (a kernel on the GPU), so
+// each step hands only one id per sequence to the host; the draw for token t of sequence i
+// comes from Philox(seed, (i, t)), so the same seed gives the same text whatever the batch
+// holds besides, on the CPU and the GPU alike. Stop tokens end a sequence. On a GPU the decode
+// step of a Mamba stack, its sampling included, is one CUDA graph launch.
 #pragma once
 
 #include <cstdint>
@@ -47,7 +49,8 @@ std::vector<Generated> generate(const LanguageModel& model, const std::vector<st
                                 const GenerateOptions& options, const TokenCallback& on_token = {});
 
 // The next token from one row of logits (vocab floats): draw `draw` of sequence `sequence`
-// under options.seed. Exposed for tests and for evaluations that score their own logits.
+// under options.seed, by the CPU reference of kernels/sampling.h (what generate picks on any
+// device). Exposed for tests and for evaluations that score their own logits.
 int64_t sample_token(const float* logits, int64_t vocab, const SamplingOptions& options, int64_t sequence,
                      int64_t draw);
 

@@ -1,6 +1,8 @@
 // See module.h.
 #include "layers/module.h"
 
+#include <map>
+
 #include "autograd/node.h"
 #include "autograd/ops.h"
 
@@ -44,8 +46,32 @@ Tensor& Module::register_parameter(const std::string& name, Tensor value, bool w
 
 void AuxLosses::add(const Tensor& loss) { total = total.defined() ? ssmtrain::add(total, loss) : loss; }
 
+struct WeightCastCache::Entries {
+  // (parameter, dtype) -> (the parameter, kept so its address is not reused; its cast)
+  std::map<std::pair<const TensorImpl*, DType>, std::pair<Tensor, Tensor>> casts;
+};
+
+namespace {
+thread_local WeightCastCache::Entries* active_casts = nullptr;
+}  // namespace
+
+WeightCastCache::WeightCastCache() {
+  if (!active_casts) {
+    entries_ = std::make_unique<Entries>();
+    active_casts = entries_.get();
+  }
+}
+WeightCastCache::~WeightCastCache() {
+  if (entries_) active_casts = nullptr;
+}
+size_t WeightCastCache::size() const { return active_casts ? active_casts->casts.size() : 0; }
+
 Tensor weight_for(const Tensor& weight, const Tensor& x) {
-  return weight.dtype() == x.dtype() ? weight : cast(weight, x.dtype());
+  if (weight.dtype() == x.dtype()) return weight;
+  if (!active_casts || grad_enabled()) return cast(weight, x.dtype());
+  auto [it, fresh] = active_casts->casts.try_emplace({weight.impl(), x.dtype()});
+  if (fresh) it->second = {weight, cast(weight, x.dtype())};
+  return it->second.second;
 }
 
 MixerCache MixerCache::row(int64_t i) const {

@@ -96,7 +96,26 @@ class FeedForward : public Module {
 };
 
 // The activation dtype a module's weights are cast to for x: bf16 weights for bf16 inputs on
-// the GPU (the cast is differentiable, so gradients reach the f32 master copy).
+// the GPU (the cast is differentiable, so gradients reach the f32 master copy). Inside a
+// WeightCastCache with gradients off, each weight is cast once and the cast reused.
 Tensor weight_for(const Tensor& weight, const Tensor& x);
+
+// For its lifetime (on this thread, with gradients off), weight_for keeps every cast it makes,
+// keyed by the parameter and the dtype, and returns it again instead of casting anew: a
+// generation casts its weights to bf16 once instead of at every step (and a CUDA graph of a
+// step then reads the casts instead of recomputing them). The parameters must not change while
+// it lives; the casts are dropped with it. Nested caches share the outermost one.
+class WeightCastCache {
+ public:
+  WeightCastCache();
+  ~WeightCastCache();
+  WeightCastCache(const WeightCastCache&) = delete;
+  WeightCastCache& operator=(const WeightCastCache&) = delete;
+  size_t size() const;  // casts held
+  struct Entries;
+
+ private:
+  std::unique_ptr<Entries> entries_;  // null when an outer cache serves
+};
 
 }  // namespace ssmtrain

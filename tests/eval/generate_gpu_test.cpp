@@ -1,7 +1,8 @@
 // eval/generate on the GPU with the decode step as one CUDA graph: for Mamba-1 and Mamba-2
 // stacks (with and without an MLP) the graph is used and gives exactly the tokens of the eager
-// steps, greedy and seeded sampling alike, over a ragged batch, in bf16 and f32 activations; a
-// model whose step cannot be captured (attention, MoE) runs eagerly and says so.
+// steps, greedy and seeded sampling alike (the sampling kernel and its device draw counter run
+// inside the graph), over a ragged batch, in bf16 and f32 activations; a model whose step
+// cannot be captured (attention, MoE) runs eagerly and says so.
 #include <gtest/gtest.h>
 
 #include <string>

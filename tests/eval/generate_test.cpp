@@ -137,6 +137,31 @@ TEST(SampleToken, GreedyTopKTopPOnAHandMadeRow) {
   EXPECT_NEAR(cold.at(2), std::pow(0.5, 4) / z, 0.011);
 }
 
+TEST(WeightCastCache, CastsEachParameterOnceWithoutGradients) {
+  const Tensor w = Tensor::from_vector(std::vector<double>{0.5, -1.25, 3.0, 2.0}, {2, 2}, DType::f64);
+  const Tensor x = Tensor::zeros({1, 2}, DType::f32);
+  {
+    NoGradGuard no_grad;
+    WeightCastCache cache;
+    const Tensor a = weight_for(w, x), b = weight_for(w, x);
+    EXPECT_EQ(a.dtype(), DType::f32);
+    EXPECT_TRUE(a.shares_storage_with(b)) << "the second call reuses the first cast";
+    EXPECT_EQ(a.to_vector(), (std::vector<float>{0.5f, -1.25f, 3.0f, 2.0f}));
+    EXPECT_EQ(cache.size(), 1u);
+    {
+      WeightCastCache inner;  // nested: the outer cache serves
+      EXPECT_TRUE(weight_for(w, x).shares_storage_with(a));
+    }
+    EXPECT_TRUE(weight_for(w, x).shares_storage_with(a)) << "the inner cache's end keeps the outer one";
+    EXPECT_EQ(weight_for(w, Tensor::zeros({1}, DType::f64)).data(), w.data()) << "same dtype: the weight itself";
+  }
+  // Without a cache, or with gradients on, every call casts anew.
+  EXPECT_FALSE(weight_for(w, x).shares_storage_with(weight_for(w, x)));
+  WeightCastCache cache;
+  EXPECT_FALSE(weight_for(w, x).shares_storage_with(weight_for(w, x)));
+  EXPECT_EQ(cache.size(), 0u);
+}
+
 TEST(Generate, BadInputIsNamed) {
   LanguageModel model(hybrid(), 5);
   GenerateOptions o;
