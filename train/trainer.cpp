@@ -19,6 +19,7 @@
 
 #include "autograd/allocator.h"
 #include "autograd/device.h"
+#include "autograd/grad_ready.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"
 #include "autograd/stream.h"
@@ -487,8 +488,13 @@ bool Trainer::step_once(int64_t step, bool last) {
     const auto part = [&](const Tensor& t) { return narrow(t, 0, micro * rows, rows); };
     const LossTerms terms = model_->losses(part(batch.inputs), part(batch.targets), part(batch.doc_index), compute_);
     // 1 / (micro-batches of all ranks): the sum over ranks is the global batch's mean.
-    mul(terms.total, 1.0 / double(accum_ * world_)).backward();
-    if (reducer_) reducer_->after_backward(micro + 1 == accum_);
+    const bool last_micro = micro + 1 == accum_;
+    {
+      // The last micro-batch's buckets start their all-reduce while backward still runs.
+      const GradReadyHookGuard hook(reducer_ ? reducer_->ready_hook(last_micro) : GradReadyHook());
+      mul(terms.total, 1.0 / double(accum_ * world_)).backward();
+    }
+    if (reducer_) reducer_->after_backward(last_micro);
     const double lm = terms.lm.item();
     micro_losses.push_back(lm);
     micro_losses.push_back(terms.aux.total.defined() ? terms.aux.total.item() : 0.0);
