@@ -4,12 +4,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <chrono>
 #include <stdexcept>
 
 #include "autograd/ops.h"
 #include "kernels/adamw.h"
 
 namespace ssmtrain::dist {
+namespace {
+using Clock = std::chrono::steady_clock;
+double seconds(Clock::time_point from) { return std::chrono::duration<double>(Clock::now() - from).count(); }
+}  // namespace
 
 GradientReducer::GradientReducer(Communicator& comm, std::vector<NamedParameter> parameters, double bucket_mb,
                                  bool ordered, bool shard)
@@ -184,6 +189,7 @@ GradReadyHook GradientReducer::ready_hook(bool last) {
   if (!last) return {};
   ready_reports_ = 0;
   started_in_backward_ = 0;
+  comm_s_ = 0;
   in_backward_ = true;
   return [this](const TensorImpl& leaf) { ready(leaf); };
 }
@@ -231,7 +237,11 @@ void GradientReducer::start(Bucket& bucket) {
   if (ordered_)  // the earlier micro-batches of this rank plus the last one, in the tree order
     sum_.fold_range(term_.data() + bucket.begin, bucket.begin, bucket.count,
                     flat_.data_ptr<float>() + bucket.begin);
-  if (comm_.world_size() > 1 && !shard_) bucket.pending = comm_.all_reduce(bucket.buffer, ReduceOp::sum);
+  if (comm_.world_size() > 1 && !shard_) {
+    const auto t0 = Clock::now();
+    bucket.pending = comm_.all_reduce(bucket.buffer, ReduceOp::sum);
+    comm_s_ += seconds(t0);
+  }
 }
 
 void GradientReducer::after_backward(bool last) {
@@ -242,6 +252,7 @@ void GradientReducer::after_backward(bool last) {
     return;
   }
   in_backward_ = false;
+  backward_end_ = Clock::now();
   // What backward did not report (parameters it did not reach, or no hook installed).
   for (size_t i = 0; i < parameters_.size(); ++i)
     if (!reported_[i]) {
@@ -254,16 +265,24 @@ void GradientReducer::after_backward(bool last) {
 
 void GradientReducer::finish_step() {
   const size_t count = parameters_.size();
+  const auto wait = [&](Handle& h) {
+    const auto t0 = Clock::now();
+    h->wait();
+    h.reset();
+    comm_s_ += seconds(t0);
+  };
   if (shard_) {
+    const auto t0 = Clock::now();
     reduce_sharded();
+    comm_s_ += seconds(t0);
   } else if (ordered_) {
     Tensor flags = Tensor::empty({int64_t(count)});
     std::memcpy(flags.data(), reached_.data(), count * sizeof(float));
     // After the buckets, in the same place on every rank.
     Handle flags_done = comm_.world_size() > 1 ? comm_.all_reduce(flags, ReduceOp::sum) : Handle();
     for (Bucket& b : buckets_)
-      if (b.pending) b.pending->wait(), b.pending.reset();
-    if (flags_done) flags_done->wait();
+      if (b.pending) wait(b.pending);
+    if (flags_done) wait(flags_done);
     std::memcpy(any_reached_.data(), flags.data(), count * sizeof(float));
     for (size_t i = 0; i < count; ++i) {
       if (any_reached_[i] == 0.0f) continue;  // no micro-batch anywhere reached it
@@ -271,12 +290,13 @@ void GradientReducer::finish_step() {
     }
   } else {
     for (Bucket& b : buckets_)
-      if (b.pending) b.pending->wait(), b.pending.reset();
+      if (b.pending) wait(b.pending);
     for (size_t i = 0; i < count; ++i) {
       any_reached_[i] = 1.0f;
       parameters_[i].value->set_grad(place(int(i)));
     }
   }
+  exposed_s_ = std::chrono::duration<double>(Clock::now() - backward_end_).count();
   // Ready for the next step.
   if (ordered_) sum_.clear();
   std::fill(reported_.begin(), reported_.end(), 0);

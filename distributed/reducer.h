@@ -26,6 +26,7 @@
 // parameter order as global_grad_norm does, so sharded equals unsharded bit for bit.
 #pragma once
 
+#include <chrono>
 #include <map>
 #include <string>
 #include <unordered_map>
@@ -63,6 +64,12 @@ class GradientReducer {
   int64_t ready_reports() const { return ready_reports_; }
   // Buckets whose all-reduce started from the hook, during backward, in the last step.
   int buckets_started_in_backward() const { return started_in_backward_; }
+  // Host timing of the last step's communication (CPU backends, whose collectives the host
+  // drives): comm_ms, the time spent in starting and waiting for the collectives;
+  // exposed_ms, from the end of backward to the last collective done (what backward did not
+  // hide).
+  double comm_ms() const { return comm_s_ * 1000; }
+  double exposed_ms() const { return exposed_s_ * 1000; }
 
   // Sharded only. The parameters this rank updates, in parameter order.
   std::vector<NamedParameter> owned_parameters() const;
@@ -112,6 +119,8 @@ class GradientReducer {
   int64_t ready_reports_ = 0;
   int started_in_backward_ = 0;
   bool in_backward_ = false;
+  double comm_s_ = 0, exposed_s_ = 0;
+  std::chrono::steady_clock::time_point backward_end_;
 
   bool shard_ = false;
   std::vector<int> owner_;             // per parameter: the rank that updates it (sharded)

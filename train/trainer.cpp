@@ -563,11 +563,16 @@ bool Trainer::step_once(int64_t step, bool last) {
       }
       metrics_.write(fmt::format("{{\"step\": {}, \"expert_counts\": [{}]}}", step, layers));
     }
+    // Communication of this step (world > 1, CPU ranks: host timing; GPUs: not measured yet).
+    const std::string comm_timing =
+        reducer_ && world_ > 1 && !device_.is_cuda()
+            ? fmt::format(", \"comm_ms\": {:.3f}, \"comm_exposed_ms\": {:.3f}", reducer_->comm_ms(), reducer_->exposed_ms())
+            : "";
     metrics_.write(fmt::format("{{\"step\": {}, \"loss\": {:.6f}, \"aux_loss\": {}, \"grad_norm\": {:.6f}, "
                                "\"lr\": {:.6g}, \"ms\": {:.3f}, \"tokens_per_s\": {:.1f}, \"mfu\": {:.4f}, "
-                               "\"mem_gib\": {:.3f}}}",
+                               "\"mem_gib\": {:.3f}{}}}",
                                step, loss, json_number(aux_loss),
-                               grad_norm, lr, ms, tok_s, mfu, mem_gib));
+                               grad_norm, lr, ms, tok_s, mfu, mem_gib, comm_timing));
   }
   if (log_line) {
     const int64_t done_here = step + 1 - std::max<int64_t>(0, summary_.resumed_from);
