@@ -8,12 +8,14 @@
 #include <stdexcept>
 #include <unordered_map>
 
+#include "autograd/grad_ready.h"
 #include "autograd/ops.h"
 
 namespace ssmtrain {
 namespace {
 std::atomic<uint64_t> next_sequence_nr{0};
 thread_local bool grad_mode = true;
+thread_local GradReadyHook ready_hook;
 }  // namespace
 
 Node::Node() : sequence_nr(next_sequence_nr.fetch_add(1)) {}
@@ -37,8 +39,15 @@ std::vector<Tensor> AccumulateGrad::apply(const std::vector<Tensor>& grad_output
   } else {
     add_(grad, g.dtype() == grad.dtype() ? g : cast(g, grad.dtype()));
   }
+  if (ready_hook) ready_hook(*leaf);
   return {};
 }
+
+GradReadyHookGuard::GradReadyHookGuard(GradReadyHook hook) : previous_(std::move(ready_hook)) {
+  ready_hook = std::move(hook);
+}
+GradReadyHookGuard::~GradReadyHookGuard() { ready_hook = std::move(previous_); }
+const GradReadyHook& grad_ready_hook() { return ready_hook; }
 
 bool grad_enabled() { return grad_mode; }
 

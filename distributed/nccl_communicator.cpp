@@ -327,17 +327,7 @@ ncclUniqueId shared_unique_id(const LaunchEnv& env, double timeout_s) {
   if (under_mpirun() && mpi_available()) {
     shared = make_mpi_communicator(timeout_s)->all_gather_bytes(env.rank == 0 ? mine : "")[0];
   } else {
-    if (env.token.empty())
-      throw CommunicatorError(fmt::format(
-          "distributed.backend: nccl: no job token: set SSMTRAIN_JOB_TOKEN to the same secret on all {} ranks "
-          "(`ssmtrain launch` and Slurm, through SLURM_JOB_ID, provide one)", env.world_size));
-    RendezvousOptions o;
-    o.master_addr = env.master_addr;
-    o.master_port = env.master_port;
-    o.token = env.token;
-    o.rank = env.rank;
-    o.world_size = env.world_size;
-    o.timeout_s = timeout_s;
+    const RendezvousOptions o = rendezvous_options(env, timeout_s, "nccl");
     try {
       const Rendezvous links = rendezvous(o, kPayloadTag + mine);
       if (links.payload.rfind(kPayloadTag, 0) != 0)

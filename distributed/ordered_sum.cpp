@@ -40,6 +40,23 @@ void OrderedSum::finish(float* out) {
   terms_ = 0;
 }
 
+// add(last) adds the newest partial to `last` (older + newer) while their counts match, and
+// finish() folds the rest the same way, newest first: either way each partial, newest first,
+// is added on the left of what came after it.
+void OrderedSum::fold_range(const float* last, int64_t begin, int64_t count, float* out) const {
+  if (out != last) std::memmove(out, last, size_t(count) * sizeof(float));
+  for (auto p = stack_.rbegin(); p != stack_.rend(); ++p) {
+    const float* older = p->values.data() + begin;
+    for (int64_t i = 0; i < count; ++i) out[i] = older[i] + out[i];
+  }
+}
+
+void OrderedSum::clear() {
+  for (Partial& p : stack_) spare_.push_back(std::move(p.values));
+  stack_.clear();
+  terms_ = 0;
+}
+
 void ordered_sum(const std::vector<const float*>& terms, int64_t n, float* out) {
   if (terms.size() == 1) {
     if (terms[0] != out) std::memcpy(out, terms[0], size_t(n) * sizeof(float));

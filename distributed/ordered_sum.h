@@ -21,6 +21,13 @@ class OrderedSum {
   // The sum of every term added, written to out (n floats; zeros when none); then empty.
   void finish(float* out);
   int64_t terms() const { return terms_; }
+  // What add(last) and finish() would write, over elements [begin, begin + count) only:
+  // `last` and `out` hold those count elements. The terms stay until clear(), so the ranges of
+  // one sum can be folded one by one (a gradient bucket as soon as backward produced it), with
+  // the same bits as the whole at once.
+  void fold_range(const float* last, int64_t begin, int64_t count, float* out) const;
+  // Drops every term (buffers kept for the next sum).
+  void clear();
 
  private:
   struct Partial {

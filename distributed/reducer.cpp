@@ -4,12 +4,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <chrono>
 #include <stdexcept>
 
 #include "autograd/ops.h"
 #include "kernels/adamw.h"
 
 namespace ssmtrain::dist {
+namespace {
+using Clock = std::chrono::steady_clock;
+double seconds(Clock::time_point from) { return std::chrono::duration<double>(Clock::now() - from).count(); }
+}  // namespace
 
 GradientReducer::GradientReducer(Communicator& comm, std::vector<NamedParameter> parameters, double bucket_mb,
                                  bool ordered, bool shard)
@@ -22,19 +27,32 @@ GradientReducer::GradientReducer(Communicator& comm, std::vector<NamedParameter>
   for (int i = int(parameters_.size()) - 1; i >= 0; --i) {
     const int64_t n = parameters_[size_t(i)].value->numel();
     if (!bucket.parameters.empty() && bucket.count + n > bucket_elements) {
-      buckets_.push_back(bucket);
-      bucket = Bucket{flat_size_, 0, {}};
+      buckets_.push_back(std::move(bucket));
+      bucket = Bucket();
+      bucket.begin = flat_size_;
     }
     offset_[size_t(i)] = flat_size_;
     bucket.parameters.push_back(i);
     bucket.count += n;
     flat_size_ += n;
   }
-  if (!bucket.parameters.empty()) buckets_.push_back(bucket);
+  if (!bucket.parameters.empty()) buckets_.push_back(std::move(bucket));
+  const Device device = ordered_ || parameters_.empty() ? Device::cpu() : parameters_[0].value->device();
+  flat_ = Tensor::zeros({std::max<int64_t>(1, flat_size_)}, DType::f32, device);
+  bucket_of_.assign(parameters_.size(), 0);
+  for (size_t k = 0; k < buckets_.size(); ++k) {
+    Bucket& b = buckets_[k];
+    b.buffer = narrow(flat_, 0, b.begin, b.count);
+    b.missing = int(b.parameters.size());
+    for (int i : b.parameters) bucket_of_[size_t(i)] = int(k);
+  }
+  for (size_t i = 0; i < parameters_.size(); ++i) index_of_[parameters_[i].value->impl()] = int(i);
+  reported_.assign(parameters_.size(), 0);
+  reached_.assign(parameters_.size(), 0.0f);
+  any_reached_.assign(parameters_.size(), 0.0f);
   if (ordered_) {
-    // The flags (1: this micro-batch reached the parameter) travel as one more "bucket".
-    sum_ = OrderedSum(flat_size_ + int64_t(parameters_.size()));
-    flat_.assign(size_t(flat_size_) + parameters_.size(), 0.0f);
+    sum_ = OrderedSum(flat_size_);
+    term_.assign(size_t(flat_size_), 0.0f);
   }
   if (shard_) {
     // Whole parameters in the reverse order, rank by rank: rank r takes parameters until the
@@ -77,18 +95,20 @@ Tensor GradientReducer::blocks_of(const std::vector<const float*>& sources) cons
 void GradientReducer::reduce_sharded() {
   const size_t count = parameters_.size();
   Tensor flags = Tensor::empty({int64_t(count)});
-  std::memcpy(flags.data(), flat_.data() + flat_size_, count * sizeof(float));
+  std::memcpy(flags.data(), reached_.data(), count * sizeof(float));
   Handle flags_done = comm_.all_reduce(flags, ReduceOp::sum);
+  const float* flat = flat_.data_ptr<float>();
   std::vector<const float*> sources(count);
-  for (size_t i = 0; i < count; ++i) sources[i] = flat_.data() + offset_[i];
+  for (size_t i = 0; i < count; ++i) sources[i] = flat + offset_[i];
   const Tensor blocks = blocks_of(sources);
   Tensor mine = Tensor::empty({block_});
   comm_.reduce_scatter(blocks, mine, ReduceOp::sum)->wait();
   flags_done->wait();
-  std::memcpy(flat_.data() + flat_size_, flags.data(), count * sizeof(float));
+  std::memcpy(any_reached_.data(), flags.data(), count * sizeof(float));
   for (size_t i = 0; i < count; ++i) {
-    if (owner_[i] != comm_.rank() || flat_[size_t(flat_size_) + i] == 0.0f) continue;
     const Tensor& value = *parameters_[i].value;
+    value.zero_grad();
+    if (owner_[i] != comm_.rank() || any_reached_[i] == 0.0f) continue;
     Tensor grad = Tensor::empty(value.shape(), DType::f32);
     std::memcpy(grad.data(), mine.data_ptr<float>() + block_offset_[i], size_t(value.numel()) * sizeof(float));
     value.set_grad(grad);
@@ -111,7 +131,7 @@ double GradientReducer::grad_norm() {
       std::string(reinterpret_cast<const char*>(partial.data()), partial.size() * sizeof(double)));
   double total = 0.0;
   for (size_t i = 0; i < parameters_.size(); ++i) {
-    if (flat_[size_t(flat_size_) + i] == 0.0f) continue;  // no gradient anywhere: global_grad_norm skips it
+    if (any_reached_[i] == 0.0f) continue;  // no gradient anywhere: global_grad_norm skips it
     double value = 0;
     std::memcpy(&value, all[size_t(owner_[i])].data() + i * sizeof(double), sizeof(double));
     total += value;
@@ -160,74 +180,129 @@ std::map<std::string, AdamW::Moments> GradientReducer::gather_moments(
   return out;
 }
 
-void GradientReducer::after_backward(bool last) {
-  if (!ordered_) {
-    if (last) reduce_accumulated();
-    return;
-  }
-  for (size_t i = 0; i < parameters_.size(); ++i) {
-    const Tensor& value = *parameters_[i].value;
-    const Tensor grad = value.grad();
-    float* to = flat_.data() + offset_[i];
+Tensor GradientReducer::place(int i) const {
+  const Tensor& value = *parameters_[size_t(i)].value;
+  return reshape(narrow(flat_, 0, offset_[size_t(i)], value.numel()), value.shape());
+}
+
+GradReadyHook GradientReducer::ready_hook(bool last) {
+  if (!last) return {};
+  ready_reports_ = 0;
+  started_in_backward_ = 0;
+  comm_s_ = 0;
+  in_backward_ = true;
+  return [this](const TensorImpl& leaf) { ready(leaf); };
+}
+
+void GradientReducer::ready(const TensorImpl& leaf) {
+  const auto found = index_of_.find(&leaf);
+  if (found == index_of_.end()) return;  // another leaf (an activation-checkpointed block's input)
+  const int i = found->second;
+  if (reported_[size_t(i)])
+    throw std::logic_error("GradientReducer: the gradient of " + parameters_[size_t(i)].name +
+                           " was reported final twice in one backward pass");
+  reported_[size_t(i)] = 1;
+  ++ready_reports_;
+  pack(i);
+  if (--buckets_[size_t(bucket_of_[size_t(i)])].missing == 0) start_buckets();
+}
+
+void GradientReducer::pack(int i) {
+  const Tensor& value = *parameters_[size_t(i)].value;
+  const Tensor grad = value.grad();
+  if (grad.defined()) reached_[size_t(i)] = 1.0f;
+  if (ordered_) {
+    float* to = term_.data() + offset_[size_t(i)];
     if (grad.defined()) {
       const Tensor g = grad.is_contiguous() ? grad : grad.contiguous();
       std::memcpy(to, g.data(), size_t(value.numel()) * sizeof(float));
-      value.zero_grad();
     } else {
       std::memset(to, 0, size_t(value.numel()) * sizeof(float));
     }
-    flat_[size_t(flat_size_) + i] = grad.defined() ? 1.0f : 0.0f;
+    value.zero_grad();
+  } else {
+    // Every rank takes part in every bucket: a parameter without a gradient here adds zeros.
+    copy_into(place(i), grad.defined() ? grad : Tensor::zeros(value.shape(), DType::f32, value.device()));
   }
-  sum_.add(flat_.data());
-  if (last) reduce_ordered();
 }
 
-void GradientReducer::reduce_ordered() {
-  sum_.finish(flat_.data());
-  if (shard_) {
-    reduce_sharded();
+void GradientReducer::start_buckets() {
+  while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].missing == 0) {
+    start(buckets_[next_bucket_++]);
+    if (in_backward_) ++started_in_backward_;
+  }
+}
+
+void GradientReducer::start(Bucket& bucket) {
+  if (ordered_)  // the earlier micro-batches of this rank plus the last one, in the tree order
+    sum_.fold_range(term_.data() + bucket.begin, bucket.begin, bucket.count,
+                    flat_.data_ptr<float>() + bucket.begin);
+  if (comm_.world_size() > 1 && !shard_) {
+    const auto t0 = Clock::now();
+    bucket.pending = comm_.all_reduce(bucket.buffer, ReduceOp::sum);
+    comm_s_ += seconds(t0);
+  }
+}
+
+void GradientReducer::after_backward(bool last) {
+  if (!last) {
+    if (!ordered_) return;  // autograd adds the micro-batches in .grad
+    for (size_t i = 0; i < parameters_.size(); ++i) pack(int(i));
+    sum_.add(term_.data());
     return;
   }
-  if (comm_.world_size() > 1) {
-    std::vector<Tensor> views;
-    std::vector<Handle> pending;
-    const auto start = [&](int64_t begin, int64_t count) {
-      Tensor t = Tensor::empty({count});
-      std::memcpy(t.data(), flat_.data() + begin, size_t(count) * sizeof(float));
-      pending.push_back(comm_.all_reduce(t, ReduceOp::sum));
-      views.push_back(t);
-    };
-    for (const Bucket& b : buckets_) start(b.begin, b.count);
-    start(flat_size_, int64_t(parameters_.size()));
-    for (size_t k = 0; k < pending.size(); ++k) {
-      pending[k]->wait();
-      const int64_t begin = k < buckets_.size() ? buckets_[k].begin : flat_size_;
-      std::memcpy(flat_.data() + begin, views[k].data(), size_t(views[k].nbytes()));
+  in_backward_ = false;
+  backward_end_ = Clock::now();
+  // What backward did not report (parameters it did not reach, or no hook installed).
+  for (size_t i = 0; i < parameters_.size(); ++i)
+    if (!reported_[i]) {
+      pack(int(i));
+      --buckets_[size_t(bucket_of_[i])].missing;
     }
-  }
-  for (size_t i = 0; i < parameters_.size(); ++i) {
-    if (flat_[size_t(flat_size_) + i] == 0.0f) continue;  // no micro-batch anywhere reached it
-    const Tensor& value = *parameters_[i].value;
-    Tensor grad = Tensor::empty(value.shape(), DType::f32);
-    std::memcpy(grad.data(), flat_.data() + offset_[i], size_t(value.numel()) * sizeof(float));
-    value.set_grad(grad);
-  }
+  start_buckets();
+  finish_step();
 }
 
-void GradientReducer::reduce_accumulated() {
-  if (comm_.world_size() == 1) return;
-  // Every rank must take part in every bucket's collective: a parameter without a gradient
-  // here may have one on another rank, so it gets zeros.
-  std::vector<Handle> pending;
-  for (const Bucket& b : buckets_) {
-    for (int i : b.parameters) {
-      const Tensor& value = *parameters_[size_t(i)].value;
-      if (!value.grad().defined()) value.set_grad(Tensor::zeros(value.shape(), DType::f32, value.device()));
-      Tensor grad = value.grad();
-      pending.push_back(comm_.all_reduce(grad, ReduceOp::sum));
+void GradientReducer::finish_step() {
+  const size_t count = parameters_.size();
+  const auto wait = [&](Handle& h) {
+    const auto t0 = Clock::now();
+    h->wait();
+    h.reset();
+    comm_s_ += seconds(t0);
+  };
+  if (shard_) {
+    const auto t0 = Clock::now();
+    reduce_sharded();
+    comm_s_ += seconds(t0);
+  } else if (ordered_) {
+    Tensor flags = Tensor::empty({int64_t(count)});
+    std::memcpy(flags.data(), reached_.data(), count * sizeof(float));
+    // After the buckets, in the same place on every rank.
+    Handle flags_done = comm_.world_size() > 1 ? comm_.all_reduce(flags, ReduceOp::sum) : Handle();
+    for (Bucket& b : buckets_)
+      if (b.pending) wait(b.pending);
+    if (flags_done) wait(flags_done);
+    std::memcpy(any_reached_.data(), flags.data(), count * sizeof(float));
+    for (size_t i = 0; i < count; ++i) {
+      if (any_reached_[i] == 0.0f) continue;  // no micro-batch anywhere reached it
+      parameters_[i].value->set_grad(place(int(i)));
+    }
+  } else {
+    for (Bucket& b : buckets_)
+      if (b.pending) wait(b.pending);
+    for (size_t i = 0; i < count; ++i) {
+      any_reached_[i] = 1.0f;
+      parameters_[i].value->set_grad(place(int(i)));
     }
   }
-  for (Handle& h : pending) h->wait();
+  exposed_s_ = std::chrono::duration<double>(Clock::now() - backward_end_).count();
+  // Ready for the next step.
+  if (ordered_) sum_.clear();
+  std::fill(reported_.begin(), reported_.end(), 0);
+  std::fill(reached_.begin(), reached_.end(), 0.0f);
+  for (Bucket& b : buckets_) b.missing = int(b.parameters.size());
+  next_bucket_ = 0;
 }
 
 }  // namespace ssmtrain::dist

@@ -1,6 +1,8 @@
 // See rendezvous.h.
 #include "distributed/rendezvous.h"
 
+#include "distributed/communicator.h"
+
 #include <arpa/inet.h>
 #include <fmt/core.h>
 #include <netinet/in.h>
@@ -197,6 +199,21 @@ Rendezvous rendezvous(const RendezvousOptions& options, const std::string& paylo
     throw RendezvousError(fmt::format("rendezvous: a payload of {} bytes, at most {}", payload.size(), kMaxPayloadBytes));
   if (options.rank == 0) return serve(options, payload, listener);
   return join(options);
+}
+
+RendezvousOptions rendezvous_options(const LaunchEnv& env, double timeout_s, const std::string& backend) {
+  if (env.world_size > 1 && env.token.empty())
+    throw CommunicatorError(fmt::format(
+        "distributed.backend: {}: no job token: set SSMTRAIN_JOB_TOKEN to the same secret on all {} ranks "
+        "(`ssmtrain launch` and Slurm, through SLURM_JOB_ID, provide one)", backend, env.world_size));
+  RendezvousOptions o;
+  o.master_addr = env.master_addr;
+  o.master_port = env.master_port;
+  o.token = env.token;
+  o.rank = env.rank;
+  o.world_size = env.world_size;
+  o.timeout_s = timeout_s;
+  return o;
 }
 
 }  // namespace ssmtrain::dist

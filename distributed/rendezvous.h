@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "distributed/bootstrap.h"
 #include "distributed/socket.h"
 
 namespace ssmtrain::dist {
@@ -45,6 +46,11 @@ struct Rendezvous {
 
 inline constexpr size_t kMaxTokenBytes = 4096;
 inline constexpr size_t kMaxPayloadBytes = 1 << 20;
+
+// The rendezvous of this rank from its launcher's environment (address, port, token, rank,
+// world size) and distributed.timeout. Throws CommunicatorError naming distributed.backend:
+// `backend` when several ranks have no job token (SSMTRAIN_JOB_TOKEN, or Slurm's job id).
+RendezvousOptions rendezvous_options(const LaunchEnv& env, double timeout_s, const std::string& backend);
 
 // Rank 0: listens on master_port (a `listener` already bound may be passed, e.g. on port 0 in
 // tests) and returns once every peer is in. Other ranks: connect, present themselves, and

@@ -278,17 +278,7 @@ class TcpCommunicator final : public Communicator {
 
 std::unique_ptr<Communicator> make_tcp_communicator(double timeout_s) {
   const LaunchEnv env = launch_env();
-  if (env.world_size > 1 && env.token.empty())
-    throw CommunicatorError(fmt::format(
-        "distributed.backend: tcp: no job token: set SSMTRAIN_JOB_TOKEN to the same secret on all {} ranks "
-        "(`ssmtrain launch` and Slurm, through SLURM_JOB_ID, provide one)", env.world_size));
-  RendezvousOptions o;
-  o.master_addr = env.master_addr;
-  o.master_port = env.master_port;
-  o.token = env.token;
-  o.rank = env.rank;
-  o.world_size = env.world_size;
-  o.timeout_s = timeout_s;
+  const RendezvousOptions o = rendezvous_options(env, timeout_s, "tcp");
   Rendezvous links;
   try {
     links = rendezvous(o, "tcp");

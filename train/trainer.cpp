@@ -19,6 +19,7 @@
 
 #include "autograd/allocator.h"
 #include "autograd/device.h"
+#include "autograd/grad_ready.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"
 #include "autograd/stream.h"
@@ -487,8 +488,13 @@ bool Trainer::step_once(int64_t step, bool last) {
     const auto part = [&](const Tensor& t) { return narrow(t, 0, micro * rows, rows); };
     const LossTerms terms = model_->losses(part(batch.inputs), part(batch.targets), part(batch.doc_index), compute_);
     // 1 / (micro-batches of all ranks): the sum over ranks is the global batch's mean.
-    mul(terms.total, 1.0 / double(accum_ * world_)).backward();
-    if (reducer_) reducer_->after_backward(micro + 1 == accum_);
+    const bool last_micro = micro + 1 == accum_;
+    {
+      // The last micro-batch's buckets start their all-reduce while backward still runs.
+      const GradReadyHookGuard hook(reducer_ ? reducer_->ready_hook(last_micro) : GradReadyHook());
+      mul(terms.total, 1.0 / double(accum_ * world_)).backward();
+    }
+    if (reducer_) reducer_->after_backward(last_micro);
     const double lm = terms.lm.item();
     micro_losses.push_back(lm);
     micro_losses.push_back(terms.aux.total.defined() ? terms.aux.total.item() : 0.0);
@@ -557,11 +563,16 @@ bool Trainer::step_once(int64_t step, bool last) {
       }
       metrics_.write(fmt::format("{{\"step\": {}, \"expert_counts\": [{}]}}", step, layers));
     }
+    // Communication of this step (world > 1, CPU ranks: host timing; GPUs: not measured yet).
+    const std::string comm_timing =
+        reducer_ && world_ > 1 && !device_.is_cuda()
+            ? fmt::format(", \"comm_ms\": {:.3f}, \"comm_exposed_ms\": {:.3f}", reducer_->comm_ms(), reducer_->exposed_ms())
+            : "";
     metrics_.write(fmt::format("{{\"step\": {}, \"loss\": {:.6f}, \"aux_loss\": {}, \"grad_norm\": {:.6f}, "
                                "\"lr\": {:.6g}, \"ms\": {:.3f}, \"tokens_per_s\": {:.1f}, \"mfu\": {:.4f}, "
-                               "\"mem_gib\": {:.3f}}}",
+                               "\"mem_gib\": {:.3f}{}}}",
                                step, loss, json_number(aux_loss),
-                               grad_norm, lr, ms, tok_s, mfu, mem_gib));
+                               grad_norm, lr, ms, tok_s, mfu, mem_gib, comm_timing));
   }
   if (log_line) {
     const int64_t done_here = step + 1 - std::max<int64_t>(0, summary_.resumed_from);

@@ -19,7 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string without_timings(const std::string& text) {
-  static const std::regex timing(R"re(, "(ms|tokens_per_s|mfu|save_blocked_ms)": [0-9.e+-]+)re");
+  static const std::regex timing(R"re(, "(ms|tokens_per_s|mfu|save_blocked_ms|comm_ms|comm_exposed_ms)": [0-9.e+-]+)re");
   return std::regex_replace(text, timing, "");
 }
 

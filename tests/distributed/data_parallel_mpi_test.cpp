@@ -28,7 +28,7 @@ std::string read_text(const fs::path& path) {
 }
 
 std::string without_timings(const std::string& text) {
-  static const std::regex timing(R"re(, "(ms|tokens_per_s|mfu|save_blocked_ms)": [0-9.e+-]+)re");
+  static const std::regex timing(R"re(, "(ms|tokens_per_s|mfu|save_blocked_ms|comm_ms|comm_exposed_ms)": [0-9.e+-]+)re");
   return std::regex_replace(text, timing, "");
 }
 
@@ -120,6 +120,10 @@ TEST_P(DataParallel, TwoRanksEqualOneAndResumeOnOneAndFour) {
   expect_same_state(checkpoint_at(runs_, "one", 5), checkpoint_at(runs_, "two", 5));
   EXPECT_EQ(without_timings(read_text(runs_ / "one" / "metrics.jsonl")),
             without_timings(read_text(runs_ / "two" / "metrics.jsonl")));
+  // Communication timing (comm_ms, comm_exposed_ms) on 2 ranks only.
+  EXPECT_EQ(read_text(runs_ / "one" / "metrics.jsonl").find("comm_ms"), std::string::npos);
+  const std::string two_metrics = read_text(runs_ / "two" / "metrics.jsonl");
+  EXPECT_TRUE(std::regex_search(two_metrics, std::regex(R"re("comm_ms": [0-9.]+, "comm_exposed_ms": [0-9.]+\})re"))) << two_metrics;
 
   const std::string saved = checkpoint_at(runs_, "two", 5).string();
   for (int ranks : {1, 4}) {

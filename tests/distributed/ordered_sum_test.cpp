@@ -3,6 +3,7 @@
 // terms at once), checked on values chosen so that other orders round differently.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -80,6 +81,30 @@ TEST(OrderedSum, NoTermsGiveZerosAndTheObjectIsReusable) {
   sum.add(a);
   sum.finish(out.data());
   EXPECT_EQ(out, (std::vector<float>{1, 2, 3}));
+}
+
+// The gradient buckets fold the last micro-batch in range by range: for every count of earlier
+// terms (stacks of several depths) and ranges that split the vector unevenly, the same bits as
+// add(last) + finish().
+TEST(OrderedSum, FoldRangeByRangeEqualsAddThenFinish) {
+  const int n = 97;
+  for (int count = 1; count <= 9; ++count) {
+    const auto terms = random_terms(count, n, 100 + uint32_t(count));
+    const std::vector<float> expected = summed(terms);
+    OrderedSum sum(n);
+    for (int t = 0; t + 1 < count; ++t) sum.add(terms[size_t(t)].data());
+    std::vector<float> out(size_t(n), -1.0f);
+    for (int begin = 0, width = 1; begin < n; begin += width, width = width * 3 % 41 + 1) {
+      const int w = std::min(width, n - begin);
+      sum.fold_range(terms.back().data() + begin, begin, w, out.data() + begin);
+    }
+    EXPECT_EQ(std::memcmp(out.data(), expected.data(), sizeof(float) * size_t(n)), 0) << count << " terms";
+    sum.clear();
+    EXPECT_EQ(sum.terms(), 0);
+    sum.add(terms[0].data());  // reusable after clear()
+    sum.finish(out.data());
+    EXPECT_EQ(std::memcmp(out.data(), terms[0].data(), sizeof(float) * size_t(n)), 0);
+  }
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // world size and garbage bytes are refused with the reason told to the refused peer, while the
 // real ranks still get in; nobody coming (or no rank 0) is an error within the timeout.
 #include "distributed/rendezvous.h"
+#include "distributed/communicator.h"
 
 #include <gtest/gtest.h>
 
@@ -205,6 +206,43 @@ TEST(Rendezvous, NoRankZeroIsAnErrorWithinTheTimeout) {
 TEST(Rendezvous, BadOptionsAreRefusedBeforeAnyNetworking) {
   EXPECT_THROW(rendezvous(options(1, 2, 2)), RendezvousError);
   EXPECT_THROW(rendezvous(options(1, 0, 1, std::string(kMaxTokenBytes + 1, 'x'))), RendezvousError);
+}
+
+}  // namespace
+}  // namespace ssmtrain::dist
+
+namespace ssmtrain::dist {
+namespace {
+
+// The launcher's fields, field by field, for tcp and nccl alike; several ranks without a token
+// are refused naming the backend, the variable and the world size; one rank needs none.
+TEST(RendezvousOptions, FromTheLaunchEnvironmentAndNoTokenRefused) {
+  LaunchEnv env;
+  env.rank = 2;
+  env.world_size = 4;
+  env.master_addr = "10.1.2.3";
+  env.master_port = 31234;
+  env.token = "secret";
+  const RendezvousOptions o = rendezvous_options(env, 42.5, "tcp");
+  EXPECT_EQ(o.master_addr, "10.1.2.3");
+  EXPECT_EQ(o.master_port, 31234);
+  EXPECT_EQ(o.token, "secret");
+  EXPECT_EQ(o.rank, 2);
+  EXPECT_EQ(o.world_size, 4);
+  EXPECT_EQ(o.timeout_s, 42.5);
+  env.token.clear();
+  try {
+    rendezvous_options(env, 10, "nccl");
+    ADD_FAILURE() << "no token accepted";
+  } catch (const CommunicatorError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("distributed.backend: nccl: no job token"), std::string::npos) << what;
+    EXPECT_NE(what.find("SSMTRAIN_JOB_TOKEN"), std::string::npos) << what;
+    EXPECT_NE(what.find("all 4 ranks"), std::string::npos) << what;
+  }
+  env.world_size = 1;
+  env.rank = 0;
+  EXPECT_EQ(rendezvous_options(env, 10, "tcp").token, "");
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 // reduction computed locally in the ordered_sum order from every rank's (deterministic) inputs,
 // bit for bit; a peer that exits, or one that stops answering, ends the waiting ranks within
 // the timeout with a message naming the rank, the operation, the step and the peer.
-// A collective's failure ends its process (std::_Exit), which is why each rank is a process.
+// A collective's failure ends its process (std::_Exit), which is why each rank is a process
+// (the harness: tests/distributed/forked_ranks.h).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,6 +24,7 @@
 #include "distributed/communicator.h"
 #include "distributed/ordered_sum.h"
 #include "distributed/socket.h"
+#include "tests/distributed/forked_ranks.h"
 
 namespace ssmtrain::dist {
 namespace {
@@ -69,89 +71,6 @@ std::string differs(const Tensor& t, const std::vector<float>& expected, const s
       return what + ": element " + std::to_string(i) + " is " + std::to_string(got[i]) + ", expected " +
              std::to_string(expected[i]);
   return "";
-}
-
-using RankBody = std::function<int(Communicator&)>;  // exit status of the rank
-
-struct Job {
-  fs::path dir;
-  std::vector<pid_t> pids;
-  std::vector<int> status;  // -1: still running
-};
-
-// Forks `world` ranks that meet through make_tcp_communicator (the launcher's environment,
-// timeout_s) and run body(rank); each rank's stderr goes to dir/rank<r>.log.
-Job start(const fs::path& dir, int world, double timeout_s, const std::function<int(Communicator&, int)>& body) {
-  fs::create_directories(dir);
-  const int port = free_port();
-  Job job{dir, {}, std::vector<int>(size_t(world), -1)};
-  for (int rank = 0; rank < world; ++rank) {
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      const std::string log = (dir / ("rank" + std::to_string(rank) + ".log")).string();
-      if (!std::freopen(log.c_str(), "w", stderr)) std::_Exit(120);
-      for (const char* v : {"OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID", "SLURM_NTASKS"})
-        ::unsetenv(v);
-      ::setenv("RANK", std::to_string(rank).c_str(), 1);
-      ::setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
-      ::setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
-      ::setenv("MASTER_ADDR", "127.0.0.1", 1);
-      ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-      ::setenv("SSMTRAIN_JOB_TOKEN", "tcp-test-token", 1);
-      int code = 0;
-      try {
-        std::unique_ptr<Communicator> comm = make_tcp_communicator(timeout_s);
-        code = body(*comm, rank);
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
-        code = 3;
-      }
-      std::fflush(stderr);
-      std::_Exit(code);
-    }
-    job.pids.push_back(pid);
-  }
-  return job;
-}
-
-// Waits up to `seconds` for the ranks in `which` (all when empty); true when they all ended.
-bool wait_for(Job& job, double seconds, const std::vector<int>& which = {}) {
-  std::vector<int> ranks = which;
-  if (ranks.empty())
-    for (int r = 0; r < int(job.pids.size()); ++r) ranks.push_back(r);
-  const auto deadline = deadline_after(seconds);
-  for (;;) {
-    bool all = true;
-    for (int r : ranks) {
-      if (job.status[size_t(r)] != -1) continue;
-      int status = 0;
-      if (::waitpid(job.pids[size_t(r)], &status, WNOHANG) == job.pids[size_t(r)])
-        job.status[size_t(r)] = status;
-      else
-        all = false;
-    }
-    if (all) return true;
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-}
-
-void kill_all(Job& job) {
-  for (size_t r = 0; r < job.pids.size(); ++r)
-    if (job.status[r] == -1) {
-      ::kill(job.pids[r], SIGKILL);
-      ::waitpid(job.pids[r], &job.status[r], 0);
-    }
-}
-
-std::string log_of(const Job& job, int rank) {
-  std::ifstream in(job.dir / ("rank" + std::to_string(rank) + ".log"));
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-int exit_code(const Job& job, int rank) {
-  const int s = job.status[size_t(rank)];
-  return WIFEXITED(s) ? WEXITSTATUS(s) : -1;
 }
 
 class Tcp : public ::testing::Test {
@@ -224,15 +143,15 @@ int collectives(Communicator& comm, int rank) {
 }
 
 TEST_F(Tcp, EveryCollectiveOnThreeRanksEqualsTheOrderedSumBitForBit) {
-  Job job = start(dir_, 3, 30, collectives);
-  const bool ended = wait_for(job, 60);
-  kill_all(job);
+  testing::ForkedJob job = testing::fork_tcp_ranks(dir_, 3, 30, collectives);
+  const bool ended = job.wait_for(60);
+  job.kill_all();
   ASSERT_TRUE(ended) << "the ranks did not finish within 60 s";
-  for (int r = 0; r < 3; ++r) EXPECT_EQ(exit_code(job, r), 0) << "rank " << r << ":\n" << log_of(job, r);
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(job.exit_code(r), 0) << "rank " << r << ":\n" << job.log(r);
 }
 
 TEST_F(Tcp, PeerThatExitsEndsRankZeroNamingTheOperationStepAndPeer) {
-  Job job = start(dir_, 2, 30, [](Communicator& comm, int rank) {
+  testing::ForkedJob job = testing::fork_tcp_ranks(dir_, 2, 30, [](Communicator& comm, int rank) {
     if (rank == 1) return 0;  // leaves before the collective: its connection closes
     comm.set_step(7);
     Tensor t = tensor_of(input_of(0, 10));
@@ -240,20 +159,20 @@ TEST_F(Tcp, PeerThatExitsEndsRankZeroNamingTheOperationStepAndPeer) {
     return 0;  // not reached: the failure ends the process
   });
   const auto begin = Clock::now();
-  const bool ended = wait_for(job, 20);
-  kill_all(job);
+  const bool ended = job.wait_for(20);
+  job.kill_all();
   ASSERT_TRUE(ended);
   EXPECT_LT(std::chrono::duration<double>(Clock::now() - begin).count(), 10) << "a closed peer is seen at once";
-  EXPECT_EQ(exit_code(job, 1), 0);
-  EXPECT_EQ(exit_code(job, 0), 1);
-  EXPECT_NE(log_of(job, 0).find("rank 0 of 2: all_reduce at step 7 failed: rank 1 closed its connection"),
+  EXPECT_EQ(job.exit_code(1), 0);
+  EXPECT_EQ(job.exit_code(0), 1);
+  EXPECT_NE(job.log(0).find("rank 0 of 2: all_reduce at step 7 failed: rank 1 closed its connection"),
             std::string::npos)
-      << log_of(job, 0);
+      << job.log(0);
 }
 
 TEST_F(Tcp, SilentPeerTimesOutAndTheOthersFollowWithinTheTimeout) {
   const double timeout = 1.5;
-  Job job = start(dir_, 3, timeout, [](Communicator& comm, int rank) {
+  testing::ForkedJob job = testing::fork_tcp_ranks(dir_, 3, timeout, [](Communicator& comm, int rank) {
     if (rank == 2) {  // in the job, but never joins the collective
       std::this_thread::sleep_for(std::chrono::seconds(60));
       return 0;
@@ -266,21 +185,21 @@ TEST_F(Tcp, SilentPeerTimesOutAndTheOthersFollowWithinTheTimeout) {
     return 0;
   });
   const auto begin = Clock::now();
-  const bool ended = wait_for(job, timeout + 10, {0, 1});
+  const bool ended = job.wait_for(timeout + 10, {0, 1});
   const double seconds = std::chrono::duration<double>(Clock::now() - begin).count();
-  kill_all(job);
+  job.kill_all();
   ASSERT_TRUE(ended) << "ranks 0 and 1 still waited " << timeout + 10 << " s after the start";
   EXPECT_GE(seconds, timeout - 0.1);
-  EXPECT_EQ(exit_code(job, 0), 1);
-  EXPECT_EQ(exit_code(job, 1), 1);
-  EXPECT_NE(log_of(job, 0).find("rank 0 of 3: reduce_scatter at step 3 failed: no answer from rank 2 within "
+  EXPECT_EQ(job.exit_code(0), 1);
+  EXPECT_EQ(job.exit_code(1), 1);
+  EXPECT_NE(job.log(0).find("rank 0 of 3: reduce_scatter at step 3 failed: no answer from rank 2 within "
                                 "distributed.timeout_s = 1.5 s"),
             std::string::npos)
-      << log_of(job, 0);
+      << job.log(0);
   // Rank 1 had sent its part and waited for its block: rank 0's exit closed the connection.
-  EXPECT_NE(log_of(job, 1).find("rank 1 of 3: reduce_scatter at step 3 failed: rank 0 closed its connection"),
+  EXPECT_NE(job.log(1).find("rank 1 of 3: reduce_scatter at step 3 failed: rank 0 closed its connection"),
             std::string::npos)
-      << log_of(job, 1);
+      << job.log(1);
 }
 
 TEST_F(Tcp, NoTokenIsRefusedNamingTheVariable) {
