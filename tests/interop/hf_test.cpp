@@ -17,9 +17,11 @@
 #include "autograd/ops.h"
 #include "autograd/rng.h"
 #include "configs/load.h"
+#include "data/tokenizer.h"
 #include "interop/hf.h"
 #include "interop/safetensors.h"
 #include "layers/from_config.h"
+#include "tests/data/data_fixture.h"
 
 namespace ssmtrain::interop {
 namespace {
@@ -151,7 +153,7 @@ INSTANTIATE_TEST_SUITE_P(Hf, GroupedExport, ::testing::Values("mamba2_ngroups2",
 
 // A tiny recipe of each family, shrunk for speed.
 configs::Config tiny(const std::string& recipe, std::vector<std::string> overrides) {
-  overrides.insert(overrides.end(), {"model.vocab_size=96", "model.d_model=32"});
+  overrides.insert(overrides.begin(), {"model.vocab_size=96", "model.d_model=32"});  // the caller's overrides win
   return configs::load_config(fs::path(SSMTRAIN_SOURCE_DIR) / "recipes" / "tiny" / recipe, overrides);
 }
 
@@ -263,6 +265,57 @@ TEST(HfLive, ExportsTinyModelsWithTheirLogits) {
     EXPECT_TRUE(fs::exists(dir / "config.json"));
   }
   if (!env) fs::remove_all(root);
+}
+
+std::string file_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// The tokenizer files of an export: tokenizer.model is the run's SentencePiece model byte for
+// byte; tokenizer_config.json names the class AutoTokenizer maps to the SentencePiece Llama
+// tokenizer, and its special pieces, special_tokens_map.json's and the ids in config.json and
+// generation_config.json are the model's own (unk 0, bos 1, eos 2; pad is unk: no pad piece);
+// neither bos nor eos is added on encode, as ssmtrain's data pipeline adds none. With
+// SSMTRAIN_HF_LIVE_DIR set, the checkpoint and its export stay in <dir>/tokenizer for
+// tests/fixtures/check_hf_tokenizer.py (AutoTokenizer against `ssmtrain generate --out`'s ids).
+TEST(HfExport, WritesTheRunsTokenizerWithItsSpecialIds) {
+  const char* live = std::getenv("SSMTRAIN_HF_LIVE_DIR");
+  const fs::path dir = live ? fs::path(live) / "tokenizer" : temp_dir("tokenizer");
+  fs::create_directories(dir);
+  const data::testing::Corpus corpus = data::testing::make_corpus(dir.string(), 24);
+  data::train_tokenizer(data::testing::small_tokenizer_options(corpus.directory, (dir / "tok.model").string()));
+  const data::Tokenizer tokenizer((dir / "tok.model").string());
+  const configs::Config config = tiny("mamba2.yaml", {"model.vocab_size=400", "data.tokenizer=" + (dir / "tok.model").string()});
+  export_hf(save_checkpoint(config, dir), dir / "hf");
+
+  EXPECT_EQ(file_bytes(dir / "hf" / "tokenizer.model"), tokenizer.model_bytes());
+  const json tc = json::parse(std::ifstream(dir / "hf" / "tokenizer_config.json"));
+  const json special = json::parse(std::ifstream(dir / "hf" / "special_tokens_map.json"));
+  const json model = json::parse(std::ifstream(dir / "hf" / "config.json"));
+  const json generation = json::parse(std::ifstream(dir / "hf" / "generation_config.json"));
+  EXPECT_EQ(tc["tokenizer_class"], "LlamaTokenizer");
+  EXPECT_EQ(tc["add_bos_token"], false);
+  EXPECT_EQ(tc["add_eos_token"], false);
+  EXPECT_EQ(tc["add_prefix_space"], false);  // the model is trained without a dummy prefix
+  EXPECT_EQ(tc["model_max_length"], config.training.seq_len);
+  ASSERT_GE(tokenizer.bos_id(), 0);
+  ASSERT_GE(tokenizer.eos_id(), 0);
+  const std::vector<std::pair<std::string, int>> roles = {
+      {"unk", tokenizer.unk_id()}, {"bos", tokenizer.bos_id()}, {"eos", tokenizer.eos_id()}};
+  for (const auto& [role, id] : roles) {
+    EXPECT_EQ(tc[role + "_token"], tokenizer.piece(id)) << role;
+    EXPECT_EQ(special[role + "_token"], tokenizer.piece(id)) << role;
+    if (role != "unk") {
+      EXPECT_EQ(model[role + "_token_id"], id) << role;
+      EXPECT_EQ(generation[role + "_token_id"], id) << role;
+    }
+  }
+  EXPECT_TRUE(tc["pad_token"].is_null());
+  EXPECT_EQ(model["pad_token_id"], tokenizer.unk_id());
+  EXPECT_EQ(generation["pad_token_id"], tokenizer.unk_id());
+  EXPECT_EQ(model["vocab_size"], tokenizer.vocab_size());
+  if (!live) fs::remove_all(dir);
 }
 
 std::string refusal(const configs::Config& config) {
