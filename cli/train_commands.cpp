@@ -35,6 +35,7 @@ struct TrainArgs {
   std::string recipe;
   std::vector<std::string> overrides;  // --set key=value, in order
   std::string resume;                  // auto, none or a checkpoint path
+  std::string dump_batches;            // DIR for init.h5 + batches.bin (parity runs)
 };
 
 struct ConfigShowArgs {
@@ -50,6 +51,8 @@ void train_options(CLI::App& app, TrainArgs& a) {
                  "auto (newest checkpoint that verifies), none, or a checkpoint PATH; "
                  "default: the recipe's checkpoint.resume")
       ->check(CLI::IsMember({"auto", "none"}) | CLI::ExistingPath);
+  app.add_option("--dump-batches", a.dump_batches,
+                 "Write DIR/init.h5 (step-0 weights) and DIR/batches.bin (every step's tokens) for bench/pytorch/parity.py");
 }
 
 void config_show_options(CLI::App& app, ConfigShowArgs& a) {
@@ -138,6 +141,7 @@ int run_train(const TrainArgs& a) {
     check_tokenizer(recipe);
     TrainOptions options;
     options.resume = a.resume;
+    options.dump_batches = a.dump_batches;
     if (config.eval.every > 0) options.evaluate = eval::training_evaluator(config, eval::recipe_writes(recipe, "eval.niah"));  // eval.niah: NIAH too
     else if (eval::recipe_writes(recipe, "eval.niah") && dist::launch_env().rank == 0)  // one note per job
       fmt::print(stderr, "note: eval.niah is not run during this training (eval.every is 0): `ssmtrain eval niah` "

@@ -524,14 +524,16 @@ fs::path find_tokenizer(const configs::Config& config) {
 
 // tokenizer.model with the files AutoTokenizer reads: LlamaTokenizer over the SentencePiece
 // model, which `ssmtrain data tokenizer` trains with unk 0, bos 1, eos 2 and no pad, and which
-// the data pipeline encodes without adding bos or eos.
+// the data pipeline encodes without adding bos or eos. The model has no dummy prefix, so
+// add_prefix_space is false: with it, transformers' Llama tokenizer puts a "▁" before the
+// first word (an id ssmtrain never produces there) and strips a leading space on decode.
 void write_tokenizer(const fs::path& model_file, const fs::path& out, int64_t max_length) {
   fs::copy_file(model_file, out / "tokenizer.model", fs::copy_options::overwrite_existing);
   const json config = {{"tokenizer_class", "LlamaTokenizer"}, {"model_max_length", max_length},
                        {"unk_token", "<unk>"},          {"bos_token", "<s>"},
                        {"eos_token", "</s>"},           {"pad_token", nullptr},
                        {"add_bos_token", false},        {"add_eos_token", false},
-                       {"legacy", false},               {"add_prefix_space", true},
+                       {"legacy", false},               {"add_prefix_space", false},
                        {"clean_up_tokenization_spaces", false}, {"sp_model_kwargs", json::object()}};
   write_text(out / "tokenizer_config.json", config.dump(2) + "\n");
   const json special = {{"unk_token", "<unk>"}, {"bos_token", "<s>"}, {"eos_token", "</s>"}};

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -145,6 +146,27 @@ std::string duration_text(double seconds) {
   return fmt::format("{:.0f} days", seconds / 86400);
 }
 
+// batches.bin of `train --dump-batches`: the magic "SSMBATCH", u32 version 1, u32 0, i64 rows,
+// i64 seq_len, then per step: i64 step and three (rows, seq_len) i32 arrays, row-major: inputs,
+// targets (inputs shifted by one token) and doc_index (train/loader.h); little-endian.
+void write_dumped_batch(std::ofstream& out, int64_t step, const data::Batch& batch) {
+  const int64_t rows = batch.inputs.size(0), seq_len = batch.inputs.size(1);
+  if (out.tellp() == 0) {
+    const uint32_t version[2] = {1, 0};
+    out.write("SSMBATCH", 8);
+    out.write(reinterpret_cast<const char*>(version), sizeof(version));
+    out.write(reinterpret_cast<const char*>(&rows), 8);
+    out.write(reinterpret_cast<const char*>(&seq_len), 8);
+  }
+  out.write(reinterpret_cast<const char*>(&step), 8);
+  for (const Tensor* t : {&batch.inputs, &batch.targets, &batch.doc_index}) {
+    const std::vector<float> values = t->to_vector();  // ids below 2^24: exact in f32
+    std::vector<int32_t> ids(values.begin(), values.end());
+    out.write(reinterpret_cast<const char*>(ids.data()), std::streamsize(ids.size() * sizeof(int32_t)));
+  }
+  out.flush();
+}
+
 class Trainer {
  public:
   Trainer(const configs::Config& config, const TrainOptions& train_options);
@@ -171,6 +193,7 @@ class Trainer {
 
   const configs::Config& config_;
   TrainOptions train_options_;
+  std::ofstream dumped_batches_;  // --dump-batches
   std::unique_ptr<dist::Communicator> comm_;
   std::unique_ptr<dist::GradientReducer> reducer_;
   std::map<std::string, AdamW::Moments> gathered_moments_;  // sharded: every parameter's, for a checkpoint
@@ -482,6 +505,10 @@ bool Trainer::step_once(int64_t step, bool last) {
   comm_->set_step(step);
   data::Batch batch = loader_->next();  // this rank's rows: (accum x micro_batch, seq_len)
   if (batch.ready) batch.ready->wait(current_stream(device_.index));
+  if (dumped_batches_.is_open()) {
+    write_dumped_batch(dumped_batches_, step, batch);
+    if (!dumped_batches_) throw TrainError("--dump-batches: writing " + train_options_.dump_batches + "/batches.bin failed");
+  }
   const int64_t rows = config_.training.micro_batch;
   std::vector<double> micro_losses;  // lm loss, aux loss of each micro-batch (distributed only)
   for (int64_t micro = 0; micro < accum_; ++micro) {
@@ -688,6 +715,17 @@ TrainSummary Trainer::run() {
     }
   }
   progress_.rng_seed = uint64_t(config_.run.seed);  // training draws no random numbers; init is seeded
+  if (!train_options_.dump_batches.empty()) {
+    const fs::path dir = train_options_.dump_batches;
+    if (world_ > 1 || resume_)
+      throw TrainError("--dump-batches " + dir.string() + ": writes the batches of a fresh run on one rank (this one " +
+                       (resume_ ? "resumes " + resume_path_->string() : std::to_string(world_) + " ranks") + ")");
+    fs::create_directories(dir);
+    write_checkpoint(dir / "init.h5", snapshot());
+    dumped_batches_.open(dir / "batches.bin", std::ios::binary | std::ios::trunc);
+    if (!dumped_batches_) throw TrainError("--dump-batches: cannot write " + (dir / "batches.bin").string());
+    say("dump: step-0 weights -> {}, every step's batch -> {}\n", (dir / "init.h5").string(), (dir / "batches.bin").string());
+  }
 
   StopSignals signals;
   start_ = Clock::now();

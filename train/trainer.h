@@ -33,6 +33,11 @@ struct TrainOptions {
   // logged to metrics.jsonl as {"step": N, "eval": {"val_loss": ..., "perplexity": ..., ...}}
   // (the validation loss from the val split when there is one) and a step line.
   TrainEvaluate evaluate;
+  // Non-empty (`train --dump-batches DIR`): for a parity run against another trainer
+  // (bench/pytorch/parity.py), writes DIR/init.h5, a checkpoint of the step-0 weights that
+  // `export hf` converts, and DIR/batches.bin, every step's token batch as the loader yields it
+  // (format in write_dumped_batch). One rank, a fresh start only.
+  std::string dump_batches;
 };
 
 struct TrainSummary {

@@ -17,9 +17,11 @@
 #include "autograd/ops.h"
 #include "autograd/rng.h"
 #include "configs/load.h"
+#include "data/tokenizer.h"
 #include "interop/hf.h"
 #include "interop/safetensors.h"
 #include "layers/from_config.h"
+#include "tests/data/data_fixture.h"
 
 namespace ssmtrain::interop {
 namespace {
@@ -67,7 +69,7 @@ class Fixture : public ::testing::TestWithParam<std::string> {};
 TEST_P(Fixture, ImportGivesTransformersLogitsAndGreedyTokens) {
   const fs::path dir = kFixtures / GetParam();
   const ImportedModel imported = read_hf_model(dir);
-  EXPECT_EQ(hf_model_type(imported.family), GetParam());
+  EXPECT_EQ(hf_model_type(imported.family), json::parse(std::ifstream(dir / "config.json"))["model_type"].get<std::string>());
   const TensorFile expected = read_safetensors(dir / "expected.safetensors");
   const HostArray& input = *expected.find("input_ids");
   const HostArray& want = *expected.find("logits");  // (b, l, vocab)
@@ -89,11 +91,69 @@ TEST_P(Fixture, ImportGivesTransformersLogitsAndGreedyTokens) {
   EXPECT_EQ(tokens, as_ids(*expected.find("greedy"))) << GetParam() << ": greedy continuation differs";
 }
 
-INSTANTIATE_TEST_SUITE_P(Hf, Fixture, ::testing::Values("mamba", "mamba2", "jamba", "nemotron_h"));
+INSTANTIATE_TEST_SUITE_P(Hf, Fixture, ::testing::Values("mamba", "mamba2", "mamba2_ngroups2", "jamba", "nemotron_h"));
+
+// Grouped B/C (ngroups > 1) changes the layout of in_proj (z, x, B, C, dt), conv1d (x, B, C)
+// and the gated norm (one RMS per group): transformers' fixtures with n_groups 2, imported and
+// exported again, give back the fixture's tensors bit for bit under the same names and shapes,
+// and the exported directory gives transformers' logits.
+class GroupedExport : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GroupedExport, ReExportIsTheTransformersFile) {
+  const fs::path fixture = kFixtures / GetParam();
+  ASSERT_EQ(json::parse(std::ifstream(fixture / "config.json"))["n_groups"], 2) << "the fixture must have groups";
+  const fs::path dir = temp_dir("groups_" + GetParam());
+  import_hf(fixture, dir / "imported.h5");
+  export_hf(dir / "imported.h5", dir / "hf");
+  const json config = json::parse(std::ifstream(dir / "hf" / "config.json"));
+  EXPECT_EQ(config["n_groups"], 2);
+  const bool tied = config["tie_word_embeddings"].get<bool>();
+
+  const TensorFile want = read_safetensors(fixture / "model.safetensors"), got = read_safetensors(dir / "hf" / "model.safetensors");
+  size_t compared = 0;
+  for (const auto& [name, a] : want.tensors) {
+    if (name == "lm_head.weight" && tied) continue;  // a tied head is the embedding
+    const HostArray* b = got.find(name);
+    ASSERT_NE(b, nullptr) << name << " is not in the export";
+    EXPECT_EQ(b->shape, a.shape) << name;
+    EXPECT_TRUE(std::equal(a.data(), a.data() + a.size(), b->data())) << name << " differs from transformers'";
+    ++compared;
+  }
+  for (const auto& [name, b] : got.tensors)
+    EXPECT_TRUE(want.find(name) != nullptr || (name == "lm_head.weight" && tied)) << name << " is not a transformers tensor";
+
+  // The grouped shapes, from the config alone: d_inner e = expand * d, g groups of state n, h heads.
+  const int64_t d = config["hidden_size"], e = config["expand"].get<int64_t>() * d, g = 2, w = config["conv_kernel"];
+  const bool nemo = config["model_type"] == "nemotron_h";
+  const int64_t n = config[nemo ? "ssm_state_size" : "state_size"], h = config[nemo ? "mamba_num_heads" : "num_heads"];
+  const HostArray* in_proj = got.find("backbone.layers.0.mixer.in_proj.weight");
+  const HostArray* conv = got.find("backbone.layers.0.mixer.conv1d.weight");
+  const HostArray* norm = got.find("backbone.layers.0.mixer.norm.weight");
+  ASSERT_TRUE(in_proj && conv && norm);
+  EXPECT_EQ(in_proj->shape, (Shape{2 * e + 2 * g * n + h, d}));
+  EXPECT_EQ(conv->shape, (Shape{e + 2 * g * n, 1, w}));
+  EXPECT_EQ(norm->shape, (Shape{e}));
+  EXPECT_GE(compared, size_t(10));
+
+  // And the export loads back to transformers' logits.
+  const ImportedModel back = read_hf_model(dir / "hf");
+  const TensorFile expected = read_safetensors(fixture / "expected.safetensors");
+  const HostArray& input = *expected.find("input_ids");
+  NoGradGuard no_grad;
+  const std::vector<float> logits = build(back)->logits(Tensor::from_vector(as_ids(input), input.shape)).to_vector();
+  const HostArray& ref = *expected.find("logits");
+  ASSERT_EQ(int64_t(logits.size()), ref.size());
+  double worst = 0;
+  for (int64_t i = 0; i < ref.size(); ++i) worst = std::max(worst, double(std::abs(logits[size_t(i)] - ref.data()[i])));
+  EXPECT_LE(worst, 1e-4);
+  fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Hf, GroupedExport, ::testing::Values("mamba2_ngroups2", "nemotron_h"));
 
 // A tiny recipe of each family, shrunk for speed.
 configs::Config tiny(const std::string& recipe, std::vector<std::string> overrides) {
-  overrides.insert(overrides.end(), {"model.vocab_size=96", "model.d_model=32"});
+  overrides.insert(overrides.begin(), {"model.vocab_size=96", "model.d_model=32"});  // the caller's overrides win
   return configs::load_config(fs::path(SSMTRAIN_SOURCE_DIR) / "recipes" / "tiny" / recipe, overrides);
 }
 
@@ -128,7 +188,7 @@ class Export : public ::testing::TestWithParam<RoundTrip> {};
 
 TEST_P(Export, ExportThenImportIsExact) {
   const RoundTrip& p = GetParam();
-  const fs::path dir = temp_dir("export_" + std::string(hf_model_type(p.family)));
+  const fs::path dir = temp_dir("export_" + std::string(hf_model_type(p.family)) + "_" + std::to_string(p.overrides.size()));
   const configs::Config config = tiny(p.recipe, p.overrides);
   const fs::path checkpoint = save_checkpoint(config, dir);
   EXPECT_EQ(export_hf(checkpoint, dir / "hf"), p.family);
@@ -158,9 +218,12 @@ INSTANTIATE_TEST_SUITE_P(
     Hf, Export,
     ::testing::Values(RoundTrip{"mamba1.yaml", {}, HfFamily::mamba},
                       RoundTrip{"mamba2.yaml", {"model.tie_embeddings=false"}, HfFamily::mamba2},
+                      RoundTrip{"mamba2.yaml", {"model.mamba2.ngroups=2", "model.mamba2.d_state=16"}, HfFamily::mamba2},
                       RoundTrip{"jamba.yaml", {"model.moe.d_ff_expert=64", "model.mlp.d_ff=64", "model.norm_eps=1e-6"}, HfFamily::jamba},
                       RoundTrip{"hybrid-mamba2.yaml", {"model.n_layers=4", "model.layout.mixer_pattern=MAMA"}, HfFamily::nemotron_h}),
-    [](const auto& info) { return std::string(hf_model_type(info.param.family)); });
+    [](const auto& info) {
+      return std::string(hf_model_type(info.param.family)) + (info.param.overrides.size() > 0 && info.param.overrides[0] == "model.mamba2.ngroups=2" ? "_ngroups2" : "");
+    });
 
 // The ssmtrain side of the live check against transformers (tests/fixtures/check_hf_export.py):
 // each family's tiny model exported to $SSMTRAIN_HF_LIVE_DIR/<model_type> (a temporary folder
@@ -202,6 +265,57 @@ TEST(HfLive, ExportsTinyModelsWithTheirLogits) {
     EXPECT_TRUE(fs::exists(dir / "config.json"));
   }
   if (!env) fs::remove_all(root);
+}
+
+std::string file_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// The tokenizer files of an export: tokenizer.model is the run's SentencePiece model byte for
+// byte; tokenizer_config.json names the class AutoTokenizer maps to the SentencePiece Llama
+// tokenizer, and its special pieces, special_tokens_map.json's and the ids in config.json and
+// generation_config.json are the model's own (unk 0, bos 1, eos 2; pad is unk: no pad piece);
+// neither bos nor eos is added on encode, as ssmtrain's data pipeline adds none. With
+// SSMTRAIN_HF_LIVE_DIR set, the checkpoint and its export stay in <dir>/tokenizer for
+// tests/fixtures/check_hf_tokenizer.py (AutoTokenizer against `ssmtrain generate --out`'s ids).
+TEST(HfExport, WritesTheRunsTokenizerWithItsSpecialIds) {
+  const char* live = std::getenv("SSMTRAIN_HF_LIVE_DIR");
+  const fs::path dir = live ? fs::path(live) / "tokenizer" : temp_dir("tokenizer");
+  fs::create_directories(dir);
+  const data::testing::Corpus corpus = data::testing::make_corpus(dir.string(), 24);
+  data::train_tokenizer(data::testing::small_tokenizer_options(corpus.directory, (dir / "tok.model").string()));
+  const data::Tokenizer tokenizer((dir / "tok.model").string());
+  const configs::Config config = tiny("mamba2.yaml", {"model.vocab_size=400", "data.tokenizer=" + (dir / "tok.model").string()});
+  export_hf(save_checkpoint(config, dir), dir / "hf");
+
+  EXPECT_EQ(file_bytes(dir / "hf" / "tokenizer.model"), tokenizer.model_bytes());
+  const json tc = json::parse(std::ifstream(dir / "hf" / "tokenizer_config.json"));
+  const json special = json::parse(std::ifstream(dir / "hf" / "special_tokens_map.json"));
+  const json model = json::parse(std::ifstream(dir / "hf" / "config.json"));
+  const json generation = json::parse(std::ifstream(dir / "hf" / "generation_config.json"));
+  EXPECT_EQ(tc["tokenizer_class"], "LlamaTokenizer");
+  EXPECT_EQ(tc["add_bos_token"], false);
+  EXPECT_EQ(tc["add_eos_token"], false);
+  EXPECT_EQ(tc["add_prefix_space"], false);  // the model is trained without a dummy prefix
+  EXPECT_EQ(tc["model_max_length"], config.training.seq_len);
+  ASSERT_GE(tokenizer.bos_id(), 0);
+  ASSERT_GE(tokenizer.eos_id(), 0);
+  const std::vector<std::pair<std::string, int>> roles = {
+      {"unk", tokenizer.unk_id()}, {"bos", tokenizer.bos_id()}, {"eos", tokenizer.eos_id()}};
+  for (const auto& [role, id] : roles) {
+    EXPECT_EQ(tc[role + "_token"], tokenizer.piece(id)) << role;
+    EXPECT_EQ(special[role + "_token"], tokenizer.piece(id)) << role;
+    if (role != "unk") {
+      EXPECT_EQ(model[role + "_token_id"], id) << role;
+      EXPECT_EQ(generation[role + "_token_id"], id) << role;
+    }
+  }
+  EXPECT_TRUE(tc["pad_token"].is_null());
+  EXPECT_EQ(model["pad_token_id"], tokenizer.unk_id());
+  EXPECT_EQ(generation["pad_token_id"], tokenizer.unk_id());
+  EXPECT_EQ(model["vocab_size"], tokenizer.vocab_size());
+  if (!live) fs::remove_all(dir);
 }
 
 std::string refusal(const configs::Config& config) {

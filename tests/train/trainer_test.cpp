@@ -4,11 +4,15 @@
 // written, and the same seed gives the same bits.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "configs/load.h"
+#include "data/loader.h"
+#include "layers/from_config.h"
+#include "train/checkpoint.h"
 #include "tests/data/data_fixture.h"
 #include "train/trainer.h"
 
@@ -113,6 +117,68 @@ TEST_F(TrainerTest, SameSeedSameBits) {
   const TrainSummary a = train(config("b")), b = train(config("c"));
   EXPECT_EQ(a.final_loss, b.final_loss);
   EXPECT_EQ(a.final_val_loss, b.final_val_loss);
+}
+
+// train --dump-batches (the parity harness's input): batches.bin holds every step's batch
+// exactly as a token loader of the same data, seed and batch yields it, and init.h5 the
+// weights a model of the recipe's seed starts from.
+TEST_F(TrainerTest, DumpBatchesWritesTheLoadersBatchesAndTheInitialWeights) {
+  const configs::Config c = config("dump");
+  TrainOptions options;
+  options.dump_batches = *dir_ / "dump";
+  train(c, options);
+
+  std::ifstream in(*dir_ / "dump/batches.bin", std::ios::binary);
+  char magic[8];
+  uint32_t version[2];
+  int64_t rows = 0, seq_len = 0;
+  in.read(magic, 8);
+  in.read(reinterpret_cast<char*>(version), 8);
+  in.read(reinterpret_cast<char*>(&rows), 8);
+  in.read(reinterpret_cast<char*>(&seq_len), 8);
+  ASSERT_EQ(std::string(magic, 8), "SSMBATCH");
+  EXPECT_EQ(version[0], 1u);
+  ASSERT_EQ(rows, 8);  // global_batch_tokens / seq_len
+  ASSERT_EQ(seq_len, 32);
+
+  data::LoaderOptions lo;
+  lo.data_dir = c.data.train;
+  lo.seq_len = seq_len;
+  lo.global_batch = rows;
+  lo.seed = uint64_t(c.run.seed);
+  lo.prefetch = 0;
+  data::TokenLoader loader(lo);
+  const int64_t n = rows * seq_len;
+  int64_t steps = 0;
+  for (int64_t step; in.read(reinterpret_cast<char*>(&step), 8); ++steps) {
+    EXPECT_EQ(step, steps);
+    std::vector<int32_t> arrays[3];
+    for (auto& a : arrays) {
+      a.resize(size_t(n));
+      in.read(reinterpret_cast<char*>(a.data()), n * 4);
+    }
+    const data::Batch want = loader.next();
+    const Tensor* tensors[3] = {&want.inputs, &want.targets, &want.doc_index};
+    for (int k = 0; k < 3; ++k) {
+      const std::vector<float> v = tensors[k]->to_vector();
+      EXPECT_EQ(arrays[k], std::vector<int32_t>(v.begin(), v.end())) << "step " << step << " array " << k;
+    }
+    for (int64_t r = 0; r < rows; ++r)  // targets are the inputs one token on
+      for (int64_t t = 0; t + 1 < seq_len; ++t) ASSERT_EQ(arrays[1][size_t(r * seq_len + t)], arrays[0][size_t(r * seq_len + t + 1)]);
+  }
+  EXPECT_EQ(steps, c.training.max_steps);
+
+  const CheckpointContents init = read_checkpoint(*dir_ / "dump/init.h5");
+  LanguageModel fresh(model_options(c.model), uint64_t(c.run.seed));
+  const auto arrays = model_arrays(fresh);
+  ASSERT_EQ(init.model.size(), arrays.size());
+  for (const auto& [name, want] : arrays) {
+    const auto it = std::find_if(init.model.begin(), init.model.end(), [&](const auto& p) { return p.first == name; });
+    ASSERT_NE(it, init.model.end()) << name << " is not in init.h5";
+    ASSERT_EQ(it->second.size(), want.size()) << name;
+    EXPECT_TRUE(std::equal(want.data(), want.data() + want.size(), it->second.data())) << name << " is not the step-0 weight";
+  }
+  EXPECT_EQ(init.progress.step, 0);
 }
 
 // A validation shard that is there but damaged stops the run before training, naming the
