@@ -20,13 +20,15 @@ void expect_shape(const Tensor& t, const Shape& shape, const char* name) {
 kernels::Conv1dShape conv_shape(const CausalConv1dInputs& in) {
   if (!in.x.defined() || !in.weight.defined()) detail::op_error(kOp, "x and weight are required");
   if (in.x.dim() != 3 || in.weight.dim() != 2)
-    detail::op_error(kOp, "expects x (b, d, l) and weight (d, w); got " + in.x.str() + ", " + in.weight.str());
+    detail::op_error(kOp, std::string("expects x ") + (in.channel_last ? "(b, l, d)" : "(b, d, l)") +
+                              " and weight (d, w); got " + in.x.str() + ", " + in.weight.str());
   kernels::Conv1dShape s;
   s.batch = in.x.size(0);
-  s.dim = in.x.size(1);
-  s.seq_len = in.x.size(2);
+  s.dim = in.x.size(in.channel_last ? 2 : 1);
+  s.seq_len = in.x.size(in.channel_last ? 1 : 2);
   s.width = in.weight.size(1);
   s.silu = in.silu;
+  s.channel_last = in.channel_last;
   if (s.width < 2 || s.width > 4)
     detail::op_error(kOp, "the width must be 2, 3 or 4; weight is " + in.weight.str());
   expect_shape(in.weight, {s.dim, s.width}, "weight");
@@ -39,6 +41,13 @@ kernels::Conv1dShape conv_shape(const CausalConv1dInputs& in) {
     if (t->defined() && t->device() != in.x.device())
       detail::op_error(kOp, "every input must be on " + in.x.device().str() + ", got " + t->str());
   return s;
+}
+
+// A channel-last x the kernels read in place: unit channel stride, token stride >= d, batch
+// stride l times the token stride (a column slice of a contiguous (b, l, .) tensor).
+bool readable_in_place(const Tensor& x) {
+  const Shape& st = x.strides();
+  return st[2] == 1 && st[1] >= x.size(2) && st[0] == x.size(1) * st[1];
 }
 
 template <typename T> const T* ptr(const Tensor& t) { return t.defined() ? static_cast<const T*>(t.data()) : nullptr; }
@@ -63,10 +72,12 @@ kernels::Conv1dArgs<T, T> cpu_args(const Tensor& x, const Tensor& weight, const 
 }  // namespace
 
 CausalConv1dOutputs causal_conv1d(const CausalConv1dInputs& in_raw, bool return_final_state) {
-  const kernels::Conv1dShape s = conv_shape(in_raw);
+  kernels::Conv1dShape s = conv_shape(in_raw);
   CausalConv1dInputs in = in_raw;
-  for (Tensor* t : {&in.x, &in.weight, &in.bias, &in.initial_state, &in.doc_index})
+  for (Tensor* t : {&in.weight, &in.bias, &in.initial_state, &in.doc_index})
     if (t->defined()) *t = t->contiguous();
+  if (!in.channel_last || !readable_in_place(in.x)) in.x = in.x.contiguous();
+  if (in.channel_last) s.x_stride = in.x.strides()[1];
   detail::common_device(kOp, {&in.x, &in.weight});
   detail::check_dtype_float(kOp, in.x);
   if (in.initial_state.defined()) detail::check_same_dtype(kOp, {&in.x, &in.initial_state});
@@ -74,7 +85,7 @@ CausalConv1dOutputs causal_conv1d(const CausalConv1dInputs& in_raw, bool return_
   const DType param_dtype = in.weight.dtype();
 
   CausalConv1dOutputs result;
-  result.out = Tensor::empty(in.x.shape(), in.x.dtype(), in.x.device());
+  result.out = Tensor::empty(in.x.shape(), in.x.dtype(), in.x.device());  // dense
   if (return_final_state)
     result.final_state = Tensor::empty({s.batch, s.dim, s.width - 1}, in.x.dtype(), in.x.device());
 

@@ -68,9 +68,11 @@ Tensor Mamba2Mixer::run(const Tensor& x, const Tensor& doc_index, const MixerCac
                 n = o.d_state, gn = g * n;
   std::vector<Tensor> parts = split(in_proj_.forward(x), {e, e + 2 * gn, h}, -1);  // z, xBC, dt
   const Tensor& z = parts[0];                                                       // (b, l, e)
-  CausalConv1dInputs conv{transpose(parts[1], 1, 2), conv_weight_, conv_bias_, {}, doc_index, true};
+  // The conv reads the xBC columns of the in_proj output in place and writes (b, l, e + 2gn):
+  // no layout copy on either side, forward or backward.
+  CausalConv1dInputs conv{parts[1], conv_weight_, conv_bias_, {}, doc_index, true, /*channel_last=*/true};
   const CausalConv1dOutputs conv_out = causal_conv1d(conv, cache != nullptr);
-  const Tensor xBC = transpose(conv_out.out, 1, 2);                                 // (b, l, e + 2gn)
+  const Tensor& xBC = conv_out.out;                                                 // (b, l, e + 2gn)
   std::vector<Tensor> xbc = split(xBC, {e, gn, gn}, -1);
   SsdInputs in;
   in.x = reshape(xbc[0], {b, l, h, p});

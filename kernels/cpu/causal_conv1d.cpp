@@ -1,6 +1,7 @@
 // The fp32 (and f64) reference of kernels/causal_conv1d.h: the window sum written out, one
-// (batch, channel) row at a time. The backward runs one channel per OpenMP iteration and
-// walks its rows in batch order, so dweight and dbias are summed in a fixed order.
+// (batch, channel) row at a time, for both layouts (only the element offsets differ). The
+// backward runs one channel per OpenMP iteration and walks its rows in batch order, so dweight
+// and dbias are summed in a fixed order, the same in both layouts.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -17,7 +18,28 @@ void check_shape(const Conv1dShape& s, const char* op) {
     throw KernelError(std::string(op) + ": bad shape (b " + std::to_string(s.batch) + ", d " +
                       std::to_string(s.dim) + ", l " + std::to_string(s.seq_len) + ", w " +
                       std::to_string(s.width) + "); the width must be 2, 3 or 4");
+  if (s.channel_last && s.x_stride != 0 && s.x_stride < s.dim)
+    throw KernelError(std::string(op) + ": x_stride " + std::to_string(s.x_stride) +
+                      " is below the channel count d " + std::to_string(s.dim) + " (channel-last x)");
 }
+
+// Element offsets of x and of the dense out / dout / dx at (b, c, t) in either layout.
+struct Offsets {
+  int64_t x_b, x_c, x_t;  // x
+  int64_t o_b, o_c, o_t;  // out, dout, dx
+  explicit Offsets(const Conv1dShape& s) {
+    const int64_t d = s.dim, l = s.seq_len;
+    if (s.channel_last) {
+      const int64_t stride = s.x_stride ? s.x_stride : d;
+      x_b = l * stride, x_c = 1, x_t = stride;
+      o_b = l * d, o_c = 1, o_t = d;
+    } else {
+      x_b = o_b = d * l, x_c = o_c = l, x_t = o_t = 1;
+    }
+  }
+  int64_t x(int64_t b, int64_t c, int64_t t) const { return b * x_b + c * x_c + t * x_t; }
+  int64_t o(int64_t b, int64_t c, int64_t t) const { return b * o_b + c * o_c + t * o_t; }
+};
 
 // True when input position s (negative: the initial state) counts for output t >= s of row
 // b: the document index does not change in (s, t]. Changes happen only at tokens >= 1.
@@ -33,7 +55,7 @@ bool reaches(const int32_t* doc_index, int64_t b, int64_t l, int64_t s, int64_t 
 template <typename T>
 T input_at(const Conv1dShape& s, const Conv1dArgs<T, T>& a, int64_t b, int64_t c, int64_t pos) {
   const int64_t row = b * s.dim + c;
-  if (pos >= 0) return a.x[row * s.seq_len + pos];
+  if (pos >= 0) return a.x[Offsets(s).x(b, c, pos)];
   if (!a.initial_state) return T(0);
   return a.initial_state[row * (s.width - 1) + (s.width - 1) + pos];
 }
@@ -56,13 +78,14 @@ template <typename T>
 void causal_conv1d_forward(const Conv1dShape& s, const Conv1dArgs<T, T>& a, T* out, T* final_state) {
   check_shape(s, "causal_conv1d_forward");
   const int64_t l = s.seq_len, w = s.width;
+  const Offsets at(s);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < s.batch; ++b) {
     for (int64_t c = 0; c < s.dim; ++c) {
       const int64_t row = b * s.dim + c;
       for (int64_t t = 0; t < l; ++t) {
         const T pre = pre_activation(s, a, b, c, t);
-        out[row * l + t] = s.silu ? pre * sigmoid(pre) : pre;
+        out[at.o(b, c, t)] = s.silu ? pre * sigmoid(pre) : pre;
       }
       if (final_state) {
         // The next segment's first token is l; it continues the document of token l - 1.
@@ -83,6 +106,7 @@ void causal_conv1d_backward(const Conv1dShape& s, const Conv1dArgs<T, T>& a, con
   if (a.bias && !g.dbias) throw KernelError("causal_conv1d_backward: dbias is required when bias is given");
   if (a.initial_state && !g.dinitial_state)
     throw KernelError("causal_conv1d_backward: dinitial_state is required when initial_state is given");
+  const Offsets at(s);
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < s.dim; ++c) {
     std::vector<T> dweight(w, T(0));
@@ -91,7 +115,7 @@ void causal_conv1d_backward(const Conv1dShape& s, const Conv1dArgs<T, T>& a, con
     for (int64_t b = 0; b < s.batch; ++b) {
       const int64_t row = b * s.dim + c;
       for (int64_t t = 0; t < l; ++t) {
-        const T dy = g.dout[row * l + t];
+        const T dy = g.dout[at.o(b, c, t)];
         if (s.silu) {
           const T pre = pre_activation(s, a, b, c, t), sg = sigmoid(pre);
           dpre[t] = dy * sg * (T(1) + pre * (T(1) - sg));
@@ -111,7 +135,7 @@ void causal_conv1d_backward(const Conv1dShape& s, const Conv1dArgs<T, T>& a, con
           if (reaches(a.doc_index, b, l, pos, t)) sum += dpre[t] * a.weight[c * w + (pos - t + w - 1)];
         return sum;
       };
-      for (int64_t pos = 0; pos < l; ++pos) g.dx[row * l + pos] = grad_at(pos);
+      for (int64_t pos = 0; pos < l; ++pos) g.dx[at.o(b, c, pos)] = grad_at(pos);
       if (g.dinitial_state)
         for (int64_t i = 0; i < w - 1; ++i) g.dinitial_state[row * (w - 1) + i] = grad_at(i - (w - 1));
     }

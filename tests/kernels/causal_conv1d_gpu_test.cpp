@@ -1,8 +1,15 @@
 // The CUDA causal conv1d against the CPU reference: output, final state and every gradient,
 // over lengths on and off the vector grain (1, 7, 128, 2049; multi-tile 1040 and 3072),
 // odd and even channel counts, widths 2..4, every combination of bias, SiLU, document index
-// and initial state, f32 and bf16; bitwise repeats; the decode step token by token.
+// and initial state, f32 and bf16; bitwise repeats; the decode step token by token. The
+// channel-last layout the same way, x a column slice of a wider (b, l, .) tensor whose other
+// columns are NaN (dense, a 16-byte aligned slice, an odd slice), both sides channel-last (the
+// CPU channel-last reference equals the channel-major one bit for bit: causal_conv1d_test).
 #include <gtest/gtest.h>
+
+#include <cmath>
+#include <utility>
+#include <vector>
 
 #include "autograd/causal_conv1d_ops.h"
 #include "autograd/node.h"
@@ -21,10 +28,14 @@ struct Case {
   int64_t b, d, l, w;
   bool bias, silu, docs, init;
   DType dtype;
+  int64_t cl_offset = -1;  // channel-last: x is columns cl_offset .. + d of a (b, l, cl_stride) tensor
+  int64_t cl_stride = 0;
   std::string str() const {
     return "b" + std::to_string(b) + " d" + std::to_string(d) + " l" + std::to_string(l) + " w" + std::to_string(w) +
            (bias ? " +bias" : "") + (silu ? " +silu" : "") + (docs ? " +docs" : "") + (init ? " +init" : "") + " " +
-           dtype_name(dtype);
+           dtype_name(dtype) +
+           (cl_offset >= 0 ? " channel-last offset " + std::to_string(cl_offset) + " stride " + std::to_string(cl_stride)
+                           : "");
   }
 };
 
@@ -78,8 +89,18 @@ std::vector<std::vector<float>> run(const Case& c, const Inputs& in, Device devi
   };
   Tensor x = leaf(in.x, dtype), weight = leaf(in.weight, DType::f32), bias = leaf(in.bias, DType::f32),
          init = leaf(in.init, dtype);
-  CausalConv1dOutputs out =
-      causal_conv1d({x, weight, bias, init, in.doc.defined() ? in.doc.to(device) : Tensor(), c.silu}, true);
+  Tensor x_in = x;  // what the op reads
+  if (c.cl_offset >= 0) {
+    Tensor wide = Tensor::from_vector(std::vector<float>(c.b * c.l * c.cl_stride, std::nanf("")), {c.b, c.l, c.cl_stride});
+    {
+      NoGradGuard no_grad;
+      copy_into(narrow(wide, 2, c.cl_offset, c.d), transpose(in.x, 1, 2));
+    }
+    x = leaf(wide, dtype);
+    x_in = narrow(x, 2, c.cl_offset, c.d);  // (b, l, d), read in place
+  }
+  CausalConv1dOutputs out = causal_conv1d(
+      {x_in, weight, bias, init, in.doc.defined() ? in.doc.to(device) : Tensor(), c.silu, c.cl_offset >= 0}, true);
   Generator gen(4242);
   Tensor dout = rounded(randf(out.out.shape(), gen), c.dtype).to(device).to(dtype);
   run_backward({out.out}, {dout});
@@ -125,6 +146,31 @@ TEST_P(CausalConv1dGpu, AlignedRowsOverSeveralTiles) {
   }
 }
 
+// Dense (b, l, d), a slice on a 16-byte boundary with a 16-byte row stride (the vector path
+// when d allows), an odd slice (element by element).
+std::vector<std::pair<int64_t, int64_t>> layouts(int64_t d) { return {{0, d}, {8, d + 24}, {1, d + 4}}; }
+
+TEST_P(CausalConv1dGpu, ChannelLastMatchesCpuAcrossShapesAndOptions) {
+  for (int64_t l : {1, 7, 130, 2049})
+    for (int64_t d : {5, 24})
+      for (int64_t w : {2, 3, 4})
+        for (int options = 0; options < 16; ++options)
+          for (auto [offset, stride] : layouts(d)) {
+            if (w == 3 && options % 3 != 0) continue;  // fewer cases at width 3
+            check_case({2, d, l, w, (options & 1) != 0, (options & 2) != 0, (options & 4) != 0, (options & 8) != 0,
+                        GetParam(), offset, stride});
+          }
+}
+
+TEST_P(CausalConv1dGpu, ChannelLastSeveralChannelBlocksAndTokenTiles) {
+  // d 600: three channel blocks for bf16 (256 channels each), five for f32; l 1000: 8 token tiles.
+  for (int64_t w : {2, 4})
+    for (auto [offset, stride] : layouts(600)) {
+      check_case({3, 600, 1000, w, true, true, true, true, GetParam(), offset, stride});
+      check_case({2, 600, 333, w, false, false, false, false, GetParam(), offset, stride});
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, CausalConv1dGpu, ::testing::Values(DType::f32, DType::bf16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
@@ -136,6 +182,11 @@ TEST(CausalConv1dGpuMisc, RepeatedRunsAreBitwiseIdentical) {
     const auto first = run(c, in, kGpu, dtype);
     const auto second = run(c, in, kGpu, dtype);
     for (size_t i = 0; i < first.size(); ++i) EXPECT_EQ(first[i], second[i]) << i << " " << dtype_name(dtype);
+    const Case cl{4, 64, 3000, 4, true, true, true, true, dtype, 8, 96};
+    const auto cl_first = run(cl, in, kGpu, dtype);
+    const auto cl_second = run(cl, in, kGpu, dtype);
+    for (size_t i = 0; i < cl_first.size(); ++i)
+      EXPECT_EQ(cl_first[i], cl_second[i]) << "channel-last " << i << " " << dtype_name(dtype);
   }
 }
 

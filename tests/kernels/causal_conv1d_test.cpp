@@ -1,7 +1,8 @@
 // The CPU causal conv1d against a naive double formula (each row padded on the left with the
 // initial state, each document cut out by its first token), the backward in float against
 // double, the decode step token by token against the parallel pass, and the final state as
-// the next segment's initial state.
+// the next segment's initial state; the channel-last layout (x a strided column slice of a
+// wider (b, l, .) buffer) bit for bit against the channel-major kernel on transposed inputs.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -197,6 +198,79 @@ TEST(CausalConv1dCpu, RejectsBadWidths) {
   for (int64_t w : {1, 5}) {
     p.s.width = w;
     EXPECT_THROW(cpu::causal_conv1d_forward<double>(p.s, args(p), out.data(), nullptr), KernelError);
+  }
+}
+
+// (b, d, l) -> (b, l, stride) with the rows' d channels at column `first`; the other columns
+// are NaN, so a read outside the slice shows in the output.
+std::vector<float> to_channel_last(const std::vector<double>& v, int64_t b, int64_t d, int64_t l, int64_t stride,
+                                   int64_t first) {
+  std::vector<float> out(b * l * stride, std::nanf(""));
+  for (int64_t i = 0; i < b; ++i)
+    for (int64_t c = 0; c < d; ++c)
+      for (int64_t t = 0; t < l; ++t) out[(i * l + t) * stride + first + c] = float(v[(i * d + c) * l + t]);
+  return out;
+}
+
+std::vector<float> to_f32(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
+
+TEST(CausalConv1dCpu, ChannelLastEqualsChannelMajorBitForBit) {
+  for (int64_t w : {2, 3, 4})
+    for (bool silu : {false, true})
+      for (bool optional : {false, true})
+        for (bool docs : {false, true})
+          for (int64_t l : {1, 3, 17}) {
+            const int64_t b = 2, d = 5, stride = d + 3, first = 2;  // a slice of a wider row
+            Problem p = make(b, d, l, w, silu, optional, 100 * l + 10 * w + silu);
+            if (docs) add_documents(p);
+            SCOPED_TRACE("w " + std::to_string(w) + " l " + std::to_string(l) + " silu " + std::to_string(silu) +
+                         " optional " + std::to_string(optional) + " docs " + std::to_string(docs));
+            const std::vector<float> x = to_f32(p.x), weight = to_f32(p.weight), bias = to_f32(p.bias),
+                                     init = to_f32(p.init), dout = to_f32(rnd(b * d * l, 7 + l));
+            auto o = [](const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); };
+            auto m = [&](std::vector<float>& v) { return optional ? v.data() : nullptr; };
+            const Conv1dArgs<float, float> major{x.data(), weight.data(), o(bias), o(init), opt(p.doc)};
+            std::vector<float> out(b * d * l), fin(b * d * (w - 1)), dx(b * d * l), dw(d * w), db(d),
+                dinit(init.size());
+            cpu::causal_conv1d_forward<float>(p.s, major, out.data(), fin.data());
+            cpu::causal_conv1d_backward<float>(p.s, major, {dout.data(), dx.data(), dw.data(), m(db), m(dinit)});
+
+            Conv1dShape cl = p.s;
+            cl.channel_last = true;
+            cl.x_stride = stride;
+            const std::vector<float> x_cl = to_channel_last(p.x, b, d, l, stride, first);
+            const std::vector<float> dout_cl = to_channel_last(rnd(b * d * l, 7 + l), b, d, l, d, 0);
+            const Conv1dArgs<float, float> last{x_cl.data() + first, weight.data(), o(bias), o(init), opt(p.doc)};
+            std::vector<float> out_cl(b * l * d), fin_cl(fin.size()), dx_cl(b * l * d), dw_cl(d * w), db_cl(d),
+                dinit_cl(init.size());
+            cpu::causal_conv1d_forward<float>(cl, last, out_cl.data(), fin_cl.data());
+            cpu::causal_conv1d_backward<float>(cl, last,
+                                               {dout_cl.data(), dx_cl.data(), dw_cl.data(), m(db_cl), m(dinit_cl)});
+            for (int64_t i = 0; i < b; ++i)
+              for (int64_t c = 0; c < d; ++c)
+                for (int64_t t = 0; t < l; ++t) {
+                  EXPECT_EQ(out_cl[(i * l + t) * d + c], out[(i * d + c) * l + t]) << i << " " << c << " " << t;
+                  EXPECT_EQ(dx_cl[(i * l + t) * d + c], dx[(i * d + c) * l + t]) << i << " " << c << " " << t;
+                }
+            EXPECT_EQ(fin_cl, fin);
+            EXPECT_EQ(dw_cl, dw);
+            if (optional) {
+              EXPECT_EQ(db_cl, db);
+              EXPECT_EQ(dinit_cl, dinit);
+            }
+          }
+}
+
+TEST(CausalConv1dCpu, ChannelLastRejectsAStrideBelowTheChannels) {
+  Problem p = make(1, 4, 5, 4, false, false, 1);
+  p.s.channel_last = true;
+  p.s.x_stride = 3;
+  std::vector<double> out(p.x.size());
+  try {
+    cpu::causal_conv1d_forward<double>(p.s, args(p), out.data(), nullptr);
+    FAIL();
+  } catch (const KernelError& e) {
+    EXPECT_NE(std::string(e.what()).find("x_stride 3 is below the channel count d 4"), std::string::npos) << e.what();
   }
 }
 
