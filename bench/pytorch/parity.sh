@@ -4,6 +4,7 @@
 # Usage: bench/pytorch/parity.sh OUT_DIR [DATA_DIR]   (run from the repository root; needs a
 # CUDA build in build/ and python with torch, transformers, pyyaml; DATA_DIR default corpus/linux-doc)
 # Writes OUT_DIR/<name>/{dump,hf,torch,run}, OUT_DIR/<name>.svg and OUT_DIR/summary.txt.
+# MODELS="mamba2-130m jamba" (the default) picks which of the two run.
 set -euo pipefail
 out=${1:?usage: parity.sh OUT_DIR [DATA_DIR]}
 data=${2:-corpus/linux-doc}
@@ -12,8 +13,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 steps=${STEPS:-300}
 mkdir -p "$out"
 : > "$out/summary.txt"
+models=" ${MODELS:-mamba2-130m jamba} "
 run() {  # name recipe overrides...
   local name=$1 recipe=$2; shift 2
+  [[ "$models" == *" $name "* ]] || return 0
   local sets=(--set data.train="$data" --set run.output_dir="$out/$name" --set run.name=run --set run.overwrite=true
               --set training.max_steps="$steps" --set training.global_batch_tokens=16384 --set training.micro_batch=8
               --set training.seq_len=1024 --set training.eval_every=0 --set checkpoint.every=0 --set logging.every=10
