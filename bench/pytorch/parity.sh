@@ -18,7 +18,7 @@ run() {  # name recipe overrides...
   local name=$1 recipe=$2; shift 2
   [[ "$models" == *" $name "* ]] || return 0
   local sets=(--set data.train="$data" --set run.output_dir="$out/$name" --set run.name=run --set run.overwrite=true
-              --set training.max_steps="$steps" --set training.global_batch_tokens=16384 --set training.micro_batch=8
+              --set training.max_steps="$steps" --set training.token_budget=0 --set schedule.warmup_steps=$(( steps / 10 )) --set training.global_batch_tokens="${GLOBAL:-16384}" --set training.micro_batch="${MICRO:-8}"
               --set training.seq_len=1024 --set training.eval_every=0 --set checkpoint.every=0 --set logging.every=10
               --set eval.every=0)
   for s in "$@"; do sets+=(--set "$s"); done
