@@ -43,7 +43,7 @@ cudaStream_t decode_stream(int device) {
 
 // One decode step: model.step on the current ids, then the next ids sampled on the logits'
 // device into the same tensor (sample_tokens), so only b ids reach the host. Eager, or (on a
-// GPU, for a capturable model) the first two steps eager on the decode stream, the third captured
+// GPU, for a capturable model) the first step eager on the decode stream, the second captured
 // with its sampling (the draw counter is a device scalar the graph advances), and every one
 // from then on a replay of that graph.
 class Stepper {
@@ -88,11 +88,7 @@ class Stepper {
   }
   void run(const std::vector<int64_t>& positions) {
     if (graph_) return graph_->replay(stream_);
-    // Captured at the third step: the first warms the GEMM workspace and the allocator's cache,
-    // the second runs while the first's logits are still held (logits_), as every replay does, so
-    // the capture finds each block it needs cached instead of calling cudaMalloc, which would end
-    // the capture (on the H200 one model in five fell back to eager when it came at the second).
-    if (graphable_ && steps_++ == 2) {
+    if (graphable_ && steps_++ == 1) {  // the first step warmed the allocator's cache and the GEMM workspace
       graph_ = Graph::capture(device_.index, stream_, [&] { eager(positions); });
       if (graph_) return graph_->replay(stream_);
       graphable_ = false;  // not capturable after all: eager from now on, same results
